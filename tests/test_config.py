@@ -1,0 +1,95 @@
+import json
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from utils.config import ConfigError, instantiate_from_config, load_config
+from utils.runs import create_run_dir
+
+
+def _write(p, text):
+    p.write_text(text)
+    return p
+
+
+@pytest.fixture
+def cfg_tree(tmp_path):
+    _write(tmp_path / "base.yaml", "seed: 1\nlr: 0.1\nmodel:\n  width: 8\n  depth: 2\nlist: [1, 2]\n")
+    _write(tmp_path / "mid.yaml", "bases: [base.yaml]\nlr: 0.2\nmodel:\n  depth: 3\n")
+    _write(tmp_path / "exp.yaml", "bases: mid.yaml\nmodel:\n  width: 16\nname: ${model.width}\n")
+    return tmp_path
+
+
+def test_bases_merge_in_order(cfg_tree):
+    cfg = load_config(cfg_tree / "exp.yaml")
+    assert cfg.seed == 1 and cfg.lr == 0.2
+    assert cfg.model.width == 16 and cfg.model.depth == 3
+    assert cfg.name == 16  # interpolation resolved after merging
+    assert cfg.exp_name == "exp"
+    assert "bases" not in cfg
+
+
+def test_overrides_typed_and_nested(cfg_tree):
+    cfg = load_config(cfg_tree / "exp.yaml", ["lr=3e-4", "model.depth=5", "list=[3,4,5]", "+extra.flag=true"])
+    assert cfg.lr == pytest.approx(3e-4) and isinstance(cfg.lr, float)
+    assert cfg.model.depth == 5 and cfg.list == [3, 4, 5]
+    assert cfg.extra.flag is True
+
+
+def test_unknown_override_key_is_an_error(cfg_tree):
+    with pytest.raises(ConfigError, match="unknown config key 'model.widht'"):
+        load_config(cfg_tree / "exp.yaml", ["model.widht=3"])
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(cfg_tree / "exp.yaml", ["lr"])
+
+
+def test_override_value_is_never_evaluated(cfg_tree):
+    cfg = load_config(cfg_tree / "exp.yaml", ["lr=__import__('os').getcwd()"])
+    assert cfg.lr == "__import__('os').getcwd()"
+
+
+def test_missing_base_and_cycle(tmp_path):
+    _write(tmp_path / "a.yaml", "bases: [missing.yaml]\n")
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "a.yaml")
+    _write(tmp_path / "x.yaml", "bases: [y.yaml]\n")
+    _write(tmp_path / "y.yaml", "bases: [x.yaml]\n")
+    with pytest.raises(ConfigError, match="cyclic"):
+        load_config(tmp_path / "x.yaml")
+
+
+def test_instantiate_builds_target():
+    node = OmegaConf.create({"target": "torch.nn.Linear", "params": {"in_features": 3, "out_features": 2}})
+    m = instantiate_from_config(node, "model.head")
+    assert isinstance(m, torch.nn.Linear) and m.weight.shape == (2, 3)
+
+
+@pytest.mark.parametrize(
+    "node, match",
+    [
+        ({"params": {}}, "model.head: missing key 'target'"),
+        ({"target": "torch.nn.Linear", "params": {"in_features": 3}}, r"missing required key\(s\) \['out_features'\]"),
+        ({"target": "torch.nn.Linear", "params": {"in_features": 3, "out_features": 2, "widht": 1}},
+         r"unknown key\(s\) \['widht'\]"),
+        ({"target": "torch.nn.NoSuchLayer"}, "has no attribute 'NoSuchLayer'"),
+        ({"target": "no_such_pkg.Thing"}, "cannot import module 'no_such_pkg'"),
+        ({"target": "Linear"}, "dotted path"),
+        ({"target": "torch.nn.Linear", "parms": {}}, r"unknown keys \['parms'\]"),
+    ],
+)
+def test_instantiate_errors_name_node_and_key(node, match):
+    with pytest.raises(ConfigError, match=match):
+        instantiate_from_config(OmegaConf.create(node), "model.head")
+
+
+def test_run_dir_has_resolved_config_and_provenance(tmp_path):
+    cfg = OmegaConf.create({"output_dir": str(tmp_path / "out"), "exp_name": "toy", "seed": 7, "a": "${seed}"})
+    run = create_run_dir(cfg, timestamp="20260101_000000")
+    assert run == tmp_path / "out" / "toy" / "20260101_000000"
+    saved = OmegaConf.load(run / "config.yaml")
+    assert saved.a == 7
+    info = json.loads((run / "run_info.json").read_text())
+    assert info["seed"] == 7 and "commit" in info["git"] and info["versions"]["torch"]
+    run2 = create_run_dir(cfg, timestamp="20260101_000000")
+    assert run2 != run and run2.exists()

@@ -1,0 +1,157 @@
+"""Experiment configuration: YAML files with inheritance, CLI dotlist overrides, and ``target``/``params`` nodes.
+
+An experiment YAML may name base YAMLs under ``bases:`` (paths relative to that YAML's folder); they are merged
+in order, then the file itself on top. CLI overrides are ``key=value`` (dotted keys walk into nodes); values are
+parsed as YAML scalars by OmegaConf, never by Python ``eval``. Overriding a key that does not exist is an error;
+``+key=value`` adds a new key on purpose.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from pathlib import Path
+from typing import Any, Iterable
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+from utils.paths import REPO_ROOT, resolve_path
+
+BASES_KEY = "bases"
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the file or node it comes from in the message."""
+
+
+def _load_yaml(path: Path, _stack: tuple[Path, ...] = ()) -> DictConfig:
+    path = path.resolve()
+    if path in _stack:
+        chain = " -> ".join(str(p) for p in (*_stack, path))
+        raise ConfigError(f"cyclic '{BASES_KEY}' in configs: {chain}")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        node = OmegaConf.load(path)
+    except Exception as e:  # yaml errors carry line numbers; keep them
+        raise ConfigError(f"cannot parse {path}: {e}") from e
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    bases = node.pop(BASES_KEY, None) or []
+    if isinstance(bases, str):
+        bases = [bases]
+    merged = OmegaConf.create({})
+    for b in bases:
+        merged = OmegaConf.merge(merged, _load_yaml(path.parent / str(b), (*_stack, path)))
+    return OmegaConf.merge(merged, node)
+
+
+def apply_overrides(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
+    """Apply ``key=value`` overrides; unknown keys are an error unless written ``+key=value``."""
+    for item in overrides or ():
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, value = item.split("=", 1)
+        add = key.startswith("+")
+        key = key.lstrip("+").strip()
+        if not key:
+            raise ConfigError(f"override {item!r} has an empty key")
+        if not add and OmegaConf.select(cfg, key, default=_MISSING, throw_on_missing=False) is _MISSING:
+            raise ConfigError(f"unknown config key {key!r} in override {item!r} (use +{key}=... to add a new key)")
+        parsed = OmegaConf.from_dotlist([f"{key}={value}"])
+        OmegaConf.set_struct(cfg, False)
+        cfg = OmegaConf.merge(cfg, parsed)
+    return cfg
+
+
+_MISSING = object()
+
+
+def load_config(path: str | Path, overrides: Iterable[str] | None = None) -> DictConfig:
+    """Load an experiment YAML, merged over its bases, then apply CLI overrides.
+
+    ``exp_name`` defaults to the file name without extension. Interpolations (``${...}``, ``${oc.env:VAR,default}``)
+    are resolved at the end so errors surface here rather than deep inside a run.
+    """
+    p = resolve_path(path)
+    if p is not None and not p.is_file() and Path(path).is_file():
+        p = Path(path).resolve()
+    cfg = _load_yaml(p)
+    if "exp_name" not in cfg:
+        cfg.exp_name = p.stem
+    cfg = apply_overrides(cfg, list(overrides or []))
+    try:
+        OmegaConf.resolve(cfg)
+    except Exception as e:
+        raise ConfigError(f"{p}: cannot resolve interpolation: {e}") from e
+    return cfg
+
+
+def to_container(cfg: Any) -> Any:
+    if isinstance(cfg, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return cfg
+
+
+def get_obj_from_str(target: str, node_name: str = "<config>") -> Any:
+    if not isinstance(target, str) or "." not in target:
+        raise ConfigError(f"{node_name}.target must be a dotted path like 'package.module.Class', got {target!r}")
+    module_name, attr = target.rsplit(".", 1)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ConfigError(f"{node_name}.target={target!r}: cannot import module {module_name!r}: {e}") from e
+    try:
+        return getattr(module, attr)
+    except AttributeError as e:
+        raise ConfigError(f"{node_name}.target={target!r}: module {module_name!r} has no attribute {attr!r}") from e
+
+
+def instantiate_from_config(node: Any, node_name: str = "<config>", **extra: Any) -> Any:
+    """Build ``target(**params, **extra)`` from a config node, checking parameters against the signature first."""
+    if node is None:
+        raise ConfigError(f"{node_name} is empty: expected a node with 'target' and optional 'params'")
+    node = to_container(node)
+    if not isinstance(node, dict) or "target" not in node:
+        raise ConfigError(f"{node_name}: missing key 'target' (got keys {sorted(node) if isinstance(node, dict) else node!r})")
+    unknown_top = set(node) - {"target", "params"}
+    if unknown_top:
+        raise ConfigError(f"{node_name}: unknown keys {sorted(unknown_top)}; only 'target' and 'params' are allowed")
+    factory = get_obj_from_str(node["target"], node_name)
+    params = dict(node.get("params") or {})
+    params.update(extra)
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):
+        sig = None
+    if sig is not None:
+        accepts_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values())
+        names = {n for n, p in sig.parameters.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if not accepts_kwargs:
+            unknown = sorted(set(params) - names)
+            if unknown:
+                raise ConfigError(f"{node_name}.params: unknown key(s) {unknown} for {node['target']}; accepted: {sorted(names)}")
+        missing = [
+            n for n, p in sig.parameters.items()
+            if p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n not in params
+        ]  # fmt: skip
+        if missing:
+            raise ConfigError(f"{node_name}.params: missing required key(s) {missing} for {node['target']}")
+    try:
+        return factory(**params)
+    except (ConfigError, ConfigKeyError, ConfigAttributeError):
+        raise
+    except Exception as e:
+        raise ConfigError(f"{node_name}: building {node['target']} failed: {type(e).__name__}: {e}") from e
+
+
+__all__ = [
+    "ConfigError",
+    "REPO_ROOT",
+    "apply_overrides",
+    "get_obj_from_str",
+    "instantiate_from_config",
+    "load_config",
+    "to_container",
+]

@@ -1,0 +1,72 @@
+"""The one place that picks the compute device, and seeding for reproducible runs."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+
+def get_device(preference: str | torch.device | None = "auto") -> torch.device:
+    """``auto`` -> cuda if available, else mps if available, else cpu. An explicit name is checked."""
+    if isinstance(preference, torch.device):
+        return preference
+    pref = (preference or "auto").lower()
+    if pref == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    dev = torch.device(pref)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {pref!r} requested but CUDA is not available; use device=auto or device=cpu")
+    return dev
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed python, numpy and torch. ``deterministic`` makes CPU runs bit-reproducible (and CUDA ones as far as
+    cuDNN allows)."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    os.environ.setdefault("PYTHONHASHSEED", str(seed))
+    if deterministic:
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+
+
+def rng_state() -> dict:
+    """Every RNG a training loop draws from, for exact resume."""
+    state = {
+        "python": random.getstate(),
+        "numpy": _numpy_state_to_plain(np.random.get_state()),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(_as_python_state(state["python"]))
+    np.random.set_state(_as_numpy_state(state["numpy"]))
+    torch.set_rng_state(torch.as_tensor(state["torch"], dtype=torch.uint8))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([torch.as_tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+
+
+def _as_python_state(s):  # weights_only loading turns tuples into lists
+    return (s[0], tuple(s[1]), s[2]) if isinstance(s, (list, tuple)) else s
+
+
+def _numpy_state_to_plain(s: tuple) -> dict:
+    # Plain tensors and numbers so that checkpoints load with weights_only=True.
+    return {"key": s[0], "pos": int(s[2]), "has_gauss": int(s[3]), "gauss": float(s[4]),
+            "state": torch.from_numpy(s[1].astype(np.int64))}
+
+
+def _as_numpy_state(s):
+    if isinstance(s, dict):
+        return (s["key"], np.asarray(s["state"], dtype=np.int64).astype(np.uint32), s["pos"], s["has_gauss"], s["gauss"])
+    return tuple(s)
