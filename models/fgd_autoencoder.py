@@ -227,7 +227,9 @@ def load_fgd_autoencoder(
     own = model.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
-    bad_shape = [f"{k}: {tuple(sd[k].shape)} vs {tuple(v.shape)}" for k, v in own.items() if k in sd and sd[k].shape != v.shape]
+    bad_shape = [
+        f"{k}: {tuple(sd[k].shape)} vs {tuple(v.shape)}" for k, v in own.items() if k in sd and sd[k].shape != v.shape
+    ]
     if missing or unexpected or bad_shape:
         raise ValueError(
             f"{path}: not a VAESKConv state dict for these settings; missing {missing[:5]} ({len(missing)}), "

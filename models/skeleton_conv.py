@@ -169,7 +169,9 @@ class SkeletonConv(nn.Module):
         super().__init__()
         num_edges = len(neighbours)
         if in_channels % num_edges or out_channels % num_edges:
-            raise ValueError(f"channels ({in_channels}->{out_channels}) must be multiples of the edge count {num_edges}")
+            raise ValueError(
+                f"channels ({in_channels}->{out_channels}) must be multiples of the edge count {num_edges}"
+            )
         if padding_mode not in ("constant", "zeros", "reflect", "replicate", "circular"):
             raise ValueError(f"unknown padding_mode {padding_mode!r}")
         self.neighbours = [list(n) for n in neighbours]
