@@ -1,0 +1,305 @@
+"""The shared shape of every latent gesture generator: a probability path, an objective, a sampler, one nn.Module.
+
+Three pieces, kept apart the way flow-matching libraries separate the path from the solver:
+
+* **Path** (`LinearFlowPath`): how a data latent and a noise draw are mixed at time t, and what the regression
+  target is there. Only flow objectives use it.
+* **Objective** (`Objective.__call__(net, data, seed, at_feat, null_cond, generator) -> dict`): one training loss.
+  Every objective has the same signature, so the generator module and the trainer never branch on the method.
+* **Sampler** (`Sampler.__call__(net, noise, seed, at_feat, null_cond, n_steps, guidance, generator) -> SampleOutput`):
+  the inference loop, from a noise draw to a latent.
+
+Both objectives and samplers are model-agnostic: they see the network only as a callable with the denoiser's forward
+signature ``net(x, timesteps, cond_time, seed, at_feat) -> out`` (`NetFn`), so toy velocity fields plug in for
+tests. Neither holds parameters, so a generator's state dict is exactly ``modality_encoder.*`` + ``denoiser.*``.
+
+`LatentGenerator` is the nn.Module. A concrete generator (shortcut, diffusion, later reflow or MeanFlow) is a small
+subclass in its own file that only chooses an objective and a sampler.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from scipy.special import betaincinv
+from torch import Tensor
+
+from utils.config import ConfigError, instantiate_from_config
+
+# net(x (B,C,1,T), timesteps (B,), cond_time (B,) or None, seed (B,4,C), at_feat (B,T,D)) -> (B,C,1,T)
+NetFn = Callable[[Tensor, Tensor, "Tensor | None", Tensor, Tensor], Tensor]
+
+LATENT_CHANNELS = 384  # upper 128 | hands 128 | lower+trans 128
+LATENT_FRAMES = 32  # 128 motion frames / 4 (RVQ temporal downsampling)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Small helpers shared by objectives and samplers
+# --------------------------------------------------------------------------------------------------------------
+
+
+def broadcast_like(v: Tensor, x: Tensor) -> Tensor:
+    """A per-sample vector (B,) reshaped to (B, 1, ..., 1) so it broadcasts against x."""
+    return v.reshape(v.shape[0], *([1] * (x.dim() - 1))).to(dtype=x.dtype)
+
+
+def to_generator_layout(latents: Tensor) -> Tensor:
+    """(B,32,384) (time, channel) or (B,384,1,32) -> (B,384,1,32), the layout the denoiser sees."""
+    if latents.dim() == 4:
+        return latents
+    if latents.dim() == 3:
+        return latents.permute(0, 2, 1).unsqueeze(2)
+    raise ValueError(f"latents must be (B,T,C) or (B,C,1,T), got shape {tuple(latents.shape)}")
+
+
+def randn(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Gaussian noise on ``like``'s device/dtype, from ``generator`` or the global RNG (so trainer resume is exact)."""
+    return torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
+
+
+def rand(n: int, device: torch.device, generator: torch.Generator | None) -> Tensor:
+    return torch.rand((n,), generator=generator, device=device)
+
+
+def sample_beta_time(
+    n: int,
+    alpha: float,
+    beta: float,
+    eps: float,
+    device: torch.device,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """t ~ Beta(alpha, beta) rescaled to [eps, 1-eps], shape (n,) float32.
+
+    Drawn by inverse CDF from torch uniforms so that ``generator`` (or the global torch RNG) fully determines it;
+    torch.distributions.Beta accepts no generator.
+    """
+    u = rand(n, device, generator)
+    t = torch.from_numpy(np.asarray(betaincinv(alpha, beta, u.double().cpu().numpy()))).to(device)
+    return (eps + (1.0 - 2.0 * eps) * t).float()
+
+
+def null_condition(null_cond: Tensor, batch: int, like: Tensor) -> Tensor:
+    """The learned unconditional embedding (T,D) expanded to (batch,T,D)."""
+    return null_cond.to(dtype=like.dtype, device=like.device).unsqueeze(0).expand(batch, -1, -1)
+
+
+def drop_condition(at_feat: Tensor, null_cond: Tensor, drop: Tensor) -> Tensor:
+    """Rows where ``drop`` (B,) is True get the null embedding instead of the audio/text condition."""
+    if not bool(drop.any()):
+        return at_feat
+    null = null_condition(null_cond, at_feat.shape[0], at_feat)
+    return torch.where(broadcast_like(drop, at_feat).bool(), null, at_feat)
+
+
+def guided_prediction(
+    net: NetFn,
+    x: Tensor,
+    timesteps: Tensor,
+    cond_time: Tensor | None,
+    seed: Tensor,
+    at_feat: Tensor,
+    null_cond: Tensor,
+    guidance: float,
+) -> tuple[Tensor, int]:
+    """One classifier-free-guided network evaluation. Returns (output, rows evaluated).
+
+    guidance > 1: one call on a doubled batch, conditional half first, then the half with ``null_cond``;
+    out = out_u + w (out_c - out_u). guidance <= 1: a single plain conditional call (as upstream; no guidance).
+    """
+    b = x.shape[0]
+    if guidance <= 1.0:
+        return net(x, timesteps, cond_time, seed, at_feat), b
+    x2 = torch.cat([x, x], 0)
+    t2 = torch.cat([timesteps, timesteps], 0)
+    d2 = None if cond_time is None else torch.cat([cond_time, cond_time], 0)
+    seed2 = torch.cat([seed, seed], 0)
+    feat2 = torch.cat([at_feat, null_condition(null_cond, b, at_feat)], 0)
+    out_c, out_u = net(x2, t2, d2, seed2, feat2).chunk(2, dim=0)
+    return out_u + guidance * (out_c - out_u), 2 * b
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Path, objective, sampler
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PathSample:
+    """A point on the conditional path: noise, data, t (B,), x_t, and the regression target dx_t/dt there."""
+
+    noise: Tensor
+    data: Tensor
+    t: Tensor
+    x_t: Tensor
+    velocity: Tensor
+
+
+class LinearFlowPath:
+    """The straight (rectified / conditional-OT) path: x_t = t·x₁ + (1−t)·ε, dx_t/dt = x₁ − ε.
+
+    GestureLSM convention: t = 0 is noise, t = 1 is data (MeanFlow in upstream uses the reverse).
+    """
+
+    def sample(self, noise: Tensor, data: Tensor, t: Tensor) -> PathSample:
+        tb = broadcast_like(t, data)
+        x_t = tb * data + (1.0 - tb) * noise
+        return PathSample(noise=noise, data=data, t=t, x_t=x_t, velocity=data - noise)
+
+
+@dataclass
+class SampleOutput:
+    """What a sampler returns.
+
+    nfe: network calls (a CFG doubled batch counts once per step, the usual "NFE" in papers).
+    nfe_rows: per-sample network evaluations (rows evaluated / batch size; a CFG step counts 2) — the compute
+    measure when comparing guided and unguided sampling.
+    """
+
+    latents: Tensor
+    nfe: int
+    nfe_rows: int
+
+
+class Objective(ABC):
+    """A training loss over data latents. ``net`` follows `NetFn`; returns a dict with ``loss`` plus its parts."""
+
+    @abstractmethod
+    def __call__(
+        self,
+        net: NetFn,
+        data: Tensor,
+        seed: Tensor,
+        at_feat: Tensor,
+        null_cond: Tensor,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, Tensor]: ...
+
+
+class Sampler(ABC):
+    """An inference loop from ``noise`` (B,C,1,T) to latents, with classifier-free guidance."""
+
+    default_steps: int
+    default_guidance: float
+
+    @abstractmethod
+    def __call__(
+        self,
+        net: NetFn,
+        noise: Tensor,
+        seed: Tensor,
+        at_feat: Tensor,
+        null_cond: Tensor,
+        n_steps: int | None = None,
+        guidance: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> SampleOutput: ...
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The generator module
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _build(node: Any, name: str) -> nn.Module:
+    """Accept an already-built module or a {target, params} config node."""
+    if isinstance(node, nn.Module):
+        return node
+    if isinstance(node, Mapping) or hasattr(node, "keys"):
+        return instantiate_from_config(node, name)
+    raise ConfigError(f"{name}: expected an nn.Module or a {{target, params}} node, got {type(node).__name__}")
+
+
+class LatentGenerator(nn.Module):
+    """Audio+text-conditioned generator of (B,384,1,32) gesture latents.
+
+    Submodules ``modality_encoder`` (audio (B,S,2), word (B,128) -> at_feat (B,32,D)) and ``denoiser`` (the `NetFn`,
+    with a parameter ``null_cond_embed`` (32,D)); objective and sampler are parameter-free strategy objects, so the
+    state dict is the upstream ``modality_encoder.*`` + ``denoiser.*`` key set.
+
+    Call ``.eval()`` before sampling: the denoiser has DropPath/dropout, and upstream samples in eval mode.
+    """
+
+    def __init__(self, modality_encoder: Any, denoiser: Any, objective: Objective, sampler: Sampler) -> None:
+        super().__init__()
+        self.modality_encoder = _build(modality_encoder, "modality_encoder")
+        self.denoiser = _build(denoiser, "denoiser")
+        if not hasattr(self.denoiser, "null_cond_embed"):
+            raise ConfigError("denoiser: the generator needs a denoiser with a `null_cond_embed` parameter (T,D)")
+        self.objective = objective
+        self.sampler = sampler
+
+    @property
+    def null_cond(self) -> Tensor:
+        return self.denoiser.null_cond_embed
+
+    def encode(self, audio: Tensor, word: Tensor) -> Tensor:
+        """Condition features at_feat (B,32,D) from audio (B,S,2) and word ids (B,128)."""
+        return self.modality_encoder(audio, word)
+
+    def _condition(self, audio: Tensor | None, word: Tensor | None, at_feat: Tensor | None) -> Tensor:
+        if at_feat is not None:
+            return at_feat
+        if audio is None or word is None:
+            raise ValueError("pass audio and word, or a precomputed at_feat")
+        return self.encode(audio, word)
+
+    def loss(
+        self,
+        latents: Tensor,
+        audio: Tensor | None,
+        word: Tensor | None,
+        seed: Tensor,
+        generator: torch.Generator | None = None,
+        at_feat: Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        """Training loss for data latents (B,384,1,32) or (B,32,384); seed (B,4,384). Returns dict(loss=..., parts)."""
+        data = to_generator_layout(latents)
+        cond = self._condition(audio, word, at_feat)
+        return self.objective(self.denoiser, data, seed, cond, self.null_cond, generator)
+
+    @torch.no_grad()
+    def sample_with_stats(
+        self,
+        audio: Tensor | None,
+        word: Tensor | None,
+        seed: Tensor,
+        n_steps: int | None = None,
+        guidance: float | None = None,
+        noise: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        at_feat: Tensor | None = None,
+    ) -> SampleOutput:
+        """Generate latents (B,384,1,32); also reports NFE. ``noise`` overrides the initial Gaussian draw."""
+        cond = self._condition(audio, word, at_feat)
+        b = cond.shape[0]
+        if noise is None:
+            # drawn after the encoder, as upstream does (matters only for global-RNG reproducibility)
+            noise = randn((b, LATENT_CHANNELS, 1, cond.shape[1]), cond, generator)
+        elif noise.shape[0] != b:
+            raise ValueError(f"noise batch {noise.shape[0]} != condition batch {b}")
+        return self.sampler(self.denoiser, noise, seed, cond, self.null_cond, n_steps, guidance, generator)
+
+    def sample(
+        self,
+        audio: Tensor | None,
+        word: Tensor | None,
+        seed: Tensor,
+        n_steps: int | None = None,
+        guidance: float | None = None,
+        noise: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        at_feat: Tensor | None = None,
+    ) -> Tensor:
+        """Generate latents (B,384,1,32). See `sample_with_stats` for NFE."""
+        return self.sample_with_stats(audio, word, seed, n_steps, guidance, noise, generator, at_feat).latents
+
+    def forward(self, *args: Any, **kwargs: Any) -> dict[str, Tensor]:
+        """``forward`` is the training loss, so DDP wraps the generator directly."""
+        return self.loss(*args, **kwargs)
