@@ -1,0 +1,392 @@
+"""SMPL-X forward kinematics for evaluation: a fast joints-only FK, and full vertices for face metrics.
+
+Joints-only FK is exact for the 55 SMPL-X joints: SMPL-X computes joint positions from the *rest* joints
+``J = J_regressor @ (v_template + shapedirs @ [betas, expression])`` pushed through the kinematic chain; pose blend
+shapes and skinning only move vertices. So ``joints[:, :55]`` of ``smplx.SMPLX`` equals
+
+    p_root = J_root,  p_j = p_parent(j) + R_world(parent) (J_j - J_parent),  R_world(j) = R_world(parent) R_j,
+
+plus ``transl``, with ``R_j`` from ``poses + pose_mean`` (``pose_mean`` = SMPL-X's relaxed hand mean, added by
+``smplx`` because the reference creates the model with the default ``flat_hand_mean=False``). Expression is taken
+as zero (the evaluation protocol zeroes it; SMPL-X's expression dirs move rest joints slightly).
+
+Rest-joint sources (``get_fk(source=...)``):
+- ``"smplx"``: an SMPL-X model file (``SMPLX_NEUTRAL_2020.npz``) loaded with the ``smplx`` package; exact for any
+  betas. Found from ``model_path`` or the env var ``SMPLX_MODEL_PATH`` (a file, or a folder holding it).
+- ``"mannequin"``: the SMPL-X-calibrated skeleton of the ``mannequin-x`` package (Apache-2.0,
+  ``mannequin/assets/smplx_calibration.npz``: rest joints linear in the first 10 betas, plus the SMPL-X hand mean).
+  It has no jaw/eye joints; those are placed at fixed offsets from the head (approximate: they move only joints
+  22-24, which BC does not use). Betas beyond the first 10 are ignored.
+- ``"auto"``: ``"smplx"`` when a model file is found, else ``"mannequin"``.
+
+``write_toy_smplx_model`` writes a small but valid SMPL-X-format npz (random geometry) that ``smplx.SMPLX`` loads;
+the tests use it to prove the fast FK equals ``smplx``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from utils.rotations import axis_angle_to_matrix
+from utils.skeleton import NUM_JOINTS, PARENTS
+
+__all__ = [
+    "JointsFK",
+    "get_fk",
+    "find_smplx_model",
+    "SMPLXVertices",
+    "get_vertex_model",
+    "BodyModelUnavailable",
+    "write_toy_smplx_model",
+    "MANNEQUIN_JAW_EYE_OFFSETS",
+]
+
+SMPLX_MODEL_FILES = ("SMPLX_NEUTRAL_2020.npz", "SMPLX_NEUTRAL.npz", "SMPLX_NEUTRAL.pkl")
+NUM_SMPLX_BETAS = 300
+NUM_SMPLX_EXPRESSIONS = 100
+
+# Approximate rest offsets (metres, y up, z forward) of jaw and eyes from the head joint, used only by the
+# mannequin source, which has no face joints. Joints 22-24 are leaves, so these move nothing else.
+MANNEQUIN_JAW_EYE_OFFSETS = np.array(
+    [[0.0, -0.02, 0.04], [0.032, 0.045, 0.075], [-0.032, 0.045, 0.075]], dtype=np.float64
+)
+_HEAD = 15
+# SMPL-X joint index -> mannequin calibration index (mannequin inserts L_Hand/R_Hand at 22/23 and has no face).
+_MANNEQUIN_INDEX = np.array(list(range(22)) + [-1, -1, -1] + list(range(24, 54)), dtype=np.int64)
+
+
+class BodyModelUnavailable(RuntimeError):
+    """Raised when a computation needs the SMPL-X model file (vertices) and none was found."""
+
+
+def find_smplx_model(model_path: str | os.PathLike | None = None) -> Path | None:
+    """The SMPL-X model file from ``model_path`` or ``$SMPLX_MODEL_PATH`` (a file or a folder), else None.
+
+    An explicitly given path that does not exist is an error (a typo must not silently fall back)."""
+    explicit = model_path is not None
+    if model_path is None:
+        model_path = os.environ.get("SMPLX_MODEL_PATH") or None
+    if model_path is None:
+        return None
+    p = Path(os.path.expandvars(os.path.expanduser(str(model_path))))
+    if p.is_file():
+        return p
+    if p.is_dir():
+        for name in SMPLX_MODEL_FILES:
+            for cand in (p / name, p / "smplx" / name):
+                if cand.is_file():
+                    return cand
+    where = "model_path" if explicit else "$SMPLX_MODEL_PATH"
+    raise FileNotFoundError(f"{where}={str(model_path)!r}: no SMPL-X model file there (looked for {SMPLX_MODEL_FILES})")
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _load_smplx_module(path: Path, num_betas: int = NUM_SMPLX_BETAS, dtype: torch.dtype = torch.float32):
+    import smplx  # imported lazily: only needed with a model file
+
+    ext = "pkl" if path.suffix == ".pkl" else "npz"
+    return smplx.SMPLX(
+        str(path), ext=ext, num_betas=num_betas, num_expression_coeffs=NUM_SMPLX_EXPRESSIONS, use_pca=False,
+        flat_hand_mean=False, use_face_contour=False, batch_size=1, dtype=dtype,
+    )
+
+
+class _LinearSkeleton:
+    """Rest joints linear in betas: ``J(b) = j_template + j_dirs @ b`` (float64), plus the pose mean."""
+
+    def __init__(self, j_template: np.ndarray, j_dirs: np.ndarray, pose_mean: np.ndarray, parents, source: str):
+        self.j_template = np.asarray(j_template, np.float64)  # (55, 3)
+        self.j_dirs = np.asarray(j_dirs, np.float64)  # (55, 3, K)
+        self.pose_mean = np.asarray(pose_mean, np.float64).reshape(NUM_JOINTS * 3)
+        self.parents = tuple(int(p) for p in parents)
+        self.source = source
+
+    def rest_joints(self, betas: np.ndarray | torch.Tensor | None) -> np.ndarray:
+        if betas is None:
+            return self.j_template.copy()
+        b = np.asarray(betas.detach().cpu() if isinstance(betas, torch.Tensor) else betas, np.float64).reshape(-1)
+        if not np.all(np.isfinite(b)):
+            raise ValueError("betas contain NaN/inf")
+        k = self.j_dirs.shape[-1]
+        b = b[:k] if b.size >= k else np.pad(b, (0, k - b.size))
+        return self.j_template + self.j_dirs @ b
+
+
+def _smplx_skeleton(path: Path) -> _LinearSkeleton:
+    model = _load_smplx_module(path, dtype=torch.float64)
+    jreg = model.J_regressor.detach().numpy().astype(np.float64)  # (55, V)
+    if jreg.shape[0] != NUM_JOINTS:
+        raise ValueError(f"{path}: J_regressor has {jreg.shape[0]} joints, expected {NUM_JOINTS}")
+    parents = model.parents.detach().numpy().tolist()
+    if tuple(parents) != PARENTS:
+        raise ValueError(f"{path}: kintree_table parents differ from the SMPL-X 55-joint tree")
+    j_template = jreg @ model.v_template.detach().numpy()
+    j_dirs = np.einsum("jv,vck->jck", jreg, model.shapedirs.detach().numpy())
+    pose_mean = model.pose_mean.detach().numpy()
+    src = f"smplx:{path.name} sha256:{_file_sha256(path)[:16]} (betas {j_dirs.shape[-1]}, hand mean added)"
+    return _LinearSkeleton(j_template, j_dirs, pose_mean, parents, src)
+
+
+def _mannequin_skeleton() -> _LinearSkeleton:
+    try:
+        from importlib.metadata import version
+
+        import mannequin  # noqa: F401  (only to locate its assets and report the version)
+
+        ver = version("mannequin-x")
+    except Exception as e:  # pragma: no cover - depends on the environment
+        raise BodyModelUnavailable(
+            "no SMPL-X model file (set SMPLX_MODEL_PATH or pass --body-model) and the `mannequin-x` package "
+            f"is not importable ({e}); install it with `pip install mannequin-x`"
+        ) from e
+    asset = resources.files("mannequin") / "assets" / "smplx_calibration.npz"
+    with asset.open("rb") as f, np.load(f, allow_pickle=False) as z:
+        joint_rest = z["joint_rest"].astype(np.float64)  # (54, 3)
+        joint_dirs = z["joint_dirs"].astype(np.float64)  # (54, 3, 10)
+        hand_mean = z["hand_mean"].astype(np.float64).reshape(-1)  # (90,)
+    j_template = np.zeros((NUM_JOINTS, 3))
+    j_dirs = np.zeros((NUM_JOINTS, 3, joint_dirs.shape[-1]))
+    have = _MANNEQUIN_INDEX >= 0
+    j_template[have] = joint_rest[_MANNEQUIN_INDEX[have]]
+    j_dirs[have] = joint_dirs[_MANNEQUIN_INDEX[have]]
+    for k, j in enumerate((22, 23, 24)):  # jaw/eyes ride on the head: same shape response, fixed offset
+        j_template[j] = j_template[_HEAD] + MANNEQUIN_JAW_EYE_OFFSETS[k]
+        j_dirs[j] = j_dirs[_HEAD]
+    pose_mean = np.zeros(NUM_JOINTS * 3)
+    pose_mean[75:] = hand_mean
+    src = f"mannequin-x {ver} smplx_calibration (betas[:10], jaw/eyes approximated, hand mean added)"
+    return _LinearSkeleton(j_template, j_dirs, pose_mean, PARENTS, src)
+
+
+def _depth_levels(parents: tuple[int, ...]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    depth = [0] * len(parents)
+    for j in range(1, len(parents)):
+        depth[j] = depth[parents[j]] + 1
+    levels = []
+    for d in range(1, max(depth) + 1):
+        idx = [j for j in range(len(parents)) if depth[j] == d]
+        levels.append((torch.tensor(idx), torch.tensor([parents[j] for j in idx])))
+    return levels
+
+
+class JointsFK:
+    """Joints-only SMPL-X forward kinematics at fixed betas. ``fk(poses (...,165), trans=None) -> (...,55,3)``.
+
+    ``poses`` is axis-angle in SMPL-X order (global, 21 body, jaw, 2 eyes, 15+15 hand joints); ``trans`` (...,3)
+    is added to every joint. Output dtype and device follow ``poses``. ``.source`` names the rest skeleton.
+    """
+
+    def __init__(self, skeleton: _LinearSkeleton, betas: np.ndarray | torch.Tensor | None = None):
+        self._skeleton = skeleton
+        self.betas = None if betas is None else np.asarray(
+            betas.detach().cpu() if isinstance(betas, torch.Tensor) else betas, np.float64
+        ).reshape(-1)
+        self.rest_joints = skeleton.rest_joints(self.betas)  # (55, 3) float64
+        parents = np.asarray(skeleton.parents)
+        offsets = self.rest_joints.copy()
+        offsets[1:] -= self.rest_joints[parents[1:]]
+        self._offsets = offsets  # root: its rest position; others: offset from the parent
+        self._levels = _depth_levels(skeleton.parents)
+        self.source = skeleton.source
+
+    def with_betas(self, betas: np.ndarray | torch.Tensor | None) -> JointsFK:
+        """The same skeleton source at other betas (cheap: a (55,3,K) @ (K,) product)."""
+        return JointsFK(self._skeleton, betas)
+
+    @property
+    def pose_mean(self) -> np.ndarray:
+        return self._skeleton.pose_mean.copy()
+
+    def __call__(
+        self, poses: torch.Tensor | np.ndarray, trans: torch.Tensor | np.ndarray | None = None
+    ) -> torch.Tensor:
+        poses = torch.as_tensor(poses)
+        if not poses.is_floating_point():
+            poses = poses.float()
+        if poses.shape[-1] != NUM_JOINTS * 3:
+            raise ValueError(f"poses must end in {NUM_JOINTS * 3} (55 joints axis-angle), got {tuple(poses.shape)}")
+        lead = poses.shape[:-1]
+        dtype, device = poses.dtype, poses.device
+        full = poses.reshape(-1, NUM_JOINTS, 3) + torch.as_tensor(
+            self._skeleton.pose_mean, dtype=dtype, device=device
+        ).reshape(NUM_JOINTS, 3)
+        rot = axis_angle_to_matrix(full)  # (N, 55, 3, 3)
+        offsets = torch.as_tensor(self._offsets, dtype=dtype, device=device)
+        n = rot.shape[0]
+        r_world = torch.empty_like(rot)
+        pos = torch.empty(n, NUM_JOINTS, 3, dtype=dtype, device=device)
+        r_world[:, 0] = rot[:, 0]
+        pos[:, 0] = offsets[0]
+        for idx, par in self._levels:  # one batched step per tree depth (15 for SMPL-X)
+            idx, par = idx.to(device), par.to(device)
+            r_par = r_world[:, par]
+            r_world[:, idx] = r_par @ rot[:, idx]
+            pos[:, idx] = pos[:, par] + (r_par @ offsets[idx].unsqueeze(-1)).squeeze(-1)
+        pos = pos.reshape(*lead, NUM_JOINTS, 3)
+        if trans is not None:
+            trans = torch.as_tensor(trans, dtype=dtype, device=device)
+            if trans.shape[-1] != 3:
+                raise ValueError(f"trans must end in 3, got {tuple(trans.shape)}")
+            pos = pos + trans.unsqueeze(-2)
+        return pos
+
+    def __repr__(self) -> str:
+        return f"JointsFK(source={self.source!r})"
+
+
+_SKELETON_CACHE: dict[str, _LinearSkeleton] = {}
+
+
+def get_fk(
+    model_path: str | os.PathLike | None = None,
+    betas: np.ndarray | torch.Tensor | None = None,
+    source: str = "auto",
+) -> JointsFK:
+    """Joints-only FK. ``source``: ``"auto"`` (SMPL-X file if found, else mannequin), ``"smplx"``, ``"mannequin"``.
+
+    ``model_path`` (or ``$SMPLX_MODEL_PATH``) is an SMPL-X model file or a folder holding one."""
+    if source not in ("auto", "smplx", "mannequin"):
+        raise ValueError(f"unknown FK source {source!r}; expected 'auto', 'smplx' or 'mannequin'")
+    path = find_smplx_model(model_path) if source in ("auto", "smplx") else None
+    if source == "smplx" and path is None:
+        raise BodyModelUnavailable(
+            "source='smplx' needs an SMPL-X model file: pass model_path or set SMPLX_MODEL_PATH "
+            "(SMPLX_NEUTRAL_2020.npz from https://smpl-x.is.tue.mpg.de)"
+        )
+    key = f"smplx:{path.resolve()}:{path.stat().st_mtime_ns}" if path is not None else "mannequin"
+    if key not in _SKELETON_CACHE:
+        _SKELETON_CACHE[key] = _smplx_skeleton(path) if path is not None else _mannequin_skeleton()
+    return JointsFK(_SKELETON_CACHE[key], betas)
+
+
+class SMPLXVertices:
+    """Full SMPL-X forward (vertices) through the ``smplx`` package, chunked over frames."""
+
+    def __init__(self, model_path: Path, device: str | torch.device = "cpu"):
+        self.path = Path(model_path)
+        self.device = torch.device(device)
+        self.model = _load_smplx_module(self.path).to(self.device).eval()
+        self.num_betas = int(self.model.num_betas)
+        self.num_expressions = int(self.model.num_expression_coeffs)
+        self.source = f"smplx:{self.path.name} sha256:{_file_sha256(self.path)[:16]}"
+
+    @torch.no_grad()
+    def vertices(
+        self,
+        poses: np.ndarray | torch.Tensor,
+        betas: np.ndarray | torch.Tensor | None = None,
+        expressions: np.ndarray | torch.Tensor | None = None,
+        trans: np.ndarray | torch.Tensor | None = None,
+        chunk: int = 256,
+    ) -> torch.Tensor:
+        """(T,165) poses, (B,) betas, (T,E) expressions, (T,3) trans -> (T, V, 3) float32 vertices."""
+        dev = self.device
+        poses = torch.as_tensor(np.asarray(poses, np.float32) if not isinstance(poses, torch.Tensor) else poses)
+        poses = poses.to(dev, torch.float32).reshape(-1, NUM_JOINTS * 3)
+        t = poses.shape[0]
+        b = torch.zeros(1, self.num_betas, device=dev)
+        if betas is not None:
+            bb = torch.as_tensor(np.asarray(betas, np.float32)).reshape(-1)[: self.num_betas]
+            b[0, : bb.numel()] = bb.to(dev)
+        e = torch.zeros(t, self.num_expressions, device=dev)
+        if expressions is not None:
+            ee = torch.as_tensor(np.asarray(expressions, np.float32)).reshape(t, -1)[:, : self.num_expressions]
+            e[:, : ee.shape[1]] = ee.to(dev)
+        tr = torch.zeros(t, 3, device=dev) if trans is None else torch.as_tensor(np.asarray(trans, np.float32)).to(dev)
+        out = []
+        for s in range(0, t, chunk):
+            p = poses[s : s + chunk]
+            m = p.shape[0]
+            res = self.model(
+                betas=b.expand(m, -1), global_orient=p[:, :3], body_pose=p[:, 3:66], jaw_pose=p[:, 66:69],
+                leye_pose=p[:, 69:72], reye_pose=p[:, 72:75], left_hand_pose=p[:, 75:120],
+                right_hand_pose=p[:, 120:165], expression=e[s : s + chunk], transl=tr[s : s + chunk],
+                return_verts=True,
+            )
+            out.append(res.vertices)
+        return torch.cat(out, 0)
+
+    def face_vertices(
+        self, poses: np.ndarray | torch.Tensor, expressions: np.ndarray | torch.Tensor | None,
+        betas: np.ndarray | torch.Tensor | None = None, chunk: int = 256,
+    ) -> torch.Tensor:
+        """The EMAGE face-metric vertices: body pose, global orient, eyes and translation zeroed; jaw and
+        expressions kept; given betas."""
+        p = torch.as_tensor(np.asarray(poses, np.float32) if not isinstance(poses, torch.Tensor) else poses)
+        only_jaw = torch.zeros_like(p.reshape(-1, NUM_JOINTS * 3), dtype=torch.float32)
+        only_jaw[:, 66:69] = p.reshape(-1, NUM_JOINTS * 3)[:, 66:69]
+        return self.vertices(only_jaw, betas, expressions, None, chunk)
+
+
+def get_vertex_model(model_path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> SMPLXVertices:
+    """SMPL-X vertices (face metrics). Raises ``BodyModelUnavailable`` with a clear message without a model file."""
+    path = find_smplx_model(model_path)
+    if path is None:
+        raise BodyModelUnavailable(
+            "SMPL-X vertices (face MSE/LVD) need the SMPL-X model file SMPLX_NEUTRAL_2020.npz "
+            "(register at https://smpl-x.is.tue.mpg.de); pass --body-model PATH or set SMPLX_MODEL_PATH. "
+            "The mannequin skeleton gives joints only."
+        )
+    return SMPLXVertices(path, device)
+
+
+def write_toy_smplx_model(
+    path: str | os.PathLike, num_betas: int = NUM_SMPLX_BETAS, num_expressions: int = NUM_SMPLX_EXPRESSIONS,
+    seed: int = 0, num_vertices: int = 9930, active_vertices: int = 660,
+) -> Path:
+    """Write a small, valid SMPL-X-format model npz (random geometry) that ``smplx.SMPLX`` loads.
+
+    ``smplx`` reads fixed vertex ids (nose, eyes, ears, feet, finger tips; the largest is 9929), so the toy needs
+    9930 vertices; only the first ``active_vertices`` carry shape/pose directions and joint regression (the rest are
+    zeros, which compress away). Joints sit on the SMPL-X skeleton of the mannequin source at zero shape.
+    """
+    if num_vertices < 9930:
+        raise ValueError("smplx indexes vertex 9929 for its extra joints: num_vertices must be >= 9930")
+    rng = np.random.default_rng(seed)
+    v, a, k = num_vertices, active_vertices, NUM_JOINTS
+    per = a // k
+    rest = _mannequin_skeleton().j_template
+    v_template = rng.normal(0, 0.3, (v, 3))
+    owner = np.full(v, -1)
+    j_reg = np.zeros((k, v))
+    weights = np.zeros((v, k))
+    for j in range(k):
+        ids = np.arange(j * per, (j + 1) * per)
+        v_template[ids] = rest[j] + rng.normal(0, 0.01, (per, 3))
+        w = rng.uniform(0.5, 1.5, per)
+        j_reg[j, ids] = w / w.sum()
+        owner[ids] = j
+    weights[owner >= 0, owner[owner >= 0]] = 1.0
+    rest_ids = np.flatnonzero(owner < 0)
+    weights[rest_ids, rng.integers(0, k, rest_ids.size)] = 1.0
+    shapedirs = np.zeros((v, 3, num_betas + num_expressions), np.float32)
+    shapedirs[:a] = rng.normal(0, 0.01, (a, 3, num_betas + num_expressions))
+    posedirs = np.zeros((v, 3, (k - 1) * 9), np.float32)
+    posedirs[:a] = rng.normal(0, 0.002, (a, 3, (k - 1) * 9))
+    kintree = np.array([[4294967295] + list(PARENTS[1:]), list(range(k))], dtype=np.int64)
+    faces = rng.integers(0, v, (4000, 3)).astype(np.int64)
+    lmk_bary = rng.uniform(0.1, 1.0, (51, 3))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(
+        path, v_template=v_template.astype(np.float64), shapedirs=shapedirs, posedirs=posedirs,
+        J_regressor=j_reg, weights=weights, kintree_table=kintree, f=faces,
+        lmk_faces_idx=rng.integers(0, faces.shape[0], 51).astype(np.int64),
+        lmk_bary_coords=lmk_bary / lmk_bary.sum(1, keepdims=True),
+        hands_meanl=rng.normal(0, 0.2, 45), hands_meanr=rng.normal(0, 0.2, 45),
+        hands_componentsl=np.eye(45), hands_componentsr=np.eye(45),
+    )
+    return path
