@@ -1,0 +1,674 @@
+"""The training loop shared by every stage (RVQ-VAE, generators, FGD autoencoder).
+
+A stage subclasses ``BaseTrainer`` and implements the model, the data and one training step; the base class owns
+device, seeding, optimiser and learning-rate schedule, gradient clipping, bf16 autocast, validation schedule,
+best-checkpoint selection, atomic checkpoints, exact resume, DDP and logging.
+
+Subclass hooks (called in this order by ``__init__``)::
+
+    build_model() -> nn.Module                       # on CPU; the base moves it to the device (and wraps it in DDP)
+    build_datasets() -> {"train": Dataset, "val": Dataset | None}
+    train_dataloader() -> DataLoader                 # optional override; the default is resumable (see below)
+    param_groups() -> iterable of params / dicts     # optional override (per-group lr, frozen parts)
+    train_step(batch) -> {"loss": tensor, ...}       # batch already on the device; other entries are logged
+    validate() -> {"metric": float, ...}             # rank 0 only, in eval mode under no_grad; use self.model
+
+In ``train_step`` call the network through ``self.forward_model(...)`` (or ``self.ddp_model``) so that DDP
+synchronises gradients; any method can be reached with ``self.forward_model(x, method="loss")``. In ``validate``
+use ``self.model`` (never the DDP wrapper: validation runs on rank 0 only).
+
+Configuration keys read here (everything else in the config belongs to the stage)::
+
+    seed: 42                    # seed_everything(seed) before build_model; ranks > 0 then reseed with seed + rank
+    device: auto                # auto | cpu | cuda (utils.device.get_device); under torchrun cuda:<LOCAL_RANK>
+    amp: none                   # none | bf16 (torch.autocast on CUDA; ignored on CPU with a logged note)
+    batch_size: 128             # per process
+    num_workers: 0              # default: data.num_workers if present, else 0
+    drop_last: true             # drop the incomplete last batch of every epoch (upstream does)
+    shuffle: true
+    log_period: 10              # iterations between training-loss records
+    logging: [console, tensorboard, jsonl]   # or a mapping, see utils.logging
+    val_period: 20              # 0 disables validation
+    val_unit: epoch             # epoch | iter: unit of val_period and save_period
+    val_before_train: false     # also validate before the first step (upstream validates at epoch 0)
+    best_metric: null           # key of validate()'s dict selecting best.pt (on the val split); null: no best.pt
+    best_mode: min              # min | max
+    save_period: 0              # also keep checkpoints/<unit>_<n>.pt every n units (0: only last.pt and best.pt)
+    ddp_find_unused_parameters: false
+    solver:
+      opt: adam                 # adam | adamw
+      lr: 2.0e-4
+      betas: [0.9, 0.999]
+      eps: 1.0e-8
+      weight_decay: 0.0
+      grad_norm: 1.0            # max total gradient norm; 0 or null: no clipping
+      epochs: 1000              # and/or
+      iterations: null          # training stops at whichever limit comes first; at least one is required
+      lr_policy: constant       # constant | step | multistep
+      decay_epochs: 500         # step: lr * decay_rate ** (epoch // decay_epochs), per epoch (timm StepLR-like)
+      decay_rate: 0.1
+      milestones: [200000]      # multistep: lr * gamma ** (number of milestones <= iteration), per iteration
+      gamma: 0.05
+      warmup_iters: 0           # any policy: lr * (i + 1) / (warmup_iters + 1) for update i < warmup_iters
+
+Learning-rate convention: the update with 0-based index ``i`` (``self.iteration`` before it) in epoch ``e``
+(0-based) uses ``lr_at(e, i)``.
+
+Checkpoints (``<run_dir>/checkpoints/{last,best,<unit>_<n>}.pt``, written atomically by rank 0) hold: model,
+optimizer, scheduler, epoch, iteration, batch_in_epoch, rng (every rank's under DDP), best, config, seed,
+world_size, metrics. ``resume(path)`` restores all of it; with the default loader the data order is a function of
+(seed, epoch) and the number of batches already done, so a resumed CPU run ends bit-identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+import os
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from utils.config import ConfigError, to_container
+from utils.device import get_device, rng_state, seed_everything, set_rng_state
+from utils.io import load_torch, save_json, save_torch
+from utils.logging import Logger, build_logger, progress
+from utils.runs import create_run_dir
+
+CHECKPOINT_FORMAT = "gesturelsm-trainer/1"
+LR_POLICIES = ("constant", "step", "multistep")
+VAL_UNITS = ("epoch", "iter")
+
+
+# ----------------------------------------------------------------------------------------------- distributed
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    owns_group: bool = False  # True when this process created the group (and must destroy it)
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device_preference: str = "auto") -> DistInfo:
+    """Join the torchrun process group when ``WORLD_SIZE > 1`` (nccl on CUDA, gloo on CPU); a no-op otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    if "RANK" not in os.environ:
+        raise RuntimeError("WORLD_SIZE > 1 but RANK is not set; launch with torchrun")
+    rank = int(os.environ["RANK"])
+    local = int(os.environ.get("LOCAL_RANK", rank))
+    if dist.is_initialized():
+        return DistInfo(dist.get_rank(), dist.get_world_size(), local, owns_group=False)
+    on_cuda = get_device(device_preference).type == "cuda"
+    if on_cuda:
+        torch.cuda.set_device(local)
+    dist.init_process_group(backend="nccl" if on_cuda else "gloo", rank=rank, world_size=world)
+    return DistInfo(rank, world, local, owns_group=True)
+
+
+class ResumableSampler(DistributedSampler):
+    """DistributedSampler (also for one process) that can start part-way into an epoch.
+
+    The permutation is drawn from a generator seeded with ``seed + epoch`` (DistributedSampler's rule), so it never
+    touches the global RNG; ``set_start(k)`` drops the first ``k`` indices of this rank's share, which is how a
+    resumed run skips the batches it already trained on.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 0):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
+        self.start_index = 0
+
+    def set_start(self, index: int) -> None:
+        self.start_index = int(index)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(list(super().__iter__())[self.start_index :])
+
+    def __len__(self) -> int:
+        return max(0, self.num_samples - self.start_index)
+
+
+# ----------------------------------------------------------------------------------------------- optimisation
+def build_optimizer(params: Iterable[Any], solver: Mapping[str, Any]) -> torch.optim.Optimizer:
+    """Adam / AdamW from ``solver.{opt, lr, betas, eps, weight_decay}``."""
+    name = str(solver.get("opt", "adam")).lower()
+    if solver.get("lr") is None:
+        raise ConfigError("solver.lr is required (the upstream name lr_base is not read)")
+    kwargs = dict(
+        lr=float(solver["lr"]),
+        betas=tuple(float(b) for b in solver.get("betas", (0.9, 0.999))),
+        eps=float(solver.get("eps", 1e-8)),
+        weight_decay=float(solver.get("weight_decay", 0.0)),
+    )
+    if len(kwargs["betas"]) != 2:
+        raise ConfigError(f"solver.betas must have two values, got {solver.get('betas')}")
+    classes = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+    if name not in classes:
+        raise ConfigError(f"solver.opt must be one of {sorted(classes)}, got {name!r}")
+    return classes[name](params, **kwargs)
+
+
+class LRSchedule:
+    """Learning rate as a pure function of (epoch, iteration); ``apply`` writes it into the optimiser.
+
+    Being a function of the counters (which the checkpoint holds) makes resume exact whatever the stepping unit.
+    Policies: ``constant``; ``step`` (per epoch, ``decay_rate ** (epoch // decay_epochs)``, like timm's StepLR used
+    upstream for the generators); ``multistep`` (per iteration, ``gamma ** #{m in milestones: m <= iteration}``,
+    like MultiStepLR stepped after every update, used upstream for the RVQ-VAEs). ``warmup_iters`` multiplies any
+    policy by ``(i + 1) / (warmup_iters + 1)`` for updates ``i < warmup_iters``.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        policy: str = "constant",
+        decay_epochs: int | None = None,
+        decay_rate: float = 0.1,
+        milestones: Iterable[int] = (),
+        gamma: float = 0.1,
+        warmup_iters: int = 0,
+    ) -> None:
+        if policy not in LR_POLICIES:
+            raise ConfigError(f"solver.lr_policy must be one of {list(LR_POLICIES)}, got {policy!r}")
+        if policy == "step" and (decay_epochs is None or int(decay_epochs) <= 0):
+            raise ConfigError("solver.lr_policy=step needs solver.decay_epochs > 0")
+        self.optimizer = optimizer
+        self.policy = policy
+        self.decay_epochs = int(decay_epochs) if decay_epochs is not None else None
+        self.decay_rate = float(decay_rate)
+        self.milestones = sorted(int(m) for m in milestones)
+        self.gamma = float(gamma)
+        self.warmup_iters = int(warmup_iters or 0)
+        for g in optimizer.param_groups:
+            g.setdefault("initial_lr", g["lr"])
+        self.base_lrs = [float(g["initial_lr"]) for g in optimizer.param_groups]
+        self._last_lr = list(self.base_lrs)
+
+    def factor(self, epoch: int, iteration: int) -> float:
+        f = 1.0
+        if self.policy == "step":
+            f = self.decay_rate ** (epoch // self.decay_epochs)
+        elif self.policy == "multistep":
+            f = self.gamma ** sum(iteration >= m for m in self.milestones)
+        if iteration < self.warmup_iters:
+            f *= (iteration + 1) / (self.warmup_iters + 1)
+        return f
+
+    def lr_at(self, epoch: int, iteration: int) -> list[float]:
+        f = self.factor(epoch, iteration)
+        return [b * f for b in self.base_lrs]
+
+    def apply(self, epoch: int, iteration: int) -> list[float]:
+        self._last_lr = self.lr_at(epoch, iteration)
+        for g, lr in zip(self.optimizer.param_groups, self._last_lr):
+            g["lr"] = lr
+        return self._last_lr
+
+    def get_last_lr(self) -> list[float]:
+        return list(self._last_lr)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "policy": self.policy, "decay_epochs": self.decay_epochs, "decay_rate": self.decay_rate,
+            "milestones": list(self.milestones), "gamma": self.gamma, "warmup_iters": self.warmup_iters,
+            "base_lrs": list(self.base_lrs), "last_lr": list(self._last_lr),
+        }  # fmt: skip
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.base_lrs = [float(x) for x in state["base_lrs"]]
+        self._last_lr = [float(x) for x in state.get("last_lr", self.base_lrs)]
+        # The policy itself (milestones, decay, warm-up) stays the one built from the current config, so a run can
+        # be resumed with a changed schedule on purpose; the base learning rates come from the checkpoint.
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, solver: Mapping[str, Any]) -> LRSchedule:
+    return LRSchedule(
+        optimizer,
+        policy=str(solver.get("lr_policy", "constant") or "constant"),
+        decay_epochs=solver.get("decay_epochs"),
+        decay_rate=float(solver.get("decay_rate", 0.1)),
+        milestones=list(solver.get("milestones") or []),
+        gamma=float(solver.get("gamma", 0.1)),
+        warmup_iters=int(solver.get("warmup_iters", 0) or 0),
+    )
+
+
+def move_to_device(obj: Any, device: torch.device, non_blocking: bool = False) -> Any:
+    """Tensors inside dicts/lists/tuples moved to ``device``; everything else (ids, paths) left as is."""
+    if torch.is_tensor(obj):
+        return obj.to(device, non_blocking=non_blocking)
+    if isinstance(obj, Mapping):
+        return {k: move_to_device(v, device, non_blocking) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        moved = [move_to_device(v, device, non_blocking) for v in obj]
+        return type(obj)(moved) if isinstance(obj, list) else tuple(moved)
+    return obj
+
+
+class _MethodCaller(nn.Module):
+    """Lets DDP wrap any method (e.g. a generator's ``loss``), since DDP only hooks ``forward``."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, *args: Any, method: str = "forward", **kwargs: Any) -> Any:
+        return getattr(self.module, method)(*args, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------- trainer
+class BaseTrainer:
+    """Shared loop; see the module docstring for the hooks and the config keys."""
+
+    def __init__(self, cfg: DictConfig, run_dir: str | Path | None = None, logger: Logger | None = None) -> None:
+        if not isinstance(cfg, DictConfig):
+            cfg = OmegaConf.create(cfg)
+        self.cfg = cfg
+        if "solver" not in cfg:
+            raise ConfigError("config has no 'solver' node (opt, lr, epochs/iterations, ...)")
+        self.solver = to_container(cfg.solver)
+        self.dist = init_distributed(str(cfg.get("device", "auto")))
+        self.rank, self.world_size = self.dist.rank, self.dist.world_size
+        self.is_main = self.rank == 0
+        device = get_device(str(cfg.get("device", "auto")))
+        if device.type == "cuda" and self.dist.enabled:
+            device = torch.device("cuda", self.dist.local_rank)
+        self.device = device
+        self.seed = int(cfg.get("seed", 0))
+
+        # Run folder and logger: rank 0 only writes.
+        self.run_dir: Path | None = None
+        if self.is_main:
+            self.run_dir = Path(run_dir) if run_dir is not None else create_run_dir(cfg)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.logger = logger if logger is not None else build_logger(
+            cfg.get("logging"), self.run_dir, self.rank, config=to_container(cfg)
+        )  # fmt: skip
+
+        self._read_schedule_keys()
+        self.amp_dtype = self._resolve_amp()
+
+        # Counters and best-metric bookkeeping (all restored by resume()).
+        self.epoch = 0  # epochs completed
+        self.iteration = 0  # optimiser updates done
+        self.batch_in_epoch = 0  # updates done inside the current epoch
+        self.best: dict[str, Any] = {"metric": self.best_metric, "mode": self.best_mode, "value": None,
+                                     "epoch": None, "iteration": None}  # fmt: skip
+        self.last_metrics: dict[str, float] = {}
+        self.resumed_from: str | None = None
+        self._last_saved_iteration: int | None = None
+        self._improved = False
+
+        seed_everything(self.seed)
+        model = self.build_model()
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"{type(self).__name__}.build_model() must return an nn.Module, got {type(model).__name__}")
+        self.model = model.to(self.device)
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.ddp_model: nn.Module = DistributedDataParallel(
+                _MethodCaller(self.model),
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=bool(cfg.get("ddp_find_unused_parameters", False)),
+            )
+            seed_everything(self.seed + self.rank)  # different noise/dropout per rank; weights came from rank 0
+        else:
+            self.ddp_model = _MethodCaller(self.model)
+
+        datasets = self.build_datasets()
+        if "test" in datasets:
+            raise ValueError("build_datasets() returned a 'test' split: validation and model selection use 'val'; "
+                             "the test split is for test.py only")  # fmt: skip
+        if "train" not in datasets:
+            raise ValueError(f"build_datasets() must return a 'train' dataset, got keys {sorted(datasets)}")
+        self.train_dataset = datasets["train"]
+        self.val_dataset = datasets.get("val")
+        self._loader_generator = torch.Generator()
+        self.train_loader = self.train_dataloader()
+
+        self.optimizer = build_optimizer(self.param_groups(), self.solver)
+        self.scheduler = build_scheduler(self.optimizer, self.solver)
+        self.logger.log_text(
+            f"{type(self).__name__}: device {self.device}, world size {self.world_size}, "
+            f"{sum(p.numel() for p in self.model.parameters() if p.requires_grad):,} trainable parameters, "
+            f"{len(self.train_loader)} batches per epoch, run dir {self.run_dir}"
+        )
+
+    # ------------------------------------------------------------------ hooks for subclasses
+    def build_model(self) -> nn.Module:
+        raise NotImplementedError
+
+    def build_datasets(self) -> dict[str, Dataset | None]:
+        raise NotImplementedError
+
+    def train_step(self, batch: Any) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def validate(self) -> dict[str, float]:
+        """Metrics on the val split. The default has none."""
+        return {}
+
+    def param_groups(self) -> Iterable[Any]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def collate_fn(self, items: list[Any]) -> Any:
+        return torch.utils.data.default_collate(items)
+
+    def train_dataloader(self) -> DataLoader:
+        """Resumable loader: ResumableSampler (sharded under DDP) + a dedicated generator for worker seeds."""
+        cfg = self.cfg
+        self.sampler = ResumableSampler(self.train_dataset, num_replicas=self.world_size, rank=self.rank,
+                                        shuffle=bool(cfg.get("shuffle", True)), seed=self.seed)  # fmt: skip
+        return DataLoader(
+            self.train_dataset,
+            batch_size=self.batch_size,
+            sampler=self.sampler,
+            num_workers=self.num_workers,
+            drop_last=bool(cfg.get("drop_last", True)),
+            collate_fn=self.collate_fn,
+            pin_memory=self.device.type == "cuda",
+            generator=self._loader_generator,  # never the global RNG: resume must not shift it
+        )
+
+    def set_train_mode(self) -> None:
+        """Put the trained model in train mode (override to keep frozen parts in eval mode)."""
+        self.model.train()
+
+    # ------------------------------------------------------------------ helpers for subclasses
+    def forward_model(self, *args: Any, method: str = "forward", **kwargs: Any) -> Any:
+        """Call ``self.model.<method>(...)`` through DDP (gradients are synchronised); plain call otherwise."""
+        return self.ddp_model(*args, method=method, **kwargs)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def barrier(self) -> None:
+        if self.dist.enabled and dist.is_initialized():
+            dist.barrier()
+
+    @property
+    def checkpoint_dir(self) -> Path | None:
+        return None if self.run_dir is None else self.run_dir / "checkpoints"
+
+    # ------------------------------------------------------------------ config
+    def _read_schedule_keys(self) -> None:
+        cfg, s = self.cfg, self.solver
+        self.batch_size = int(cfg.get("batch_size", 0) or 0)
+        if self.batch_size <= 0:
+            raise ConfigError("batch_size (per process) must be a positive integer")
+        data_workers = cfg.data.get("num_workers", 0) if "data" in cfg and cfg.data is not None else 0
+        self.num_workers = int(cfg.get("num_workers", data_workers) or 0)
+        self.max_epochs = int(s["epochs"]) if s.get("epochs") else None
+        self.max_iterations = int(s["iterations"]) if s.get("iterations") else None
+        if self.max_epochs is None and self.max_iterations is None:
+            raise ConfigError("solver.epochs or solver.iterations must be set (a positive integer)")
+        gn = s.get("grad_norm")
+        self.grad_norm = float(gn) if gn else None
+        self.log_period = max(1, int(cfg.get("log_period", 10) or 10))
+        self.val_period = int(cfg.get("val_period", 0) or 0)
+        self.val_unit = str(cfg.get("val_unit", "epoch"))
+        if self.val_unit not in VAL_UNITS:
+            raise ConfigError(f"val_unit must be one of {list(VAL_UNITS)}, got {self.val_unit!r}")
+        self.val_before_train = bool(cfg.get("val_before_train", False))
+        self.save_period = int(cfg.get("save_period", 0) or 0)
+        bm = cfg.get("best_metric")
+        self.best_metric = str(bm) if bm else None
+        self.best_mode = str(cfg.get("best_mode", "min"))
+        if self.best_mode not in ("min", "max"):
+            raise ConfigError(f"best_mode must be min or max, got {self.best_mode!r}")
+
+    def _resolve_amp(self) -> torch.dtype | None:
+        amp = str(self.cfg.get("amp", "none") or "none").lower()
+        if amp not in ("none", "bf16"):
+            raise ConfigError(f"amp must be 'none' or 'bf16', got {amp!r}")
+        if amp == "bf16" and self.device.type != "cuda":
+            self.logger.log_text(f"amp=bf16 ignored on {self.device.type}: training in float32")
+            return None
+        return torch.bfloat16 if amp == "bf16" else None
+
+    # ------------------------------------------------------------------ loop
+    def _finished(self) -> bool:
+        return (self.max_epochs is not None and self.epoch >= self.max_epochs) or (
+            self.max_iterations is not None and self.iteration >= self.max_iterations
+        )
+
+    def _epoch_batches(self) -> Iterable[Any]:
+        """This epoch's batches, starting after the ``batch_in_epoch`` already trained on."""
+        sampler = getattr(self.train_loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(self.epoch)
+        self._loader_generator.manual_seed(self.seed * 100_003 + self.epoch)  # worker seeds: f(seed, epoch)
+        if isinstance(sampler, ResumableSampler):
+            sampler.set_start(self.batch_in_epoch * self.batch_size)
+            return self.train_loader
+        # A custom loader: correct but slower, the skipped batches are still loaded.
+        return itertools.islice(self.train_loader, self.batch_in_epoch, None)
+
+    def fit(self, until_iteration: int | None = None) -> dict[str, Any]:
+        """Train to the configured limit (or stop early at ``until_iteration``, saving ``last.pt``)."""
+        if self.val_before_train and self.val_period > 0 and self.iteration == 0 and self.resumed_from is None:
+            self._validate_and_checkpoint()
+        self.set_train_mode()
+        sums: dict[str, torch.Tensor] = {}
+        count, t0 = 0, time.perf_counter()
+        while not self._finished():
+            bar = progress(self._epoch_batches(), desc=f"epoch {self.epoch}", rank=self.rank, only_tty=True)
+            for batch in bar:
+                out = self._train_one(batch)
+                for k, v in out.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                count += 1
+                if self.iteration % self.log_period == 0:
+                    self._log_train(sums, count, time.perf_counter() - t0)
+                    sums, count, t0 = {}, 0, time.perf_counter()
+                if self.val_unit == "iter" and self.val_period > 0 and self.iteration % self.val_period == 0:
+                    self._validate_and_checkpoint()
+                if self.max_iterations is not None and self.iteration >= self.max_iterations:
+                    break
+                if until_iteration is not None and self.iteration >= until_iteration:
+                    bar.close()
+                    self.save_checkpoint()
+                    return self.summary()
+            else:  # the epoch ran to its end
+                bar.close()
+                self.epoch += 1
+                self.batch_in_epoch = 0
+                if self.val_unit == "epoch" and self.val_period > 0 and self.epoch % self.val_period == 0:
+                    self._validate_and_checkpoint()
+                continue
+            bar.close()
+            break  # iteration limit inside an epoch
+        if self._last_saved_iteration != self.iteration:
+            self.save_checkpoint()
+        self.logger.log_text(f"training done: epoch {self.epoch}, iteration {self.iteration}, best {self.best}")
+        return self.summary()
+
+    def _train_one(self, batch: Any) -> dict[str, torch.Tensor]:
+        lrs = self.scheduler.apply(self.epoch, self.iteration)
+        batch = move_to_device(batch, self.device, non_blocking=self.device.type == "cuda")
+        with self.autocast():
+            out = self.train_step(batch)
+        if not isinstance(out, Mapping) or "loss" not in out:
+            raise TypeError(f"{type(self).__name__}.train_step must return a dict with a 'loss' tensor")
+        self.optimizer.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        logged = {k: v.detach().float() for k, v in out.items() if torch.is_tensor(v) and v.numel() == 1}
+        if self.grad_norm is not None:
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            logged["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, self.grad_norm).detach().float()
+        self.optimizer.step()
+        self.iteration += 1
+        self.batch_in_epoch += 1
+        logged["lr"] = torch.tensor(lrs[0])
+        return logged
+
+    def _log_train(self, sums: Mapping[str, Any], count: int, seconds: float) -> None:
+        if count == 0:
+            return
+        scalars = {f"train/{k}": float(v) / count for k, v in sums.items()}
+        if not math.isfinite(scalars.get("train/loss", 0.0)):
+            raise FloatingPointError(f"training loss is {scalars['train/loss']} at iteration {self.iteration}")
+        scalars["train/epoch"] = float(self.epoch)
+        scalars["train/sec_per_it"] = seconds / count
+        self.logger.log_scalars(scalars, self.iteration)
+
+    # ------------------------------------------------------------------ validation + checkpoints
+    def run_validation(self) -> dict[str, float]:
+        """``validate()`` on rank 0 in eval mode without gradients; updates ``self.best``. Other ranks get {}."""
+        metrics: dict[str, float] = {}
+        improved = False
+        if self.is_main:
+            self.model.eval()
+            with torch.no_grad():
+                raw = self.validate() or {}
+            self.set_train_mode()
+            metrics = {k: float(v) for k, v in raw.items()}
+            self.last_metrics = metrics
+            if metrics:
+                self.logger.log_scalars({f"val/{k}": v for k, v in metrics.items()}, self.iteration)
+            improved = self._update_best(metrics)
+        self._improved = improved
+        return metrics
+
+    def _update_best(self, metrics: Mapping[str, float]) -> bool:
+        if self.best_metric is None or not metrics:
+            return False
+        if self.best_metric not in metrics:
+            raise ConfigError(f"best_metric {self.best_metric!r} is not among validate()'s metrics {sorted(metrics)}")
+        v = metrics[self.best_metric]
+        old = self.best["value"]
+        better = math.isfinite(v) and (old is None or (v < old if self.best_mode == "min" else v > old))
+        if better:
+            self.best.update(value=v, epoch=self.epoch, iteration=self.iteration)
+        return better
+
+    def _validate_and_checkpoint(self) -> None:
+        self.run_validation()
+        self.save_checkpoint(best=self._improved)
+
+    def _all_rng_states(self) -> list[dict] | None:
+        if not self.dist.enabled:
+            return None
+        states: list[Any] = [None] * self.world_size
+        dist.all_gather_object(states, rng_state())
+        return states
+
+    def checkpoint_state(self, rng_per_rank: list[dict] | None = None) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": self.epoch,
+            "iteration": self.iteration,
+            "batch_in_epoch": self.batch_in_epoch,
+            "seed": self.seed,
+            "world_size": self.world_size,
+            "rng": rng_state(),
+            "rng_per_rank": rng_per_rank,
+            "best": dict(self.best),
+            "metrics": dict(self.last_metrics),
+            "config": to_container(self.cfg),
+        }
+
+    def save_checkpoint(self, best: bool = False) -> Path | None:
+        """Write ``last.pt`` (and ``best.pt`` / a periodic copy when due). Call on every rank (RNG states are
+        gathered); only rank 0 writes. Returns the path of ``last.pt`` on rank 0."""
+        rng_all = self._all_rng_states()
+        path = None
+        if self.is_main:
+            state = self.checkpoint_state(rng_all)
+            ckdir = self.checkpoint_dir
+            path = save_torch(state, ckdir / "last.pt")
+            if best:
+                save_torch(state, ckdir / "best.pt")
+                save_json({**self.best, "checkpoint": str(ckdir / "best.pt")}, self.run_dir / "best.json")
+                self.logger.log_text(f"new best {self.best_metric}={self.best['value']:.6g} -> {ckdir / 'best.pt'}")
+            n = self.epoch if self.val_unit == "epoch" else self.iteration
+            boundary = self.val_unit == "iter" or self.batch_in_epoch == 0
+            if self.save_period > 0 and n > 0 and n % self.save_period == 0 and boundary:
+                save_torch(state, ckdir / f"{self.val_unit}_{n:07d}.pt")
+        self._last_saved_iteration = self.iteration
+        self.barrier()
+        return path
+
+    def resume(self, path: str | Path) -> None:
+        """Restore model, optimiser, scheduler, counters, best metric and RNG from a checkpoint of this trainer."""
+        ckpt = load_torch(path, map_location="cpu")
+        if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{path}: not a trainer checkpoint (format {CHECKPOINT_FORMAT!r}); "
+                             "to start from released weights load them in build_model instead")  # fmt: skip
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.epoch, self.iteration = int(ckpt["epoch"]), int(ckpt["iteration"])
+        self.batch_in_epoch = int(ckpt["batch_in_epoch"])
+        saved_best = dict(ckpt.get("best") or {})
+        if saved_best.get("metric") == self.best_metric:
+            self.best.update(saved_best)
+        self.last_metrics = dict(ckpt.get("metrics") or {})
+        if int(ckpt.get("seed", self.seed)) != self.seed:
+            self.logger.log_text(f"resume: checkpoint seed {ckpt['seed']} != config seed {self.seed}; the data "
+                                 "order follows the config seed")  # fmt: skip
+        per_rank = ckpt.get("rng_per_rank")
+        if self.dist.enabled and per_rank is not None and len(per_rank) == self.world_size:
+            set_rng_state(per_rank[self.rank])
+        else:
+            if int(ckpt.get("world_size", 1)) != self.world_size:
+                self.logger.log_text(f"resume: world size changed {ckpt.get('world_size')} -> {self.world_size}; "
+                                     "the run continues but is not bit-identical")  # fmt: skip
+            set_rng_state(ckpt["rng"])
+        self.resumed_from = str(path)
+        self._last_saved_iteration = self.iteration
+        self.logger.log_text(f"resumed from {path}: epoch {self.epoch}, iteration {self.iteration}")
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "iteration": self.iteration,
+            "best": dict(self.best),
+            "last_metrics": dict(self.last_metrics),
+            "run_dir": None if self.run_dir is None else str(self.run_dir),
+        }
+
+    def close(self) -> None:
+        """Close the logger and leave the process group this trainer created."""
+        self.logger.close()
+        if self.dist.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+    def __enter__(self) -> BaseTrainer:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "BaseTrainer",
+    "DistInfo",
+    "LRSchedule",
+    "ResumableSampler",
+    "build_optimizer",
+    "build_scheduler",
+    "init_distributed",
+    "move_to_device",
+]
