@@ -21,11 +21,11 @@ def toy_model(tmp_path_factory) -> str:
     return str(write_toy_smplx_model(tmp_path_factory.mktemp("smplx") / "SMPLX_NEUTRAL.npz", seed=3))
 
 
-def _smplx_joints(path: str, poses: np.ndarray, betas: np.ndarray, trans: np.ndarray) -> np.ndarray:
+def _smplx_joints(path: str, poses: np.ndarray, betas: np.ndarray, trans: np.ndarray, flat: bool = False) -> np.ndarray:
     import smplx
 
     t = poses.shape[0]
-    m = smplx.SMPLX(path, num_betas=300, num_expression_coeffs=100, use_pca=False, batch_size=t)
+    m = smplx.SMPLX(path, num_betas=300, num_expression_coeffs=100, use_pca=False, batch_size=t, flat_hand_mean=flat)
     p = torch.tensor(poses, dtype=torch.float32)
     out = m(
         betas=torch.tensor(betas, dtype=torch.float32)[None].expand(t, -1), global_orient=p[:, :3],
@@ -54,6 +54,11 @@ def test_fast_fk_equals_smplx_joints_on_toy_model(toy_model):
     # with_betas gives the same as building at those betas; leading batch dims are kept
     ours2 = fk.with_betas(betas)(torch.tensor(poses).reshape(3, 4, 165), torch.tensor(trans).reshape(3, 4, 3))
     np.testing.assert_allclose(ours2.reshape(t, 55, 3).numpy(), ours, atol=1e-6)
+    # flat_hand_mean=True matches smplx's flat_hand_mean=True (and differs on the fingers)
+    flat = get_fk(toy_model, betas=betas, source="smplx", flat_hand_mean=True)(torch.tensor(poses), torch.tensor(trans))
+    np.testing.assert_allclose(flat.numpy(), _smplx_joints(toy_model, poses, betas, trans, flat=True), atol=1e-5)
+    assert np.abs(flat.numpy()[:, 25:] - ours[:, 25:]).max() > 1e-3
+    np.testing.assert_allclose(flat.numpy()[:, :22], ours[:, :22], atol=1e-6)
 
 
 def test_fk_folder_lookup_and_env(toy_model, tmp_path, monkeypatch):

@@ -189,8 +189,13 @@ class JointsFK:
     is added to every joint. Output dtype and device follow ``poses``. ``.source`` names the rest skeleton.
     """
 
-    def __init__(self, skeleton: _LinearSkeleton, betas: np.ndarray | torch.Tensor | None = None):
+    def __init__(
+        self, skeleton: _LinearSkeleton, betas: np.ndarray | torch.Tensor | None = None, flat_hand_mean: bool = False
+    ):
         self._skeleton = skeleton
+        self.flat_hand_mean = bool(flat_hand_mean)
+        # smplx adds the relaxed hand mean unless flat_hand_mean (the reference uses the default: added)
+        self._pose_mean = np.zeros_like(skeleton.pose_mean) if flat_hand_mean else skeleton.pose_mean.copy()
         self.betas = None if betas is None else np.asarray(
             betas.detach().cpu() if isinstance(betas, torch.Tensor) else betas, np.float64
         ).reshape(-1)
@@ -200,15 +205,15 @@ class JointsFK:
         offsets[1:] -= self.rest_joints[parents[1:]]
         self._offsets = offsets  # root: its rest position; others: offset from the parent
         self._levels = _depth_levels(skeleton.parents)
-        self.source = skeleton.source
+        self.source = skeleton.source.replace("hand mean added", "flat hands") if flat_hand_mean else skeleton.source
 
     def with_betas(self, betas: np.ndarray | torch.Tensor | None) -> JointsFK:
         """The same skeleton source at other betas (cheap: a (55,3,K) @ (K,) product)."""
-        return JointsFK(self._skeleton, betas)
+        return JointsFK(self._skeleton, betas, self.flat_hand_mean)
 
     @property
     def pose_mean(self) -> np.ndarray:
-        return self._skeleton.pose_mean.copy()
+        return self._pose_mean.copy()
 
     def __call__(
         self, poses: torch.Tensor | np.ndarray, trans: torch.Tensor | np.ndarray | None = None
@@ -221,7 +226,7 @@ class JointsFK:
         lead = poses.shape[:-1]
         dtype, device = poses.dtype, poses.device
         full = poses.reshape(-1, NUM_JOINTS, 3) + torch.as_tensor(
-            self._skeleton.pose_mean, dtype=dtype, device=device
+            self._pose_mean, dtype=dtype, device=device
         ).reshape(NUM_JOINTS, 3)
         rot = axis_angle_to_matrix(full)  # (N, 55, 3, 3)
         offsets = torch.as_tensor(self._offsets, dtype=dtype, device=device)
@@ -254,10 +259,12 @@ def get_fk(
     model_path: str | os.PathLike | None = None,
     betas: np.ndarray | torch.Tensor | None = None,
     source: str = "auto",
+    flat_hand_mean: bool = False,
 ) -> JointsFK:
     """Joints-only FK. ``source``: ``"auto"`` (SMPL-X file if found, else mannequin), ``"smplx"``, ``"mannequin"``.
 
-    ``model_path`` (or ``$SMPLX_MODEL_PATH``) is an SMPL-X model file or a folder holding one."""
+    ``model_path`` (or ``$SMPLX_MODEL_PATH``) is an SMPL-X model file or a folder holding one. ``flat_hand_mean``
+    as in ``smplx``: False (the default there and in the reference evaluator) adds the relaxed hand mean."""
     if source not in ("auto", "smplx", "mannequin"):
         raise ValueError(f"unknown FK source {source!r}; expected 'auto', 'smplx' or 'mannequin'")
     path = find_smplx_model(model_path) if source in ("auto", "smplx") else None
@@ -269,7 +276,7 @@ def get_fk(
     key = f"smplx:{path.resolve()}:{path.stat().st_mtime_ns}" if path is not None else "mannequin"
     if key not in _SKELETON_CACHE:
         _SKELETON_CACHE[key] = _smplx_skeleton(path) if path is not None else _mannequin_skeleton()
-    return JointsFK(_SKELETON_CACHE[key], betas)
+    return JointsFK(_SKELETON_CACHE[key], betas, flat_hand_mean)
 
 
 class SMPLXVertices:
