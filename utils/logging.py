@@ -210,7 +210,6 @@ class WandbLogger(Logger):
             tags=list(tags or []),
             dir=str(run_dir),
             config=dict(config or {}),
-            reinit=True,
         )
 
     def log_scalars(self, scalars: Mapping[str, Any], step: int) -> None:
