@@ -99,7 +99,7 @@ def test_checkpoint_contents(tmp_path):
         tr.fit()
     ck = load_torch(tr.run_dir / "checkpoints" / "last.pt")  # weights_only=True must succeed
     assert ck["format"] == CHECKPOINT_FORMAT
-    assert {"model", "optimizer", "scheduler", "epoch", "iteration", "batch_in_epoch", "rng", "best", "config",
+    assert {"model", "extra", "optimizer", "scheduler", "epoch", "iteration", "batch_in_epoch", "rng", "best", "config",
             "seed", "world_size", "metrics"} <= set(ck)  # fmt: skip
     assert ck["epoch"] == 2 and ck["iteration"] == 16 and ck["batch_in_epoch"] == 0
     for k, v in tr.model.state_dict().items():
@@ -159,6 +159,37 @@ def test_resume_is_bit_exact(tmp_path, stop_at):
         torch.manual_seed(12345)
         d.fit()
     assert not all(torch.equal(d.model.state_dict()[k], v) for k, v in a.model.state_dict().items())
+
+
+class CountingTrainer(ToyTrainer):
+    """State outside the model (like RVQ EMA statistics) travels through extra_state/load_extra_state."""
+
+    def build_model(self):
+        self.running = torch.zeros(1)
+        return super().build_model()
+
+    def train_step(self, batch):
+        self.running = 0.9 * self.running + batch[0].mean()
+        return super().train_step(batch)
+
+    def extra_state(self):
+        return {"running": self.running.clone()}
+
+    def load_extra_state(self, state):
+        self.running = state["running"].clone()
+
+
+def test_extra_state_survives_resume(tmp_path):
+    cfg = make_cfg(tmp_path, **{"solver.epochs": 2})
+    with CountingTrainer(cfg, run_dir=tmp_path / "a") as a:
+        a.fit()
+    with CountingTrainer(cfg, run_dir=tmp_path / "b") as b:
+        b.fit(until_iteration=5)
+    with CountingTrainer(cfg, run_dir=tmp_path / "c") as c:
+        c.resume(tmp_path / "b" / "checkpoints" / "last.pt")
+        c.fit()
+    assert torch.equal(a.running, c.running) and a.running.abs().item() > 0
+    assert torch.equal(load_torch(tmp_path / "c" / "checkpoints" / "last.pt")["extra"]["running"], a.running)
 
 
 class ScriptedValTrainer(ToyTrainer):

@@ -12,6 +12,8 @@ Subclass hooks (called in this order by ``__init__``)::
     param_groups() -> iterable of params / dicts     # optional override (per-group lr, frozen parts)
     train_step(batch) -> {"loss": tensor, ...}       # batch already on the device; other entries are logged
     validate() -> {"metric": float, ...}             # rank 0 only, in eval mode under no_grad; use self.model
+    extra_state() / load_extra_state(state)          # optional: state outside model.state_dict() (RVQ EMA stats)
+    set_train_mode()                                 # optional: keep frozen submodules in eval mode
 
 In ``train_step`` call the network through ``self.forward_model(...)`` (or ``self.ddp_model``) so that DDP
 synchronises gradients; any method can be reached with ``self.forward_model(x, method="loss")``. In ``validate``
@@ -55,9 +57,10 @@ Learning-rate convention: the update with 0-based index ``i`` (``self.iteration`
 (0-based) uses ``lr_at(e, i)``.
 
 Checkpoints (``<run_dir>/checkpoints/{last,best,<unit>_<n>}.pt``, written atomically by rank 0) hold: model,
-optimizer, scheduler, epoch, iteration, batch_in_epoch, rng (every rank's under DDP), best, config, seed,
-world_size, metrics. ``resume(path)`` restores all of it; with the default loader the data order is a function of
-(seed, epoch) and the number of batches already done, so a resumed CPU run ends bit-identical to an uninterrupted one.
+extra (subclass state), optimizer, scheduler, epoch, iteration, batch_in_epoch, rng (every rank's under DDP), best,
+config, seed, world_size, metrics. ``resume(path)`` restores all of it; with the default loader the data order is a
+function of (seed, epoch) and the number of batches already done, so a resumed CPU run ends bit-identical to an
+uninterrupted one.
 """
 
 from __future__ import annotations
@@ -366,6 +369,14 @@ class BaseTrainer:
     def param_groups(self) -> Iterable[Any]:
         return [p for p in self.model.parameters() if p.requires_grad]
 
+    def extra_state(self) -> dict[str, Any]:
+        """Training state outside ``model.state_dict()`` that resume must restore (e.g. RVQ-VAE quantiser EMA
+        statistics kept out of the released state-dict layout). Tensors/numbers/containers only."""
+        return {}
+
+    def load_extra_state(self, state: Mapping[str, Any]) -> None:
+        """Inverse of ``extra_state``; called by ``resume`` after the model and optimiser are restored."""
+
     def collate_fn(self, items: list[Any]) -> Any:
         return torch.utils.data.default_collate(items)
 
@@ -574,6 +585,7 @@ class BaseTrainer:
         return {
             "format": CHECKPOINT_FORMAT,
             "model": self.model.state_dict(),
+            "extra": self.extra_state(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "epoch": self.epoch,
@@ -618,6 +630,7 @@ class BaseTrainer:
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.load_extra_state(ckpt.get("extra") or {})
         self.epoch, self.iteration = int(ckpt["epoch"]), int(ckpt["iteration"])
         self.batch_in_epoch = int(ckpt["batch_in_epoch"])
         saved_best = dict(ckpt.get("best") or {})
