@@ -96,8 +96,12 @@ GESTURE_SPACE_LEFT: dict[int, tuple[float, float, float]] = {
     16: (0.0, -0.25, 0.30), 18: (0.05, -0.75, 0.10), 20: (-0.1, 0.0, 0.0),
 }  # fmt: skip
 # Loop directions (left arm; "up" = stroke preparation direction, "side" = lateral component).
-LOOP_UP_LEFT: dict[int, tuple[float, float, float]] = {16: (0.0, -0.1, 0.25), 18: (0.0, -0.35, 0.0), 20: (-0.15, 0.0, 0.0)}
-LOOP_SIDE_LEFT: dict[int, tuple[float, float, float]] = {16: (0.0, -0.3, 0.0), 18: (0.0, 0.0, 0.25), 20: (0.0, 0.0, 0.12)}
+LOOP_UP_LEFT: dict[int, tuple[float, float, float]] = {
+    16: (0.0, -0.1, 0.25), 18: (0.0, -0.35, 0.0), 20: (-0.15, 0.0, 0.0)
+}
+LOOP_SIDE_LEFT: dict[int, tuple[float, float, float]] = {
+    16: (0.0, -0.3, 0.0), 18: (0.0, 0.0, 0.25), 20: (0.0, 0.0, 0.12)
+}
 # Axial joints lean forward ("up") and sideways ("side") with the strokes, so spine/neck/head positions follow too.
 LOOP_UP_AXIAL: dict[int, tuple[float, float, float]] = {
     0: (0.04, 0.0, 0.0), 3: (0.02, 0.0, 0.0), 6: (0.02, 0.0, 0.0), 9: (0.02, 0.0, 0.0), 12: (0.04, 0.0, 0.0),
@@ -322,7 +326,12 @@ def _ease(u: np.ndarray) -> np.ndarray:
 
 
 def synth_motion(
-    beats: np.ndarray, beat_amps: np.ndarray, env: np.ndarray, style: SpeakerStyle, n_frames: int, rng: np.random.Generator
+    beats: np.ndarray,
+    beat_amps: np.ndarray,
+    env: np.ndarray,
+    style: SpeakerStyle,
+    n_frames: int,
+    rng: np.random.Generator,
 ) -> dict[str, np.ndarray]:
     """Poses/trans/expressions at 30 fps from the beat times and the loudness envelope."""
     t = np.arange(n_frames) / FPS
