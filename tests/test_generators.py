@@ -213,7 +213,7 @@ def test_shortcut_objective_split_steps_and_hand_computed_losses():
     x_t, t = student["x"], student["t"]
     tb = t.reshape(-1, 1, 1, 1)
     v = data - (x_t - tb * data) / (1 - tb)  # x1 - eps, eps recovered from x_t
-    pred = _recorder_output(student, float(net.a))
+    pred = _recorder_output(student, float(net.a.detach()))
     mse_flow = ((pred[:n_flow] - v[:n_flow]) ** 2).mean()
     torch.testing.assert_close(out["loss_flow"], mse_flow * (1 / t[:n_flow]).mean(), rtol=1e-4, atol=0)
     target = (_recorder_output(teacher1, 0.3) + _recorder_output(teacher2, 0.3)) / 2
