@@ -1,0 +1,517 @@
+"""EMAGE-protocol evaluation: an in-memory ``Evaluator`` (training validation) and folder evaluation (test.py).
+
+Per sequence (whole files, batch 1, 30 fps), following ../shared/spec/protocol.md §2:
+- FGD features: axis-angle (T,165) -> rot6d -> re-orthonormalised rot6d (330, un-normalised), trimmed to a
+  multiple of ``fgd_trim`` (32) frames, ``fgd_model.map2latent`` -> (T/16, 240) tokens, pooled over all sequences
+  for prediction and for GT; Fréchet distance between the two Gaussians.
+- BC and L1div: joints-only FK with GT betas (zero shape when absent), translation and expression zeroed, jaw and
+  global orientation as given. BC uses the sequence's audio; see utils.metrics.BeatConsistency for the protocols.
+  Both are also reported for GT (``bc_gt``, ``l1div_gt``) as the reference table does.
+- Face MSE / LVD (only with an SMPL-X model file): vertices with only jaw + expressions, GT betas.
+95% CIs: percentile bootstrap over sequences (seeded); FGD is re-pooled exactly from per-sequence sums.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from utils.body_model import JointsFK, SMPLXVertices, get_fk
+from utils.metrics import (
+    BeatConsistency,
+    face_mse,
+    frechet_from_moments,
+    lvd_emage2024,
+    lvd_evaltools,
+)
+from utils.rotations import poses_to_rot6d, reortho_6d
+
+__all__ = [
+    "Evaluator",
+    "EvaluationError",
+    "evaluate_folder",
+    "discover_pairs",
+    "load_motion_npz",
+    "format_table",
+    "sha256_file",
+    "METRIC_SCALES",
+]
+
+# How papers print each raw metric (raw x scale): FGD "x1e-1", BC "x1e-1", MSE "x1e-8", LVD "x1e-5".
+METRIC_SCALES = {"fgd": 10.0, "bc": 10.0, "bc_gt": 10.0, "l1div": 1.0, "l1div_gt": 1.0,
+                 "face_mse": 1e8, "lvd_emage2024": 1e5, "lvd_evaltools": 1e5}  # fmt: skip
+
+
+class EvaluationError(ValueError):
+    """Bad evaluation input (mismatched ids or lengths, NaN, missing audio, ...); the message names the file."""
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class _Record:
+    id: str
+    n: int
+    bc: float | None = None
+    bc_gt: float | None = None
+    l1_sum: float = 0.0
+    l1_gt_sum: float = 0.0
+    fgd: tuple[np.ndarray, ...] | None = None  # (count, sum, outer) pred then gt
+    face: dict[str, float] | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _as_poses(x: Any, name: str) -> np.ndarray:
+    a = np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float32)
+    if a.ndim != 2 or a.shape[1] != 165:
+        raise EvaluationError(f"{name}: poses must be (T, 165) axis-angle, got {a.shape}")
+    if not np.all(np.isfinite(a)):
+        raise EvaluationError(f"{name}: poses contain NaN/inf")
+    return a
+
+
+class Evaluator:
+    """Accumulates per-sequence metric state; ``compute()`` pools it.
+
+    ``fgd_model``: an object with ``map2latent(x (B,T,330)) -> (B,T/16,240)`` (``models.fgd_autoencoder``), or None
+    (FGD not computed). ``mean_vel``: (55,) array or .npy path for BC, or None (BC not computed). ``fk``: a
+    ``JointsFK`` (its skeleton source is used with each sequence's betas); default ``get_fk()``.
+    ``face_model``: an ``SMPLXVertices`` to compute face MSE/LVD, or None.
+    """
+
+    def __init__(
+        self,
+        fgd_model: Any | None = None,
+        mean_vel: np.ndarray | str | os.PathLike | None = None,
+        fk: JointsFK | None = None,
+        protocol: str = "emage2024",
+        fgd_trim: int = 32,
+        face_model: SMPLXVertices | None = None,
+        **bc_kwargs: Any,
+    ) -> None:
+        self.fgd_model = fgd_model
+        self.fk = fk if fk is not None else get_fk()
+        self.protocol = protocol
+        self.fgd_trim = int(fgd_trim)
+        self.face_model = face_model
+        self.bc = BeatConsistency(mean_vel, protocol=protocol, **bc_kwargs) if mean_vel is not None else None
+        if self.bc is None and protocol not in ("emage2024", "corrected"):
+            raise ValueError(f"unknown protocol {protocol!r}")
+        self.records: list[_Record] = []
+
+    def reset(self) -> None:
+        self.records.clear()
+
+    # -- per sequence ------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _fgd_stats(self, poses: np.ndarray) -> tuple[int, np.ndarray, np.ndarray] | None:
+        n = poses.shape[0] - poses.shape[0] % self.fgd_trim  # reference: rec_pose[:, :n - n % 32]
+        if n == 0:
+            return None
+        params = list(self.fgd_model.parameters()) if hasattr(self.fgd_model, "parameters") else []
+        device = params[0].device if params else torch.device("cpu")
+        x = reortho_6d(poses_to_rot6d(torch.from_numpy(poses[:n])).reshape(n, 55, 6)).reshape(1, n, 330)
+        feats = self.fgd_model.map2latent(x.to(device))  # (1, n/16, 240)
+        f = feats.reshape(-1, feats.shape[-1]).double().cpu().numpy()
+        if not np.all(np.isfinite(f)):
+            raise EvaluationError("FGD encoder produced NaN/inf features")
+        return f.shape[0], f.sum(0), f.T @ f
+
+    def _joints(self, poses: np.ndarray, betas: np.ndarray | None) -> np.ndarray:
+        fk = self.fk.with_betas(betas)
+        return fk(torch.from_numpy(poses).double()).numpy()  # translation zeroed: trans not passed
+
+    def add(
+        self,
+        pred_poses: np.ndarray | torch.Tensor,
+        gt_poses: np.ndarray | torch.Tensor,
+        betas: np.ndarray | None = None,
+        audio: str | os.PathLike | np.ndarray | None = None,
+        id: str | None = None,  # noqa: A002 - the agreed API name
+        pred_expressions: np.ndarray | None = None,
+        gt_expressions: np.ndarray | None = None,
+    ) -> dict[str, Any]:
+        """Add one whole sequence (pred and GT (T,165) axis-angle at 30 fps, GT betas (300,), its audio).
+        Returns the sequence's own metrics."""
+        sid = id if id is not None else f"seq{len(self.records)}"
+        pred = _as_poses(pred_poses, f"{sid} (prediction)")
+        gt = _as_poses(gt_poses, f"{sid} (ground truth)")
+        if pred.shape[0] != gt.shape[0]:
+            raise EvaluationError(f"{sid}: prediction has {pred.shape[0]} frames, ground truth {gt.shape[0]}")
+        if betas is not None:
+            betas = np.asarray(betas, np.float64).reshape(-1)
+            if not np.all(np.isfinite(betas)):
+                raise EvaluationError(f"{sid}: betas contain NaN/inf")
+        rec = _Record(sid, pred.shape[0])
+        jp, jg = self._joints(pred, betas), self._joints(gt, betas)
+        rec.l1_sum = float(np.abs(jp - jp.mean(0)).sum())
+        rec.l1_gt_sum = float(np.abs(jg - jg.mean(0)).sum())
+        if self.bc is not None:
+            if audio is None:
+                rec.notes.append("no audio: excluded from BC")
+            elif rec.n <= 2 * self.bc.align_mask:
+                rec.notes.append(f"{rec.n} frames <= {2 * self.bc.align_mask}: excluded from BC")
+            else:
+                onsets = self.bc.onsets(audio, rec.n)
+                if onsets.size == 0:
+                    rec.notes.append("no audio onsets in the evaluated window: excluded from BC")
+                else:
+                    rec.bc = self.bc.score(self.bc.motion_beats(jp), onsets)
+                    rec.bc_gt = self.bc.score(self.bc.motion_beats(jg), onsets)
+        if self.fgd_model is not None:
+            sp, sg = self._fgd_stats(pred), self._fgd_stats(gt)
+            if sp is None:
+                rec.notes.append(f"{rec.n} frames < {self.fgd_trim}: excluded from FGD")
+            else:
+                rec.fgd = (*sp, *sg)
+        if self.face_model is not None:
+            if pred_expressions is None or gt_expressions is None:
+                rec.notes.append("no expressions: excluded from face metrics")
+            else:
+                vr = self.face_model.face_vertices(pred, pred_expressions, betas).cpu().numpy()
+                vt = self.face_model.face_vertices(gt, gt_expressions, betas).cpu().numpy()
+                rec.face = {"face_mse": face_mse(vr, vt), "lvd_emage2024": lvd_emage2024(vr, vt),
+                            "lvd_evaltools": lvd_evaltools(vr, vt)}  # fmt: skip
+        self.records.append(rec)
+        out = {"id": sid, "frames": rec.n, "bc": rec.bc, "bc_gt": rec.bc_gt,
+               "l1div": rec.l1_sum / rec.n, "l1div_gt": rec.l1_gt_sum / rec.n}  # fmt: skip
+        if rec.face:
+            out.update(rec.face)
+        if rec.notes:
+            out["notes"] = list(rec.notes)
+        return out
+
+    # -- pooling -----------------------------------------------------------------------------------------------
+    def _aggregate(self, w: np.ndarray) -> dict[str, float | None]:
+        """Metrics over the records with multiplicities ``w`` (ones = the plain test set)."""
+        recs = self.records
+        n = np.array([r.n for r in recs], np.float64)
+        out: dict[str, float | None] = {}
+        out["l1div"] = float((w * [r.l1_sum for r in recs]).sum() / (w * n).sum())
+        out["l1div_gt"] = float((w * [r.l1_gt_sum for r in recs]).sum() / (w * n).sum())
+        if self.bc is not None:
+            m = np.array([r.bc is not None for r in recs])
+            bw = w * m * (n - 2 * self.bc.align_mask)
+            if bw.sum() > 0:
+                out["bc"] = float(np.sum(bw * [r.bc or 0.0 for r in recs]) / bw.sum())
+                out["bc_gt"] = float(np.sum(bw * [r.bc_gt or 0.0 for r in recs]) / bw.sum())
+            else:
+                out["bc"] = out["bc_gt"] = None
+        if self.fgd_model is not None:
+            out["fgd"] = self._fgd(w)
+        if self.face_model is not None:
+            fm = np.array([r.face is not None for r in recs])
+            fw = w * fm * n
+            for k in ("face_mse", "lvd_emage2024", "lvd_evaltools"):
+                vals = [r.face[k] if r.face else 0.0 for r in recs]
+                out[k] = float(np.sum(fw * vals) / fw.sum()) if fw.sum() > 0 else None
+        return out
+
+    def _fgd(self, w: np.ndarray) -> float | None:
+        idx = [i for i, r in enumerate(self.records) if r.fgd is not None and w[i] > 0]
+        if not idx:
+            return None
+        ww = w[idx]
+        moments = []
+        for off in (0, 3):
+            cnt = sum(wi * self.records[i].fgd[off] for wi, i in zip(ww, idx))
+            if cnt < 2:
+                return None
+            s = sum(wi * self.records[i].fgd[off + 1] for wi, i in zip(ww, idx))
+            o = sum(wi * self.records[i].fgd[off + 2] for wi, i in zip(ww, idx))
+            mu = s / cnt
+            cov = (o - cnt * np.outer(mu, mu)) / (cnt - 1)  # == np.cov(rowvar=False) of the pooled tokens
+            moments.append((mu, cov))
+        return frechet_from_moments(moments[0][0], moments[0][1], moments[1][0], moments[1][1])
+
+    def compute(self, n_boot: int = 0, seed: int = 0) -> dict[str, Any]:
+        """Pooled metrics (None where not computable). With ``n_boot > 0`` also ``ci95``: percentile-bootstrap
+        intervals over sequences (``seed`` fixes the resampling)."""
+        if not self.records:
+            raise EvaluationError("Evaluator.compute() before any add()")
+        s = len(self.records)
+        res: dict[str, Any] = dict(self._aggregate(np.ones(s)))
+        res["n_sequences"] = s
+        res["n_frames"] = int(sum(r.n for r in self.records))
+        if n_boot > 0:
+            rng = np.random.default_rng(seed)
+            draws: dict[str, list[float]] = {k: [] for k, v in res.items() if k in METRIC_SCALES and v is not None}
+            for _ in range(n_boot):
+                w = rng.multinomial(s, np.full(s, 1.0 / s)).astype(np.float64)
+                agg = self._aggregate(w)
+                for k in draws:
+                    if agg.get(k) is not None:
+                        draws[k].append(agg[k])
+            res["ci95"] = {k: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] if v else None
+                           for k, v in draws.items()}  # fmt: skip
+            res["bootstrap"] = {"n": int(n_boot), "seed": int(seed), "unit": "sequence"}
+        return res
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Folder evaluation
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _ids_in(folder: Path, prefix: str, other_prefix: str) -> dict[str, Path]:
+    files = sorted(folder.glob("*.npz"))
+    pref = [f for f in files if f.name.startswith(prefix)]
+    if pref:
+        return {f.stem[len(prefix) :]: f for f in pref}
+    return {f.stem: f for f in files if not f.name.startswith(other_prefix)}
+
+
+def discover_pairs(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike) -> list[tuple[str, Path, Path]]:
+    """(id, pred file, gt file) for ``res_<id>.npz`` / ``gt_<id>.npz`` (or plain ``<id>.npz``) in the folders.
+    Ids present on one side only are an error."""
+    pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
+    for d, what in ((pred_dir, "--pred-dir"), (gt_dir, "--gt-dir")):
+        if not d.is_dir():
+            raise EvaluationError(f"{what} {d} is not a folder")
+    preds = _ids_in(pred_dir, "res_", "gt_")
+    gts = _ids_in(gt_dir, "gt_", "res_")
+    if not preds:
+        raise EvaluationError(f"no prediction files (res_<id>.npz or <id>.npz) in {pred_dir}")
+    only_pred, only_gt = sorted(set(preds) - set(gts)), sorted(set(gts) - set(preds))
+    if only_pred or only_gt:
+        raise EvaluationError(
+            f"prediction and ground-truth ids differ: without GT in {gt_dir}: {only_pred[:10]}"
+            f"{' ...' if len(only_pred) > 10 else ''}; without prediction in {pred_dir}: {only_gt[:10]}"
+            f"{' ...' if len(only_gt) > 10 else ''}"
+        )
+    return [(i, preds[i], gts[i]) for i in sorted(preds)]
+
+
+def load_motion_npz(path: Path) -> dict[str, Any]:
+    """poses (T,165) (required), betas, trans, expressions, gt_copied (optional); validated, no pickle."""
+    try:
+        z = np.load(path, allow_pickle=False)
+    except Exception as e:
+        raise EvaluationError(f"{path}: cannot read npz ({e})") from e
+    with z:
+        if "poses" not in z.files:
+            raise EvaluationError(f"{path}: missing key 'poses' (has {z.files})")
+        out: dict[str, Any] = {"poses": _as_poses(z["poses"], str(path))}
+        t = out["poses"].shape[0]
+        for key in ("betas", "trans", "expressions"):
+            if key in z.files:
+                a = np.asarray(z[key], np.float64)
+                if not np.all(np.isfinite(a)):
+                    raise EvaluationError(f"{path}: '{key}' contains NaN/inf")
+                if key != "betas" and a.shape[0] != t:
+                    raise EvaluationError(f"{path}: '{key}' has {a.shape[0]} frames, poses {t}")
+                out[key] = a
+        if "betas" in out and out["betas"].ndim == 2:
+            out["betas"] = out["betas"][0]  # per-frame copies of one shape
+        if "gt_copied" in z.files:
+            try:
+                out["gt_copied"] = [str(s) for s in np.atleast_1d(z["gt_copied"]).tolist()]
+            except ValueError as e:
+                raise EvaluationError(f"{path}: 'gt_copied' must be a string array (no pickle): {e}") from e
+    return out
+
+
+def _identical_fields(pred: dict[str, Any], gt: dict[str, Any]) -> list[str]:
+    """Fields of the prediction that equal the ground truth exactly (GT substitution, as upstream's test does)."""
+    same = []
+    if np.array_equal(pred["poses"][:, 66:69], gt["poses"][:, 66:69]) and np.abs(gt["poses"][:, 66:69]).max() > 0:
+        same.append("jaw")
+    for key in ("expressions", "trans"):
+        if key in pred and key in gt and np.array_equal(pred[key], gt[key]) and np.abs(gt[key]).max() > 0:
+            same.append(key)
+    if np.array_equal(pred["poses"], gt["poses"]):
+        same.append("poses")
+    elif pred["poses"].shape[0] >= 16 and np.array_equal(pred["poses"][:16], gt["poses"][:16]):
+        same.append("poses[:16] (seed frames)")
+    return same
+
+
+def _versions() -> dict[str, str]:
+    import librosa
+    import scipy
+
+    return {"python": platform.python_version(), "numpy": np.__version__, "scipy": scipy.__version__,
+            "librosa": librosa.__version__, "torch": torch.__version__}  # fmt: skip
+
+
+def evaluate_folder(
+    pred_dir: str | os.PathLike,
+    gt_dir: str | os.PathLike,
+    audio_dir: str | os.PathLike | None = None,
+    protocol: str = "emage2024",
+    fgd_ckpt: str | os.PathLike | None = None,
+    body_model: str | os.PathLike | None = None,
+    mean_vel: str | os.PathLike | None = None,
+    out_dir: str | os.PathLike | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    device: str = "cpu",
+    skip_missing_audio: bool = False,
+    face: bool = True,
+    fgd_model: Any | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate a folder of predictions against a folder of ground truth; write ``out_dir/metrics.json``."""
+    from utils.body_model import find_smplx_model, get_vertex_model
+
+    pairs = discover_pairs(pred_dir, gt_dir)
+    notes: list[str] = []
+    excluded: list[dict[str, str]] = []
+    # audio
+    audio_paths: dict[str, Path | None] = {}
+    if audio_dir is None:
+        notes.append("BC not computed: no --audio-dir given")
+    else:
+        missing = []
+        for sid, _, _ in pairs:
+            p = Path(audio_dir) / f"{sid}.wav"
+            audio_paths[sid] = p if p.is_file() else None
+            if not p.is_file():
+                missing.append(sid)
+        if missing and not skip_missing_audio:
+            raise EvaluationError(
+                f"no audio <id>.wav in {audio_dir} for {missing[:10]}{' ...' if len(missing) > 10 else ''} "
+                "(pass --skip-missing-audio to exclude them from BC, reported in metrics.json)"
+            )
+        excluded += [{"id": s, "metric": "bc", "reason": f"no {s}.wav in {audio_dir}"} for s in missing]
+    if mean_vel is None:
+        notes.append("BC not computed: no --mean-vel given (mean_vel_smplxflame_30.npy; BC depends on it)")
+    use_bc = audio_dir is not None and mean_vel is not None
+    # FGD
+    fgd_info: dict[str, Any] | None = None
+    if fgd_model is None and fgd_ckpt is not None:
+        from models.fgd_autoencoder import load_fgd_autoencoder
+
+        fgd_model = load_fgd_autoencoder(fgd_ckpt, map_location=device)
+    if fgd_ckpt is not None:
+        fgd_info = {"path": str(fgd_ckpt), "sha256": sha256_file(fgd_ckpt)}
+    elif fgd_model is not None:
+        fgd_info = {"path": None, "sha256": None, "note": "in-memory FGD model (no checkpoint file)"}
+    else:
+        notes.append("FGD not computed: no --fgd-ckpt given (the EMAGE AE is AESKConv_240_100.bin)")
+    # body model
+    fk = get_fk(body_model)
+    face_model = None
+    if face and find_smplx_model(body_model) is not None:
+        face_model = get_vertex_model(body_model, device)
+    else:
+        notes.append("face MSE/LVD not computed: needs the SMPL-X model file (--body-model or SMPLX_MODEL_PATH)")
+    ev = Evaluator(fgd_model, mean_vel if use_bc else None, fk, protocol, face_model=face_model)
+    files = []
+    copied_all: set[str] = set()
+    iterator = pairs
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(pairs, desc="evaluate", unit="seq")
+    for sid, pp, gp in iterator:
+        pred, gt = load_motion_npz(pp), load_motion_npz(gp)
+        if pred["poses"].shape[0] != gt["poses"].shape[0]:
+            raise EvaluationError(
+                f"{sid}: {pp.name} has {pred['poses'].shape[0]} frames but {gp.name} has {gt['poses'].shape[0]}"
+            )
+        betas = gt.get("betas")
+        info: dict[str, Any] = {"id": sid, "pred": str(pp), "gt": str(gp), "frames": int(pred["poses"].shape[0])}
+        if betas is None:
+            info["betas"] = "absent in GT file: zero shape used"
+        declared = pred.get("gt_copied", [])
+        identical = _identical_fields(pred, gt)
+        if declared:
+            info["gt_copied"] = declared
+        if identical:
+            info["identical_to_gt"] = identical
+        copied_all.update(declared)
+        copied_all.update(identical)
+        audio = audio_paths.get(sid) if use_bc else None
+        if audio is not None:
+            info["audio"] = str(audio)
+        try:
+            seq = ev.add(pred["poses"], gt["poses"], betas, audio, sid, pred.get("expressions"), gt.get("expressions"))
+        except EvaluationError:
+            raise
+        except ValueError as e:
+            raise EvaluationError(f"{sid}: {e}") from e
+        for note in seq.pop("notes", []):
+            excluded.append({"id": sid, "metric": note.split("excluded from ")[-1], "reason": note})
+        info.update({k: v for k, v in seq.items() if k not in ("id", "frames")})
+        files.append(info)
+    res = ev.compute(n_boot=n_boot, seed=seed)
+    metric_names = [k for k in METRIC_SCALES if k in res]
+    if copied_all & {"jaw", "expressions"} and face_model is not None:
+        notes.append("face metrics compare GT-copied jaw/expressions: they are trivially ~0 and not meaningful")
+    report: dict[str, Any] = {
+        "metrics": {k: res[k] for k in metric_names},
+        "ci95": res.get("ci95", {}),
+        "bootstrap": res.get("bootstrap"),
+        "reported_scale": {k: METRIC_SCALES[k] for k in metric_names},
+        "protocol": {
+            "id": protocol,
+            "bc": None if ev.bc is None else {
+                "variant": ev.bc.protocol, "options": ev.bc.options.__dict__, "sigma": ev.bc.sigma,
+                "order": ev.bc.order, "threshold": ev.bc.threshold, "joints": list(ev.bc.joints),
+                "align_mask": ev.bc.align_mask,
+            },
+            "fgd_trim": ev.fgd_trim,
+        },
+        "fgd_ae": fgd_info,
+        "skeleton_source": fk.source,
+        "face_model": None if face_model is None else face_model.source,
+        "mean_vel": None if mean_vel is None else {"path": str(mean_vel), "sha256": sha256_file(mean_vel)},
+        "n_sequences": res["n_sequences"],
+        "n_frames": res["n_frames"],
+        "seconds": res["n_frames"] / 30.0,
+        "gt_copied_fields": sorted(copied_all),
+        "files": files,
+        "excluded": excluded,
+        "notes": notes,
+        "versions": _versions(),
+    }
+    if out_dir is not None:
+        from utils.io import save_json
+
+        save_json(_json_clean(report), Path(out_dir) / "metrics.json")
+    return report
+
+
+def _json_clean(o: Any) -> Any:
+    if isinstance(o, dict):
+        return {k: _json_clean(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_json_clean(v) for v in o]
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    return o
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """A console table: metric, raw value, 95% CI, value at the papers' reporting scale."""
+    rows = [f"{'metric':<15}{'raw':>12}{'95% CI':>26}{'reported':>12}"]
+    for k, v in report["metrics"].items():
+        ci = report.get("ci95", {}).get(k)
+        ci_s = f"[{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "-"
+        val = "n/a" if v is None else f"{v:.4f}"
+        scaled = "n/a" if v is None else f"{v * report['reported_scale'][k]:.4f}"
+        rows.append(f"{k:<15}{val:>12}{ci_s:>26}{scaled:>12}")
+    rows.append(f"{report['n_sequences']} sequences, {report['seconds']:.1f} s; protocol {report['protocol']['id']}; "
+                f"skeleton {report['skeleton_source']}")  # fmt: skip
+    for n in report.get("notes", []):
+        rows.append(f"note: {n}")
+    for e in report.get("excluded", []):
+        rows.append(f"excluded: {e['id']} from {e['metric']}: {e['reason']}")
+    if report.get("gt_copied_fields"):
+        rows.append(f"GT-copied/identical fields in predictions: {report['gt_copied_fields']}")
+    return "\n".join(rows)
