@@ -87,7 +87,7 @@ def test_evaluator_pools_fgd_and_matches_direct_metrics():
     assert res["l1div"] == pytest.approx(l1 / frames)
     # predictions identical to GT: FGD ~ 0 and pred metrics equal GT metrics
     ev2 = Evaluator(enc, mv, fk, "corrected")
-    for pred, gt, betas, audio, _ in seqs:
+    for _pred, gt, betas, audio, _ in seqs:
         ev2.add(gt, gt, betas, audio)
     r2 = ev2.compute()
     assert abs(r2["fgd"]) < 1e-9 and r2["bc"] == r2["bc_gt"] and r2["l1div"] == r2["l1div_gt"]
