@@ -74,7 +74,9 @@ class QuantizeEMAReset(nn.Module):
 
     # ----- core --------------------------------------------------------------------------------------------------
     def projected_codebook(self) -> torch.Tensor:
-        return self.embedding_proj(self.codebook)
+        # A copy goes into the graph, so the in-place EMA update below cannot invalidate it (in-place keeps the
+        # buffer's identity, which DDP's buffer broadcast relies on).
+        return self.embedding_proj(self.codebook.clone())
 
     def _tile(self, x: torch.Tensor) -> torch.Tensor:
         """At least ``nb_code`` rows: repeat x and add N(0, (0.01/sqrt(C))^2) noise when x has fewer rows."""
@@ -88,8 +90,7 @@ class QuantizeEMAReset(nn.Module):
     @torch.no_grad()
     def init_codebook(self, x: torch.Tensor) -> None:
         """x: (N, C) encoder vectors."""
-        # Assigned, not copied in place: the old codebook may still be needed by an autograd graph.
-        self.codebook = self._tile(x)[: self.nb_code].clone()
+        self.codebook.copy_(self._tile(x)[: self.nb_code])
         self.code_sum.copy_(self.codebook)
         self.code_count.fill_(1.0)
         self.initialized.fill_(True)
@@ -122,8 +123,7 @@ class QuantizeEMAReset(nn.Module):
         self.code_count.mul_(self.mu).add_((1.0 - self.mu) * batch_count)
         usage = (self.code_count.view(-1, 1) >= 1.0).to(x.dtype)
         code_update = self.code_sum / self.code_count.view(-1, 1)
-        # Assigned, not copied in place: this forward's embedding_proj(codebook) graph still needs the old one.
-        self.codebook = usage * code_update + (1.0 - usage) * code_rand
+        self.codebook.copy_(usage * code_update + (1.0 - usage) * code_rand)
         return perplexity_from_counts(batch_count)
 
     def forward(self, x: torch.Tensor, temperature: float | None = 0.0,

@@ -98,6 +98,13 @@ class RVQVAE(nn.Module):
         z_q, _, commit_loss, perplexity = self.quantizer(self._check_latent(z), eval_mode=True)
         return self.decoder(z_q), commit_loss, perplexity
 
+    def reconstruct(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Eval-mode quantisation in one pass: {'rec' (B, T, D), 'indices' (B, T/4, Q), 'commit_loss',
+        'perplexity'} (what validation needs: reconstruction and code usage together)."""
+        x_enc = self.encoder(self._check_input(x))
+        x_q, idx, commit_loss, perplexity = self.quantizer(x_enc, eval_mode=True)
+        return {"rec": self.decoder(x_q), "indices": idx, "commit_loss": commit_loss, "perplexity": perplexity}
+
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, T, D) -> (code indices (B, T/4, Q), per-layer quantised vectors (Q, B, C, T/4)). Eval-mode
         quantisation (upstream would EMA-update the codebook if called in training mode)."""

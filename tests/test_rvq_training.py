@@ -1,0 +1,199 @@
+"""RVQ-VAE training: loss falls on val, exact resume, checkpoints loadable, configs and CLI plumbing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from models.vq.rvqvae import load_rvqvae
+from trainers.rvq import (
+    CONFIG_DIR,
+    PartWindows,
+    RVQTrainer,
+    SmoothRandomWindows,
+    canonical_part,
+    resolve_config_path,
+    run_training,
+)
+from utils.config import ConfigError, load_config
+from utils.io import load_torch
+from utils.logging import read_metrics
+from utils.skeleton import part_dim, part_frame_indices
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny convolutions: one thread is faster and immune to oversubscription on a shared 2-core machine.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def small_cfg(tmp_path: Path, iterations: int = 30, **over) -> OmegaConf:
+    cfg = dict(
+        part="upper", exp_name="rvq_test", output_dir=str(tmp_path / "out"), seed=3, device="cpu",
+        model=dict(nb_code=32, code_dim=16, width=32, depth=1, num_quantizers=3),
+        loss=dict(recons="l1_smooth", commit=0.02, vel=0.0),
+        batch_size=16, num_workers=0,
+        solver=dict(opt="adamw", lr=3e-3, betas=[0.9, 0.99], weight_decay=0.0, iterations=iterations,
+                    lr_policy="multistep", milestones=[20], gamma=0.05, warmup_iters=5, grad_norm=None),
+        log_period=5, logging=["jsonl"], val_period=10, val_unit="iter", val_before_train=True,
+        best_metric="rec_l1", best_mode="min",
+        val=dict(batch_size=64, max_windows=None, fgd_autoencoder=None),
+        dataset=dict(target="trainers.rvq.SmoothRandomWindows", params=dict(num_windows=64, length=32, seed=0)),
+        data=None,
+    )  # fmt: skip
+    c = OmegaConf.create(cfg)
+    for k, v in over.items():
+        OmegaConf.update(c, k, v)
+    return c
+
+
+def test_part_windows_slice_by_explicit_indices() -> None:
+    base = SmoothRandomWindows(num_windows=3, length=8)
+    for part in ("upper", "hands", "lower", "lower_trans", "face"):
+        ds = PartWindows(base, part)
+        assert ds[1].shape == (8, part_dim(part))
+        torch.testing.assert_close(ds[1], base[1][:, part_frame_indices(part)])
+    assert canonical_part("hand") == "hands"
+    with pytest.raises(ValueError, match="unknown body part"):
+        canonical_part("han")  # no substring matching
+    with pytest.raises(ValueError, match="frame vectors"):
+        PartWindows([torch.zeros(8, 100)], "upper")[0]
+
+
+def test_training_reduces_val_reconstruction_error(tmp_path: Path) -> None:
+    cfg = small_cfg(tmp_path, iterations=300, val_period=100, **{"solver.milestones": [250]})
+    with RVQTrainer(cfg, run_dir=tmp_path / "run") as tr:
+        summary = tr.fit()
+    recs = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "val/rec_l1" in r]
+    assert [r["step"] for r in recs] == [0, 100, 200, 300]
+    first, last = recs[0]["val/rec_l1"], recs[-1]["val/rec_l1"]
+    assert last < 0.65 * first, (first, last)
+    assert recs[-1]["val/rec_l2"] < recs[0]["val/rec_l2"]
+    for q in range(3):  # per-layer codebook statistics are logged and sane
+        assert 0 < recs[-1][f"val/usage_q{q}"] <= 1 and 1 <= recs[-1][f"val/perplexity_q{q}"] <= 32
+    assert summary["best"]["value"] == pytest.approx(min(r["val/rec_l1"] for r in recs))
+    train = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "train/loss" in r]
+    assert {"train/rec", "train/commit", "train/perplexity", "train/lr"} <= set(train[0])
+    # warm-up then multistep: lr(i) = 3e-3 * (i+1)/6 for i < 5, 3e-3 until 250, then x0.05
+    lrs = {r["step"]: r["train/lr"] for r in train}
+    assert lrs[5] == pytest.approx(3e-3 * (1 + 2 + 3 + 4 + 5) / 6 / 5)  # logged: mean over updates 0..4
+    assert lrs[300] == pytest.approx(3e-3 * 0.05)
+    # best.pt / last.pt load as RVQ-VAEs with their full quantiser state
+    for name in ("best.pt", "last.pt"):
+        path = tmp_path / "run" / "checkpoints" / name
+        model = load_rvqvae(path, part="upper")
+        ck = load_torch(path)
+        assert model.config["width"] == 32 and not model.training
+        for i, layer in enumerate(model.quantizer.layers):
+            assert torch.equal(layer.code_count, ck["quantizer_ema"][str(i)]["code_count"])
+        assert set(ck["net"]) == set(ck["model"]) and ck["part"] == "upper"
+    with pytest.raises(ValueError, match="part 'upper'"):
+        load_rvqvae(tmp_path / "run" / "checkpoints" / "last.pt", part="hands")
+
+
+def test_resume_is_exact_on_cpu(tmp_path: Path) -> None:
+    cfg = small_cfg(tmp_path, iterations=30)
+    with RVQTrainer(cfg, run_dir=tmp_path / "full") as a:
+        a.fit()
+        ref_sd = {k: v.clone() for k, v in a.model.state_dict().items()}
+        ref_ema = a.model.ema_state_dict()
+        ref_opt = a.optimizer.state_dict()
+    with RVQTrainer(cfg, run_dir=tmp_path / "part") as b:
+        b.fit(until_iteration=13)  # mid-epoch (4 batches per epoch), between validations
+        assert b.iteration == 13
+    with RVQTrainer(cfg, run_dir=tmp_path / "part") as c:
+        c.resume(tmp_path / "part" / "checkpoints" / "last.pt")
+        assert c.iteration == 13 and bool(c.model.quantizer.layers[0].initialized)
+        c.fit()
+        assert c.iteration == 30
+        for k, v in ref_sd.items():
+            assert torch.equal(v, c.model.state_dict()[k]), k
+        for i, layer in ref_ema.items():
+            for k, v in layer.items():
+                assert torch.equal(v, c.model.ema_state_dict()[i][k]), (i, k)
+        opt = c.optimizer.state_dict()["state"]
+        for pid, st in ref_opt["state"].items():
+            assert torch.equal(st["exp_avg"], opt[pid]["exp_avg"])
+
+
+def test_resume_without_quantizer_state_would_differ(tmp_path: Path) -> None:
+    """The EMA state matters: resuming weights only (the reference's format) does not reproduce the run."""
+    cfg = small_cfg(tmp_path, iterations=20, val_period=0, val_before_train=False)
+    with RVQTrainer(cfg, run_dir=tmp_path / "a") as a:
+        a.fit()
+        ref = a.model.quantizer.layers[0].codebook.clone()
+    with RVQTrainer(cfg, run_dir=tmp_path / "b") as b:
+        b.fit(until_iteration=10)
+    with RVQTrainer(cfg, run_dir=tmp_path / "b") as c:
+        ck = tmp_path / "b" / "checkpoints" / "last.pt"
+        state = load_torch(ck)
+        for layer in state["quantizer_ema"].values():  # pretend it was lost
+            layer["code_count"] = torch.ones_like(layer["code_count"])
+            layer["code_sum"] = torch.zeros_like(layer["code_sum"])
+        from utils.io import save_torch
+
+        save_torch(state, ck)
+        c.resume(ck)
+        c.fit()
+        assert not torch.equal(ref, c.model.quantizer.layers[0].codebook)
+
+
+def test_velocity_loss_and_bad_loss_name(tmp_path: Path) -> None:
+    cfg = small_cfg(tmp_path, iterations=2, val_period=0, val_before_train=False, **{"loss.vel": 0.5})
+    with RVQTrainer(cfg, run_dir=tmp_path / "v") as tr:
+        out = tr.train_step(torch.randn(4, 32, 78))
+        assert "vel" in out
+        expected = out["rec"] + 0.02 * out["commit"] + 0.5 * out["vel"]
+        torch.testing.assert_close(out["loss"], expected)
+    with pytest.raises(ConfigError, match="recons"):
+        RVQTrainer(small_cfg(tmp_path, **{"loss.recons": "huber"}), run_dir=tmp_path / "x")
+
+
+def test_fgd_skipped_with_note_when_not_configured(tmp_path: Path) -> None:
+    cfg = small_cfg(tmp_path, iterations=1, val_period=1, val_before_train=False)
+    with RVQTrainer(cfg, run_dir=tmp_path / "f") as tr:
+        metrics = tr.run_validation()
+    assert "fgd" not in metrics and "rec_l1" in metrics
+    texts = [r.get("text", "") for r in read_metrics(tmp_path / "f" / "metrics.jsonl")]
+    assert any("FGD skipped" in t for t in texts)
+    with pytest.raises(ConfigError, match="fgd_autoencoder"):
+        RVQTrainer(small_cfg(tmp_path, best_metric="fgd"), run_dir=tmp_path / "g")
+
+
+# ----- configs and entry points ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("part", ["upper", "hands", "lower_trans", "face"])
+def test_rvq_configs_resolve(part: str) -> None:
+    cfg = load_config(CONFIG_DIR / f"{part}.yaml")
+    assert cfg.part == part and cfg.exp_name == f"rvq_{part}"
+    assert cfg.model.width == 512 and cfg.model.nb_code == 1024 and cfg.model.code_dim == 128
+    assert cfg.model.num_quantizers == 6 and cfg.batch_size == 256 and cfg.solver.iterations == 300000
+    assert cfg.solver.opt == "adamw" and list(cfg.solver.betas) == [0.9, 0.99] and cfg.solver.weight_decay == 0
+    assert list(cfg.solver.milestones) == [200000] and cfg.solver.gamma == 0.05 and cfg.solver.lr == 2e-4
+    assert cfg.loss.commit == 0.02 and cfg.loss.vel == 0 and cfg.loss.recons == "l1_smooth"
+    assert "rvq_window" in cfg.data
+    tiny = load_config(CONFIG_DIR / f"{part}_tiny.yaml")
+    assert tiny.part == part and tiny.device == "cpu" and tiny.model.code_dim == 128 and tiny.model.width < 512
+    assert resolve_config_path(None, "hand" if part == "hands" else part) == CONFIG_DIR / f"{part}.yaml"
+
+
+def test_run_training_from_config_with_body_part_and_resume(tmp_path: Path) -> None:
+    cfg_path = tmp_path / "rvq.yaml"
+    cfg = small_cfg(tmp_path, iterations=8, val_period=4, val_before_train=False)
+    cfg.part = "hands"
+    OmegaConf.save(cfg, cfg_path)
+    s = run_training(cfg_path, body_part="lower_trans", overrides=["solver.iterations=8"], until_iteration=4)
+    assert s["iteration"] == 4
+    last = Path(s["last_checkpoint"])
+    assert load_torch(last)["part"] == "lower_trans"
+    s2 = run_training(cfg_path, body_part="lower_trans", resume=last)
+    assert s2["iteration"] == 8 and s2["run_dir"] == s["run_dir"]  # continued in the same run folder
+    assert load_rvqvae(last, part="lower_trans").input_width == part_dim("lower_trans")
+    with pytest.raises(ValueError, match="part 'lower_trans'"):
+        run_training(cfg_path, body_part="upper", resume=last)
