@@ -1,0 +1,196 @@
+"""Motion <-> generator latent codec: the three frozen per-part RVQ-VAEs plus the normalisation statistics.
+
+Spec: ../shared/spec/gesturelsm.md §2.3-2.4, §4.1, §7.1 (per batch) and §7.3-7.4 (decoding).
+
+encode: poses (B,T,165) axis-angle + trans_v (B,T,3)
+    -> per-part rot6d (upper 78, hands 180, lower 54), normalised with the 330-D rot6d mean/std
+    -> lower ⊕ normalised trans_v (57)
+    -> ``map2latent`` per part (B,T/4,128), concatenated in GENERATOR_PARTS order -> ÷ latent_scale -> (B,T/4,384)
+decode: latents (B,T',384) -> × latent_scale -> ``latent2origin`` per part -> denormalise -> rot6d -> axis-angle
+    -> scattered into 165-D (joints 22-24 = 0 unless a GT jaw is given) and the decoded trans_v (B,4T',3).
+
+The codec is an nn.Module only so that ``.to(device)`` moves the RVQ-VAEs and statistics together; it is frozen
+(``requires_grad`` off, eval mode) and never part of a trained model or its checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.vq.rvqvae import RVQVAE, load_rvqvae
+from utils.rotations import poses_to_rot6d, rot6d_to_poses
+from utils.skeleton import (
+    GENERATOR_PARTS,
+    HANDS_JOINTS,
+    JAW_JOINT,
+    LOWER_JOINTS,
+    UPPER_JOINTS,
+    axis_angle_indices,
+    rot6d_indices,
+)
+
+LATENT_SCALE = 5.0  # upstream vqvae_latent_scale
+PART_JOINTS: dict[str, tuple[int, ...]] = {"upper": UPPER_JOINTS, "hands": HANDS_JOINTS, "lower_trans": LOWER_JOINTS}
+JAW_DIMS = slice(3 * JAW_JOINT, 3 * JAW_JOINT + 3)  # 66:69 in the 165-D axis-angle vector
+
+
+def _as_tensor(x: Any, name: str, size: int) -> torch.Tensor:
+    t = torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x, dtype=torch.float32).reshape(-1)
+    if t.numel() != size:
+        raise ValueError(f"{name} must have {size} values, got {t.numel()}")
+    return t.clone()
+
+
+def trans_from_trans_v(trans_v: torch.Tensor, init_xz: torch.Tensor | None = None) -> torch.Tensor:
+    """Decoded translation from the generator's trans_v (B,T,3): x/z integrate the per-frame deltas (cumulative sum,
+    starting at ``init_xz`` (B,2), default 0), y is already the absolute height (spec §2.2, §7.3)."""
+    xz = torch.cumsum(trans_v[..., [0, 2]], dim=-2)
+    if init_xz is not None:
+        xz = xz + init_xz.unsqueeze(-2)
+    return torch.stack([xz[..., 0], trans_v[..., 1], xz[..., 1]], dim=-1)
+
+
+class MotionCodec(nn.Module):
+    """Frozen encoder/decoder between SMPL-X motion and the (B,T/4,384) generator latent.
+
+    ``vqs``: RVQ-VAEs keyed ``upper``, ``hands``, ``lower_trans`` (input widths 78, 180, 57; code_dim 128 each).
+    Statistics: ``rot6d_mean``/``rot6d_std`` (330,), ``trans_v_mean``/``trans_v_std`` (3,) (speaker-2 files upstream;
+    no epsilon, as upstream). ``latent_scale``: the generator latent is the encoder output ÷ this (upstream 5).
+    """
+
+    def __init__(
+        self,
+        vqs: Mapping[str, RVQVAE],
+        rot6d_mean: Any,
+        rot6d_std: Any,
+        trans_v_mean: Any,
+        trans_v_std: Any,
+        latent_scale: float = LATENT_SCALE,
+    ) -> None:
+        super().__init__()
+        missing = [p for p in GENERATOR_PARTS if p not in vqs]
+        if missing:
+            raise ValueError(f"MotionCodec needs RVQ-VAEs for {list(GENERATOR_PARTS)}; missing {missing}")
+        self.vqs = nn.ModuleDict({p: vqs[p] for p in GENERATOR_PARTS})
+        for p, vq in self.vqs.items():
+            want = 6 * len(PART_JOINTS[p]) + (3 if p == "lower_trans" else 0)
+            if vq.input_width != want:
+                raise ValueError(f"RVQ-VAE for {p!r} has input width {vq.input_width}, expected {want}")
+        self.code_dims = [int(self.vqs[p].code_dim) for p in GENERATOR_PARTS]
+        self.latent_dim = sum(self.code_dims)
+        self.latent_scale = float(latent_scale)
+        self.register_buffer("rot6d_mean", _as_tensor(rot6d_mean, "rot6d_mean", 330), persistent=False)
+        self.register_buffer("rot6d_std", _as_tensor(rot6d_std, "rot6d_std", 330), persistent=False)
+        self.register_buffer("trans_v_mean", _as_tensor(trans_v_mean, "trans_v_mean", 3), persistent=False)
+        self.register_buffer("trans_v_std", _as_tensor(trans_v_std, "trans_v_std", 3), persistent=False)
+        self._r6 = {p: torch.from_numpy(rot6d_indices(PART_JOINTS[p])) for p in GENERATOR_PARTS}
+        self._aa = {p: torch.from_numpy(axis_angle_indices(PART_JOINTS[p])) for p in GENERATOR_PARTS}
+        self.requires_grad_(False)
+        self.eval()
+
+    @classmethod
+    def from_paths(
+        cls,
+        paths: Mapping[str, str | os.PathLike],
+        stats: Any,
+        latent_scale: float = LATENT_SCALE,
+        map_location: str | torch.device = "cpu",
+    ) -> MotionCodec:
+        """Load the three RVQ-VAEs (``load_rvqvae``: released ``{'net': sd}`` files or our checkpoints).
+
+        ``paths``: {upper, hands, lower_trans} (``lower`` accepted as an alias of ``lower_trans``, the upstream file
+        name). ``stats``: an object with rot6d_mean/rot6d_std/trans_v_mean/trans_v_std (e.g. dataloaders Stats).
+        """
+        paths = dict(paths)
+        if "lower_trans" not in paths and "lower" in paths:
+            paths["lower_trans"] = paths.pop("lower")
+        vqs = {}
+        for p in GENERATOR_PARTS:
+            if not paths.get(p):
+                raise ValueError(f"no RVQ-VAE checkpoint path for part {p!r} (got keys {sorted(paths)})")
+            if not os.path.isfile(paths[p]):
+                raise FileNotFoundError(f"RVQ-VAE checkpoint for {p!r} not found: {paths[p]}")
+            vqs[p] = load_rvqvae(paths[p], part=p, map_location=map_location)
+        return cls(vqs, stats.rot6d_mean, stats.rot6d_std, stats.trans_v_mean, stats.trans_v_std, latent_scale)
+
+    def train(self, mode: bool = True) -> MotionCodec:
+        # Always eval: the RVQ-VAEs are frozen (no quantiser dropout / EMA updates), whatever the caller's mode.
+        return super().train(False)
+
+    # ------------------------------------------------------------------------------------------------ encode
+    def normalise_parts(self, poses: torch.Tensor, trans_v: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-part normalised RVQ inputs: {upper (B,T,78), hands (B,T,180), lower_trans (B,T,57)}."""
+        if poses.shape[-1] != 165:
+            raise ValueError(f"poses must be (B,T,165) axis-angle, got {tuple(poses.shape)}")
+        if trans_v.shape[:-1] != poses.shape[:-1] or trans_v.shape[-1] != 3:
+            raise ValueError(f"trans_v must be (B,T,3) matching poses {tuple(poses.shape)}, got {tuple(trans_v.shape)}")
+        r6 = poses_to_rot6d(poses.float())
+        r6n = (r6 - self.rot6d_mean) / self.rot6d_std
+        out = {p: r6n[..., self._r6[p].to(r6n.device)] for p in GENERATOR_PARTS}
+        tv = (trans_v.float() - self.trans_v_mean) / self.trans_v_std
+        out["lower_trans"] = torch.cat([out["lower_trans"], tv], dim=-1)
+        return out
+
+    @torch.no_grad()
+    def encode(self, poses: torch.Tensor, trans_v: torch.Tensor) -> torch.Tensor:
+        """poses (B,T,165), trans_v (B,T,3) with T a multiple of 4 -> generator latents (B,T/4,384)."""
+        parts = self.normalise_parts(poses, trans_v)
+        z = torch.cat([self.vqs[p].map2latent(parts[p]) for p in GENERATOR_PARTS], dim=-1)
+        return z / self.latent_scale
+
+    @torch.no_grad()
+    def mean_latent(self, batch: int, n_latents: int, device: torch.device | None = None) -> torch.Tensor:
+        """Latents (batch, n_latents, 384) of the mean pose held still (all-zero normalised RVQ input): a neutral
+        seed when the ground truth must not be used."""
+        device = device or self.rot6d_mean.device
+        zs = []
+        for p in GENERATOR_PARTS:
+            x = torch.zeros(batch, n_latents * self.vqs[p].down_factor, self.vqs[p].input_width, device=device)
+            zs.append(self.vqs[p].map2latent(x))
+        return torch.cat(zs, dim=-1) / self.latent_scale
+
+    # ------------------------------------------------------------------------------------------------ decode
+    @torch.no_grad()
+    def decode_parts(self, latents: torch.Tensor) -> dict[str, torch.Tensor]:
+        """latents (B,T',384) -> de-normalised part rot6d {upper, hands, lower (B,4T',6J)} and trans_v (B,4T',3)."""
+        if latents.dim() != 3 or latents.shape[-1] != self.latent_dim:
+            raise ValueError(f"latents must be (B,T',{self.latent_dim}), got {tuple(latents.shape)}")
+        z = latents.float() * self.latent_scale
+        out: dict[str, torch.Tensor] = {}
+        start = 0
+        for p, cd in zip(GENERATOR_PARTS, self.code_dims):
+            rec = self.vqs[p].latent2origin(z[..., start : start + cd])[0]
+            start += cd
+            idx = self._r6[p].to(rec.device)
+            n = idx.numel()
+            out[p] = rec[..., :n] * self.rot6d_std[idx] + self.rot6d_mean[idx]
+            if p == "lower_trans":
+                out["trans_v"] = rec[..., n:] * self.trans_v_std + self.trans_v_mean
+        return out
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, jaw: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """latents (B,T',384) -> {poses (B,4T',165) axis-angle, trans_v (B,4T',3), trans (B,4T',3)}.
+
+        Joints never generated (jaw 22, eyes 23-24) are 0; ``jaw`` (B,≥4T',3) (e.g. the GT jaw, as upstream's
+        test does) is copied into dims 66:69. ``trans`` is the decoded trans_v integrated (``trans_from_trans_v``).
+        """
+        parts = self.decode_parts(latents)
+        b, t = parts["upper"].shape[:2]
+        poses = parts["upper"].new_zeros(b, t, 165)
+        for p in GENERATOR_PARTS:
+            poses[..., self._aa[p].to(poses.device)] = rot6d_to_poses(parts[p])
+        if jaw is not None:
+            if jaw.shape[0] != b or jaw.shape[1] < t or jaw.shape[-1] != 3:
+                raise ValueError(f"jaw must be (B={b}, >= {t}, 3), got {tuple(jaw.shape)}")
+            poses[..., JAW_DIMS] = jaw[:, :t].to(poses)
+        return {"poses": poses, "trans_v": parts["trans_v"], "trans": trans_from_trans_v(parts["trans_v"])}
+
+
+__all__ = ["JAW_DIMS", "LATENT_SCALE", "PART_JOINTS", "MotionCodec", "trans_from_trans_v"]
