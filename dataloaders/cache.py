@@ -1,0 +1,420 @@
+"""Per-file feature cache for BEAT2-format folders: built on first use, CPU only, resumable, no pickle.
+
+Layout under ``data.cache_dir``::
+
+    vocab/                      vocab.json + embeddings.npy (+ source.json: which TextGrids it was built from)
+    <key>/manifest.json         config, and per file: source fingerprints, lengths, array shapes
+    <key>/files/<id>/<name>.npy pose (T,165) f32, trans (T,3) f64, trans_v (T,3) f64, facial (T,100) f32,
+                                betas (300,) f32, word (T,) i64, audio (S,2) f32 (onset+amplitude at 16 kHz;
+                                (T,D) f32 for mel/wavlm)
+
+``<key>`` is a hash of every config value that changes the arrays (root, rates, audio/text options, the
+vocabulary's digest, a format version), so a changed config builds a new cache. Within a cache, each file is
+keyed by the fingerprint of its sources (size + mtime, or a content hash with ``fingerprint: content``): a
+changed file rebuilds only that file. Arrays are written atomically and a file enters the manifest only after
+all of its arrays are on disk, so an interrupted build is never read as complete: the next call resumes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from dataloaders import beat2
+from dataloaders.features import audio as audio_feat
+from dataloaders.features import text as text_feat
+from utils.io import save_json, save_npy
+from utils.paths import resolve_path
+
+CACHE_VERSION = 1
+ARRAY_NAMES = ("pose", "trans", "trans_v", "facial", "betas", "word", "audio")
+AUDIO_REPS = ("onset+amplitude", "mel", "wavlm")
+
+DEFAULTS: dict[str, Any] = {
+    "pose_fps": 30,
+    "audio_sr": 16000,
+    "audio_rep": "onset+amplitude",
+    "audio_load": "upstream",
+    "onset_mode": "corrected",
+    "word_rep": "textgrid",
+    "missing_textgrid": "error",
+    "on_bad_file": "error",
+    "vocab": None,
+    "fasttext_model": None,
+    "wavlm_model": None,
+    "split_csv": "train_test_split.csv",
+    "max_length_mismatch_s": 2.0,
+    "fingerprint": "mtime",
+    "num_workers": 0,
+    "max_files": None,
+    "synthetic": None,
+}
+
+
+def cfg_get(cfg: Any, key: str, default: Any = None) -> Any:
+    """Read a key from a dict/DictConfig/``data:``-wrapped config, falling back to DEFAULTS."""
+    node = cfg
+    if hasattr(node, "get") and node.get("data", None) is not None and node.get("root", None) is None:
+        node = node["data"]
+    val = node.get(key, None) if hasattr(node, "get") else getattr(node, key, None)
+    if val is None:
+        val = DEFAULTS.get(key, default) if default is None else default
+    if hasattr(val, "items") or (hasattr(val, "__iter__") and not isinstance(val, (str, bytes))):
+        from utils.config import to_container
+
+        val = to_container(val)
+    return val
+
+
+def data_root(cfg: Any) -> Path:
+    """``data.root`` resolved; a missing synthetic corpus is generated when ``data.synthetic`` is set."""
+    root = resolve_path(cfg_get(cfg, "root"))
+    if root is None:
+        raise beat2.BeatDataError("data.root is not set")
+    syn = cfg_get(cfg, "synthetic")
+    if syn and not (root / "train_test_split.csv").is_file():
+        from dataloaders.synthetic import generate_corpus
+
+        print(f"[data] generating the synthetic corpus at {root}")
+        generate_corpus(root, **{k: syn[k] for k in ("speakers", "files_per_speaker", "seconds", "seed") if k in syn})
+    if not root.is_dir():
+        raise beat2.BeatDataError(f"data.root {root} does not exist (set BEAT2_ROOT or data.root)")
+    return root
+
+
+def cache_root(cfg: Any) -> Path:
+    d = resolve_path(cfg_get(cfg, "cache_dir"))
+    if d is None:
+        raise beat2.BeatDataError("data.cache_dir is not set")
+    return d
+
+
+# ----------------------------------------------------------------------------------------------------------------
+def fingerprint(paths: list[Path], mode: str = "mtime") -> dict[str, Any]:
+    out = {}
+    for p in paths:
+        if not p.is_file():
+            out[p.name] = None
+        elif mode == "content":
+            out[p.name] = hashlib.sha256(p.read_bytes()).hexdigest()
+        else:
+            st = p.stat()
+            out[p.name] = [st.st_size, st.st_mtime_ns]
+    return out
+
+
+def _sources(ref: beat2.FileRef, use_text: bool) -> list[Path]:
+    return [ref.npz, ref.wav] + ([ref.textgrid] if use_text else [])
+
+
+def get_vocab(cfg: Any, root: Path) -> text_feat.Vocab | None:
+    """The vocabulary: ``data.vocab`` (a folder with vocab.json, or an upstream vocab.pkl converted once), else
+    built from every TextGrid listed in the split csv (all speakers, all splits) and stored under cache_dir/vocab."""
+    if cfg_get(cfg, "word_rep") == "none":
+        return None
+    given = cfg_get(cfg, "vocab")
+    croot = cache_root(cfg)
+    if given:
+        p = resolve_path(given)
+        if p.suffix == ".pkl":
+            out = croot / f"vocab_converted_{hashlib.sha256(str(p).encode()).hexdigest()[:8]}"
+            if not (out / "vocab.json").is_file():
+                text_feat.convert_vocab_pkl(p, out)
+            return text_feat.Vocab.load(out)
+        return text_feat.Vocab.load(p)
+    import csv
+
+    with open(root / cfg_get(cfg, "split_csv"), newline="") as f:
+        ids = [r["id"].strip() for r in csv.DictReader(f)]
+    grids = [root / "textgrid" / f"{i}.TextGrid" for i in ids]
+    grids = [g for g in grids if g.is_file()]
+    ft = cfg_get(cfg, "fasttext_model")
+    source = {"textgrids": fingerprint(grids), "fasttext_model": str(ft) if ft else None}
+    out = croot / "vocab"
+    src_json = out / "source.json"
+    if src_json.is_file() and (out / "vocab.json").is_file() and json.loads(src_json.read_text()) == source:
+        return text_feat.Vocab.load(out)
+    vocab = text_feat.build_vocab(grids)
+    sentences = [" ".join(m for _, _, m in text_feat.read_textgrid_words(g) if m.strip()) for g in sorted(grids)]
+    text_feat.attach_embeddings(vocab, sentences, resolve_path(ft) if ft else None)
+    vocab.save(out)
+    save_json(source, src_json)
+    return vocab
+
+
+def settings(cfg: Any, root: Path, vocab: text_feat.Vocab | None) -> dict[str, Any]:
+    """Everything that changes the cached arrays (hashed into the cache key)."""
+    s = {
+        "version": CACHE_VERSION,
+        "root": str(root.resolve()),
+        "pose_fps": int(cfg_get(cfg, "pose_fps")),
+        "audio_sr": int(cfg_get(cfg, "audio_sr")),
+        "audio_rep": cfg_get(cfg, "audio_rep"),
+        "audio_load": cfg_get(cfg, "audio_load"),
+        "onset_mode": cfg_get(cfg, "onset_mode"),
+        "word_rep": cfg_get(cfg, "word_rep"),
+        "missing_textgrid": cfg_get(cfg, "missing_textgrid"),
+        "max_length_mismatch_s": float(cfg_get(cfg, "max_length_mismatch_s")),
+        "vocab_digest": vocab.digest() if vocab is not None else None,
+        "wavlm_model": str(cfg_get(cfg, "wavlm_model")) if cfg_get(cfg, "audio_rep") == "wavlm" else None,
+    }
+    if s["pose_fps"] != 30:
+        raise beat2.BeatDataError(f"data.pose_fps={s['pose_fps']}: only 30 (BEAT2's rate) is supported")
+    if s["audio_rep"] not in AUDIO_REPS:
+        raise beat2.BeatDataError(f"data.audio_rep={s['audio_rep']!r}; expected one of {AUDIO_REPS}")
+    if s["onset_mode"] not in audio_feat.ONSET_MODES:
+        raise beat2.BeatDataError(f"data.onset_mode={s['onset_mode']!r}; expected one of {audio_feat.ONSET_MODES}")
+    if s["word_rep"] not in ("textgrid", "none"):
+        raise beat2.BeatDataError(f"data.word_rep={s['word_rep']!r}; expected 'textgrid' or 'none'")
+    if s["missing_textgrid"] not in ("error", "unk"):
+        raise beat2.BeatDataError(f"data.missing_textgrid={s['missing_textgrid']!r}; expected 'error' or 'unk'")
+    return s
+
+
+def cache_key(s: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(s, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+_WORKER_STATE: dict[str, Any] = {}
+
+
+def _worker_vocab(vocab_dir: str | None) -> text_feat.Vocab | None:
+    if vocab_dir is None:
+        return None
+    if _WORKER_STATE.get("vocab_dir") != vocab_dir:
+        _WORKER_STATE["vocab"] = text_feat.Vocab.load(vocab_dir)
+        _WORKER_STATE["vocab_dir"] = vocab_dir
+    return _WORKER_STATE["vocab"]
+
+
+def compute_file(ref: beat2.FileRef, s: dict[str, Any], vocab: text_feat.Vocab | None) -> dict[str, np.ndarray]:
+    """All cached arrays of one file (no disk writes). Raises BeatDataError naming the file on bad input."""
+    m = beat2.load_motion(ref.npz)
+    audio_s = beat2.audio_duration(ref.wav, s["audio_sr"])
+    secs = beat2.whole_seconds(ref, m["poses"].shape[0], m["expressions"].shape[0], audio_s, s["max_length_mismatch_s"])
+    n = secs * s["pose_fps"]
+    n_samples = secs * s["audio_sr"]
+    trans, trans_v = beat2.process_trans(m["trans"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the sample-rate warning was already given in the main process
+        y = audio_feat.load_audio(ref.wav, s["audio_sr"], s["audio_load"])
+    if s["audio_rep"] == "onset+amplitude":
+        # Features on the whole recording, then cut (as upstream): onsets near the cut are unaffected by it.
+        feat = audio_feat.onset_amplitude(y, s["audio_sr"], s["onset_mode"])[:n_samples].astype(np.float32)
+        if feat.shape[0] < n_samples:
+            feat = np.pad(feat, ((0, n_samples - feat.shape[0]), (0, 0)), mode="edge")
+    elif s["audio_rep"] == "mel":
+        feat = audio_feat.mel_features(y[:n_samples], s["audio_sr"], s["pose_fps"])[:n]
+    else:
+        key = s["wavlm_model"]
+        if _WORKER_STATE.get("wavlm_key") != key:
+            _WORKER_STATE["wavlm"] = audio_feat.load_wavlm(resolve_path(key))
+            _WORKER_STATE["wavlm_key"] = key
+        feat = audio_feat.wavlm_features(y[:n_samples], _WORKER_STATE["wavlm"], n)
+    if s["word_rep"] == "none":
+        word = np.full(n, text_feat.UNK, dtype=np.int64)
+    elif not ref.textgrid.is_file():
+        if s["missing_textgrid"] != "unk":
+            raise beat2.BeatDataError(
+                f"missing TextGrid: {ref.textgrid} (set data.missing_textgrid=unk or data.word_rep=none)"
+            )
+        word = np.full(n, text_feat.UNK, dtype=np.int64)
+    else:
+        try:
+            word = text_feat.frame_word_ids(text_feat.read_textgrid_words(ref.textgrid), n, vocab, s["pose_fps"])
+        except text_feat.TextError as e:
+            raise beat2.BeatDataError(str(e)) from e
+    return {
+        "pose": m["poses"][:n].astype(np.float32),
+        "trans": trans[:n],
+        "trans_v": trans_v[:n],
+        "facial": m["expressions"][:n].astype(np.float32),
+        "betas": m["betas"].astype(np.float32),
+        "word": word,
+        "audio": feat,
+    }
+
+
+def _build_one(args: tuple) -> tuple[str, str, dict[str, Any] | str]:
+    """Worker: compute and write one file's arrays. Never raises: returns ("ok"|"error", id, meta|message)."""
+    ref, s, vocab_dir, out_dir = args
+    try:
+        arrays = compute_file(ref, s, _worker_vocab(vocab_dir))
+        for name, arr in arrays.items():
+            save_npy(arr, Path(out_dir) / f"{name}.npy")
+        meta = {
+            "speaker": ref.speaker,
+            "n_frames": int(arrays["pose"].shape[0]),
+            "arrays": {k: [list(v.shape), str(v.dtype)] for k, v in arrays.items()},
+            "wav": str(ref.wav),
+        }
+        return "ok", ref.id, meta
+    except beat2.BeatDataError as e:
+        return "error", ref.id, str(e)
+    except Exception as e:  # anything unexpected: still name the file
+        return "error", ref.id, f"{ref.id} ({ref.npz}, {ref.wav}): {type(e).__name__}: {e}"
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@dataclass
+class CacheEntry:
+    id: str
+    speaker: int
+    n_frames: int
+    folder: Path
+    wav: Path
+
+    def load(self, name: str, mmap: bool = True) -> np.ndarray:
+        return np.load(self.folder / f"{name}.npy", mmap_mode="r" if mmap else None, allow_pickle=False)
+
+
+@dataclass
+class CacheIndex:
+    folder: Path
+    split: str
+    entries: list[CacheEntry]
+    settings: dict[str, Any]
+    built: list[str]  # ids (re)built by this call
+    skipped: list[str]
+
+
+def _entry_ok(folder: Path, meta: dict[str, Any]) -> bool:
+    for name, (shape, _) in meta.get("arrays", {}).items():
+        p = folder / f"{name}.npy"
+        if not p.is_file():
+            return False
+        try:
+            if list(np.load(p, mmap_mode="r", allow_pickle=False).shape) != shape:
+                return False
+        except Exception:
+            return False
+    return bool(meta.get("arrays"))
+
+
+def build_cache(cfg: Any, split: str, ids: list[str] | None = None, progress: bool = True) -> CacheIndex:
+    """Make sure every file of ``split`` (for ``training_speakers``) is cached and current; return the index.
+
+    ``ids`` overrides the split's file list. ``data.max_files`` keeps only the first N ids (sorted)."""
+    root = data_root(cfg)
+    speakers = cfg_get(cfg, "training_speakers")
+    if ids is None:
+        ids = sorted(beat2.read_split(root, split, speakers, cfg_get(cfg, "split_csv")))
+    max_files = cfg_get(cfg, "max_files")
+    if max_files:
+        ids = ids[: int(max_files)]
+    if not ids:
+        raise beat2.BeatDataError(f"no '{split}' files for speakers {speakers} in {root / cfg_get(cfg, 'split_csv')}")
+    vocab = get_vocab(cfg, root)
+    s = settings(cfg, root, vocab)
+    key = cache_key(s)
+    folder = cache_root(cfg) / key
+    use_text = s["word_rep"] == "textgrid"
+    need_text = use_text and s["missing_textgrid"] == "error"
+    skip_bad = cfg_get(cfg, "on_bad_file") == "skip"
+    refs = [beat2.file_ref(root, i) for i in ids]
+    refs, skipped_msgs = beat2.validate_files(refs, need_text, skip_bad)
+    skipped = [m.split(":", 1)[0] for m in skipped_msgs]
+    # Cheap up-front audio checks in this process (warnings for resampling; clear errors for stereo etc.).
+    for r in list(refs):
+        try:
+            audio_feat.check_wav(r.wav, s["audio_sr"])
+        except audio_feat.AudioError as e:
+            if not skip_bad:
+                raise beat2.BeatDataError(str(e)) from e
+            warnings.warn(f"skipping {r.id}: {e}", stacklevel=2)
+            refs.remove(r)
+            skipped.append(r.id)
+    mode = cfg_get(cfg, "fingerprint")
+    with _locked(folder / ".lock"):
+        manifest_path = folder / "manifest.json"
+        manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+        if manifest.get("key") != key:
+            manifest = {"key": key, "settings": s, "files": {}}
+        files = manifest["files"]
+        todo = []
+        for r in refs:
+            fp = fingerprint(_sources(r, use_text), mode)
+            meta = files.get(r.id)
+            if meta is None or meta.get("fingerprint") != fp or not _entry_ok(folder / "files" / r.id, meta):
+                todo.append((r, fp))
+        if manifest.get("in_progress"):
+            print(f"[data] resuming an interrupted cache build in {folder}")
+        built, errors = [], []
+        if todo:
+            manifest["in_progress"] = sorted(r.id for r, _ in todo)
+            save_json(manifest, manifest_path)
+            vocab_dir = str(cache_root(cfg) / "vocab") if (vocab is not None and not cfg_get(cfg, "vocab")) else None
+            if vocab is not None and vocab_dir is None:
+                vocab_dir = str(folder / "vocab")
+                vocab.save(vocab_dir)
+            jobs = [(r, s, vocab_dir, str(folder / "files" / r.id)) for r, _ in todo]
+            fps = {r.id: fp for r, fp in todo}
+            workers = int(cfg_get(cfg, "num_workers") or 0)
+            t0 = time.time()
+            bar = tqdm(total=len(jobs), desc=f"caching {split} ({key})", disable=not progress, unit="file")
+            with _pool(workers) as pool:
+                results = pool.imap_unordered(_build_one, jobs) if pool is not None else map(_build_one, jobs)
+                for status, fid, meta in results:
+                    bar.update(1)
+                    if status == "error":
+                        errors.append(meta)
+                        continue
+                    meta["fingerprint"] = fps[fid]
+                    files[fid] = meta
+                    manifest["in_progress"] = [i for i in manifest["in_progress"] if i != fid]
+                    save_json(manifest, manifest_path)  # after the arrays: an entry is always complete
+                    built.append(fid)
+            bar.close()
+            if errors and not skip_bad:
+                raise beat2.BeatDataError(f"{len(errors)} file(s) failed while caching: " + " | ".join(errors))
+            if errors:
+                warnings.warn(f"skipped {len(errors)} bad file(s): " + " | ".join(errors), stacklevel=2)
+                skipped += [e.split(":", 1)[0] for e in errors]
+            manifest["in_progress"] = []
+            save_json(manifest, manifest_path)
+            if progress:
+                print(f"[data] cached {len(built)} file(s) in {time.time() - t0:.1f} s -> {folder}")
+    entries = [
+        CacheEntry(r.id, int(files[r.id]["speaker"]), int(files[r.id]["n_frames"]), folder / "files" / r.id, r.wav)
+        for r in refs
+        if r.id in files and r.id not in skipped
+    ]
+    return CacheIndex(folder, split, entries, s, built, skipped)
+
+
+@contextlib.contextmanager
+def _pool(workers: int):
+    if workers <= 0:
+        yield None
+        return
+    ctx = mp.get_context("fork" if os.name == "posix" else "spawn")
+    pool = ctx.Pool(workers)
+    try:
+        yield pool
+    finally:
+        pool.terminate()
+        pool.join()
