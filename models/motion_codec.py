@@ -117,7 +117,11 @@ class MotionCodec(nn.Module):
             if not os.path.isfile(paths[p]):
                 raise FileNotFoundError(f"RVQ-VAE checkpoint for {p!r} not found: {paths[p]}")
             vqs[p] = load_rvqvae(paths[p], part=p, map_location=map_location)
-        return cls(vqs, stats.rot6d_mean, stats.rot6d_std, stats.trans_v_mean, stats.trans_v_std, latent_scale)
+        # Stats.safe: std below stats.min_std (constant dims, e.g. in a synthetic corpus) -> 1, never a division by 0;
+        # the official speaker-2 files have no such dims (smallest used std ~1.4e-3), so they pass unchanged.
+        safe = getattr(stats, "safe", lambda s: s)
+        return cls(vqs, stats.rot6d_mean, safe(stats.rot6d_std), stats.trans_v_mean, safe(stats.trans_v_std),
+                   latent_scale)
 
     def train(self, mode: bool = True) -> MotionCodec:
         # Always eval: the RVQ-VAEs are frozen (no quantiser dropout / EMA updates), whatever the caller's mode.
