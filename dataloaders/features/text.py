@@ -19,13 +19,13 @@ import hashlib
 import io
 import json
 import pickle
+import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-from utils.io import save_json, save_npy
 
 PAD, SOS, EOS, UNK = 0, 1, 2, 3
 SPECIALS = ("<pad>", "<sos>", "<eos>", "<unk>")
@@ -86,6 +86,8 @@ class Vocab:
 
     def save(self, folder: str | Path) -> Path:
         """Write ``vocab.json`` (+ ``embeddings.npy``) atomically."""
+        from utils.io import save_json, save_npy
+
         folder = Path(folder)
         if self.embeddings is not None:
             save_npy(np.asarray(self.embeddings, dtype=np.float32), folder / "embeddings.npy")
@@ -165,25 +167,59 @@ def train_fasttext(sentences: list[str], dim: int = 300, epoch: int = 5):
         )  # fmt: skip
 
 
+def word_vector(model, word: str) -> np.ndarray:
+    """FastText's word vector (mean of the word's and its subwords' input rows), computed here because the
+    ``get_word_vector`` of the installed fasttext build intermittently returns uninitialised memory (it
+    accumulates into an unzeroed buffer); ``get_input_vector`` copies a row and is safe."""
+    _, ids = model.get_subwords(word)
+    if len(ids) == 0:
+        return np.zeros(model.get_dimension(), dtype=np.float32)
+    rows = np.stack([np.array(model.get_input_vector(int(i)), dtype=np.float64) for i in ids])
+    return rows.mean(axis=0).astype(np.float32)
+
+
 def attach_embeddings(
     vocab: Vocab, sentences: list[str], fasttext_model: str | Path | None = None, dim: int = 300, seed: int = 0
 ) -> Vocab:
-    """Fill ``vocab.embeddings``: FastText vectors for words, seeded N(0, 1/sqrt(dim)) for the special tokens."""
-    if fasttext_model:
-        path = Path(fasttext_model)
-        if not path.is_file():
-            raise TextError(f"FastText model not found: {path}")
-        model = _fasttext_quiet().load_model(str(path))
-    else:
-        model = train_fasttext(sentences, dim=dim)
-    dim = model.get_dimension()
+    """Fill ``vocab.embeddings``: FastText vectors for words, seeded N(0, 1/sqrt(dim)) for the special tokens.
+
+    FastText runs in a fresh subprocess: the installed fasttext build corrupts memory when a second model is
+    trained in the same process (NaN/garbage vectors), and a subprocess also keeps a 7 GB cc.en.300.bin out of
+    the caller's memory."""
+    if fasttext_model and not Path(fasttext_model).is_file():
+        raise TextError(f"FastText model not found: {fasttext_model}")
+    words = [w for i, w in enumerate(vocab.words) if i >= len(SPECIALS) and w]
+    with tempfile.TemporaryDirectory() as d:
+        job = {"words": words, "sentences": sentences, "model": str(fasttext_model) if fasttext_model else None,
+               "dim": dim, "out": str(Path(d) / "vectors.npy")}  # fmt: skip
+        (Path(d) / "job.json").write_text(json.dumps(job))
+        r = subprocess.run([sys.executable, "-m", "dataloaders.features.text", str(Path(d) / "job.json")],
+                           capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])  # fmt: skip
+        if r.returncode != 0:
+            raise TextError(f"FastText embedding failed ({fasttext_model or 'corpus-trained'}): {r.stderr[-2000:]}")
+        vectors = np.load(job["out"], allow_pickle=False)
+    dim = vectors.shape[1]
     rng = np.random.default_rng(seed)
     emb = rng.normal(0.0, 1.0 / np.sqrt(dim), (vocab.n_words, dim)).astype(np.float32)
-    for i, w in enumerate(vocab.words):
-        if i >= len(SPECIALS) and w:
-            emb[i] = model.get_word_vector(w)
+    rows = [i for i, w in enumerate(vocab.words) if i >= len(SPECIALS) and w]
+    emb[rows] = vectors
+    if not np.all(np.isfinite(emb)):
+        raise TextError("FastText produced non-finite word vectors")
     vocab.embeddings = emb
     return vocab
+
+
+def _embed_job(job_path: str) -> None:
+    """Subprocess entry: train (or load) FastText and write the requested words' vectors."""
+    job = json.loads(Path(job_path).read_text())
+    if job["model"]:
+        model = _fasttext_quiet().load_model(job["model"])
+    else:
+        model = train_fasttext(job["sentences"], dim=job["dim"])
+    out = np.zeros((len(job["words"]), model.get_dimension()), dtype=np.float32)
+    for i, w in enumerate(job["words"]):
+        out[i] = word_vector(model, w)
+    np.save(job["out"], out, allow_pickle=False)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -234,3 +270,7 @@ def convert_vocab_pkl(pkl_path: str | Path, out_dir: str | Path) -> Vocab:
     vocab = Vocab(words, None if emb is None else np.asarray(emb, dtype=np.float32))
     vocab.save(out_dir)
     return vocab
+
+
+if __name__ == "__main__":
+    _embed_job(sys.argv[1])
