@@ -1,12 +1,16 @@
 """Evaluation entry point (EMAGE protocol: FGD, BC, L1div, face MSE/LVD).
 
-Folder mode (available now): evaluate generated npz files against ground truth
+Folder mode: evaluate generated npz files against ground truth
 
     python test.py --pred-dir P --gt-dir G --audio-dir A --mean-vel mean_vel_smplxflame_30.npy \
         --fgd-ckpt AESKConv_240_100.bin [--protocol emage2024|corrected] [--body-model SMPLX_NEUTRAL_2020.npz] \
         [--out DIR]
 
-Model mode (``python test.py -c CONFIG --ckpt PATH``) is reserved for generating the test set from a checkpoint.
+Model mode: generate the **test** split once from a trained generator, write res_<id>.npz / gt_<id>.npz, evaluate
+
+    python test.py -c configs/shortcut_tiny.yaml --ckpt outputs/.../checkpoints/best.pt [--out DIR] [key=value ...]
+
+GT-copied fields (expressions, translation, jaw, first-window seed) are listed in every npz and in metrics.json.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     model = p.add_argument_group("model mode (generate, then evaluate)")
     model.add_argument("-c", "--config", help="generator config (model mode)")
     model.add_argument("--ckpt", help="generator checkpoint (model mode)")
+    model.add_argument("overrides", nargs="*", help="key=value config overrides (model mode)")
     folder = p.add_argument_group("folder mode (evaluate existing npz files)")
     folder.add_argument("--pred-dir", help="predictions: res_<id>.npz (or <id>.npz) with 'poses' (T,165)")
     folder.add_argument("--gt-dir", help="ground truth: gt_<id>.npz (or <id>.npz); may equal --pred-dir")
@@ -40,11 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.config is not None or args.ckpt is not None:
-        print(
-            "test.py: model mode (-c CONFIG --ckpt PATH) is not available yet; generate npz files and use "
-            "folder mode: python test.py --pred-dir P --gt-dir G --audio-dir A --mean-vel F --fgd-ckpt C",
-            file=sys.stderr,
-        )
+        return _model_mode(args)
+    if args.overrides:
+        print(f"test.py: key=value overrides {args.overrides} only apply in model mode (-c CONFIG --ckpt PATH)",
+              file=sys.stderr)
         return 2
     if not args.pred_dir or not args.gt_dir:
         print("test.py: folder mode needs --pred-dir and --gt-dir (see --help)", file=sys.stderr)
@@ -64,6 +68,24 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(format_table(report))
     print(f"wrote {(args.out or args.pred_dir)}/metrics.json")
+    return 0
+
+
+def _model_mode(args: argparse.Namespace) -> int:
+    if not args.config or not args.ckpt:
+        print("test.py: model mode needs both -c CONFIG and --ckpt PATH", file=sys.stderr)
+        return 2
+    from trainers.generative import run_test
+    from utils.config import ConfigError, load_config
+    from utils.evaluate import EvaluationError, format_table
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+        report = run_test(cfg, args.ckpt, out_dir=args.out)
+    except (ConfigError, EvaluationError, FileNotFoundError) as e:
+        print(f"test.py: error: {e}", file=sys.stderr)
+        return 1
+    print(format_table(report))
     return 0
 
 
