@@ -1,0 +1,131 @@
+"""The whole research loop as one command (see run_pipeline.py and configs/pipeline/*.yaml)."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from pipeline import stages
+from pipeline.learning_check import learning_check_stage
+from pipeline.report import load_json, plot_speed_vs_onsets, plot_training_curves, write_report
+from pipeline.runner import StageError, banner, record_path, run_stage, stage_names
+from utils.config import load_config, to_container
+from utils.device import seed_everything
+from utils.io import save_text
+from utils.runs import git_info
+
+RVQ_PARTS = ("upper", "hands", "lower_trans")
+
+
+def all_stage_names(cfg: DictConfig) -> list[str]:
+    names = ["corpus", "cache", "fgd_ae", *(f"rvq_{p}" for p in cfg.rvq.parts)]
+    names += [f"gen_{g}" for g in cfg.generators]
+    names += [f"test_{r}" for r in cfg.test.runs]
+    return names + ["learning_check", "report"]
+
+
+def report_stage(cfg: DictConfig, command: str, stage_log: list[dict[str, Any]]) -> dict[str, Any]:
+    out = stages.out_dir(cfg)
+    rdir = out / "report"
+    tests = {r: load_json(stages.record(cfg, f"test_{r}")["paths"]["metrics"]) for r in cfg.test.runs}
+    labels = {r: str(cfg.test.runs[r].get("label", r)) for r in cfg.test.runs}
+    check = None
+    if (out / "learning_check.json").is_file() and "learning_check" in stage_names(cfg.get("stages"),
+                                                                                    all_stage_names(cfg)):
+        check = load_json(out / "learning_check.json")
+    runs = {f"rvq_{p}": Path(stages.record(cfg, f"rvq_{p}")["paths"]["metrics"]) for p in cfg.rvq.parts}
+    runs.update({f"gen_{g}": Path(stages.record(cfg, f"gen_{g}")["paths"]["metrics"]) for g in cfg.generators})
+    fgd_rec = stages.record(cfg, "fgd_ae")
+    history = None
+    if fgd_rec.get("trained"):
+        summ = Path(fgd_rec["paths"]["run_dir"]) / "fgd_ae_summary.json"
+        history = load_json(summ).get("history") if summ.is_file() else None
+    plots = [plot_training_curves(runs, rdir / "training_curves.png", history)]
+    first = next(iter(cfg.test.runs))
+    tdir = Path(stages.record(cfg, f"test_{first}")["paths"]["dir"])
+    rep = tests[first]
+    f0 = rep["files"][0]
+    import numpy as np
+
+    mean_vel = np.load(stages.record(cfg, "cache")["paths"]["mean_vel"])
+    plots.append(plot_speed_vs_onsets(tdir / f"gt_{f0['id']}.npz", tdir / f"res_{f0['id']}.npz", Path(f0["audio"]),
+                                      mean_vel, rdir / "speed_vs_onsets.png"))  # fmt: skip
+    gi = git_info()
+    commit = str(gi.get("commit") or "unknown") + (" (dirty tree)" if gi.get("dirty") else "")
+    fgd_note = ("FGD autoencoder: the given checkpoint " + fgd_rec["paths"]["checkpoint"] if not fgd_rec.get("trained")
+                else "FGD autoencoder trained on this corpus by the pipeline; FGD values are not comparable with "
+                     "published numbers (those use AESKConv_240_100.bin)")  # fmt: skip
+    notes = [
+        f"Data: {cfg.data.root} ({'synthetic corpus' if cfg.data.get('synthetic') else 'given corpus'}); "
+        f"test files: {rep['n_sequences']} ({rep['seconds']:.1f} s).",
+        fgd_note,
+        f"BC protocol {rep['protocol']['id']}; BC mean velocity from "
+        f"{stages.record(cfg, 'cache')['paths']['mean_vel']}.",
+        "Real-time factor = generation wall time / motion duration on this machine "
+        f"({cfg.device}); shared CPUs inflate it.",
+        f"Speed-vs-onsets plot: test file {f0['id']} ({labels[first]}).",
+    ]
+    paths = write_report(rdir, tests, labels, check, command, commit, stage_log, notes, plots)
+    all_paths = {k: str(v) for k, v in paths.items()}
+    all_paths.update({p.stem: str(p) for p in plots})
+    return {"paths": all_paths, "commit": commit}
+
+
+def run(cfg: DictConfig, command: str) -> dict[str, Any]:
+    """Run every enabled stage in order; raises StageError naming the failed stage."""
+    out = stages.out_dir(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    save_text(command + "\n", out / "command.txt")
+    seed_everything(int(cfg.seed))
+    force = to_container(cfg.get("force"))
+    enabled = stage_names(to_container(cfg.get("stages")), all_stage_names(cfg))
+    log: list[dict[str, Any]] = []
+    fns = {"corpus": lambda: stages.corpus(cfg), "cache": lambda: stages.cache(cfg),
+           "fgd_ae": lambda: stages.fgd_ae(cfg), "learning_check": lambda: learning_check_stage(cfg)}  # fmt: skip
+    for p in cfg.rvq.parts:
+        fns[f"rvq_{p}"] = lambda p=p: stages.rvq(cfg, p)
+    for g in cfg.generators:
+        fns[f"gen_{g}"] = lambda g=g: stages.generator(cfg, g)
+    for r in cfg.test.runs:
+        fns[f"test_{r}"] = lambda r=r: stages.test_run(cfg, r)
+    t0 = time.time()
+    for name in enabled:
+        if name == "report":
+            # the report is always rebuilt (cheap) so it shows this invocation's stage log
+            log.append({"stage": "report", "seconds": None, "skipped": False})
+            run_stage("report", lambda: report_stage(cfg, command, log), out, force=True)
+            continue
+        run_stage(name, fns[name], out, force, log)
+    total = time.time() - t0
+    print(f"[pipeline] finished in {total / 60:.1f} min; report: {out / 'report' / 'report.md'}")
+    return {"seconds": total, "stages": log, "output_dir": str(out)}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Run the whole GestureLSM research loop (see configs/pipeline/).")
+    ap.add_argument("-c", "--config", required=True, help="pipeline YAML, e.g. configs/pipeline/synthetic_cpu.yaml")
+    ap.add_argument("overrides", nargs="*", help="key=value overrides (force=all, force=[rvq,gen_shortcut], ...)")
+    args = ap.parse_args(argv)
+    command = "python run_pipeline.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except Exception as e:
+        print(f"[pipeline] bad configuration: {e}", file=sys.stderr)
+        return 2
+    banner(f"pipeline {cfg.exp_name}: output_dir {stages.out_dir(cfg)}")
+    try:
+        run(cfg, command)
+    except StageError as e:
+        print(f"\n[pipeline] FAILED at stage '{e.stage}': {type(e.error).__name__}: {e.error}", file=sys.stderr)
+        print(f"[pipeline] completed stages are kept (records in {record_path(stages.out_dir(cfg), '*')}); "
+              "rerun the same command to continue", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,188 @@
+"""The stages of the research loop, each a function of the pipeline config with explicit path outputs.
+
+corpus -> cache (+ statistics) -> fgd_ae -> rvq_<part> -> gen_<name> -> test_<run> -> learning_check -> report
+
+Every stage returns ``{"paths": {name: path, ...}, ...}`` (see pipeline.runner); later stages read earlier stages'
+records, so a rerun with complete stages skips them. Stage configs are the stage owners' own YAML files
+(``config:`` in each pipeline node) with the pipeline's ``overrides`` applied as ``key=value`` overrides (unknown
+keys are an error), then the pipeline's ``data:`` node, output folders and upstream checkpoints put in.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.runner import load_record, record_path
+from utils.config import load_config, to_container
+from utils.paths import resolve_path
+
+
+# ----------------------------------------------------------------------------------------------- config helpers
+def flatten_overrides(node: Any, prefix: str = "") -> list[str]:
+    """Nested mapping -> ``["a.b=v", ...]`` (values in YAML flow syntax, lists kept whole)."""
+    node = to_container(node) if node is not None else {}
+    out: list[str] = []
+    for k, v in (node or {}).items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out += flatten_overrides(v, f"{key}.")
+        else:
+            out.append(f"{key}={json.dumps(v)}")
+    return out
+
+
+def stage_config(path: str, overrides: Any, extra: list[str] | None = None) -> DictConfig:
+    return load_config(str(path), flatten_overrides(overrides) + list(extra or []))
+
+
+def with_data(cfg: DictConfig, data: Any) -> DictConfig:
+    """Replace the stage config's ``data`` node by the pipeline's (same corpus and cache for every stage)."""
+    OmegaConf.set_struct(cfg, False)
+    cfg.data = OmegaConf.create(to_container(data))
+    return cfg
+
+
+def out_dir(cfg: DictConfig) -> Path:
+    return resolve_path(str(cfg.output_dir))
+
+
+def record(cfg: DictConfig, name: str) -> dict[str, Any]:
+    rec = load_record(out_dir(cfg), name)
+    if rec is None:
+        raise RuntimeError(f"stage '{name}' has not completed (no valid {record_path(out_dir(cfg), name)})")
+    return rec
+
+
+# ----------------------------------------------------------------------------------------------- data stages
+def corpus(cfg: DictConfig) -> dict[str, Any]:
+    """The corpus: generated (``data.synthetic``) or an existing BEAT2 folder, checked for its split csv."""
+    from dataloaders.cache import cfg_get, data_root
+    from dataloaders.synthetic import generate_corpus
+
+    root = resolve_path(str(cfg.data.root))
+    syn = cfg_get(cfg.data, "synthetic")
+    if syn:
+        generate_corpus(root, **{k: syn[k] for k in ("speakers", "files_per_speaker", "seconds", "seed") if k in syn})
+    root = data_root(cfg.data)
+    split_csv = root / str(cfg_get(cfg.data, "split_csv"))
+    if not split_csv.is_file():
+        raise FileNotFoundError(f"{split_csv} missing: data.root must be a beat_english_v2.0.0-format folder")
+    n_files = sum(1 for _ in (root / "smplxflame_30").glob("*.npz"))
+    print(f"[corpus] {root}: {n_files} motion files ({'synthetic' if syn else 'given'})")
+    return {"paths": {"root": str(root), "split_csv": str(split_csv)}, "n_files": n_files, "synthetic": bool(syn)}
+
+
+def cache(cfg: DictConfig) -> dict[str, Any]:
+    """Per-file cache of every split and the normalisation statistics (incl. BC's mean velocity)."""
+    from dataloaders.cache import build_cache, cfg_get
+    from dataloaders.stats import OFFICIAL_FILES, load_stats
+
+    counts = {}
+    folder = None
+    for split in ("train", "val", "test"):
+        idx = build_cache(cfg.data, split)
+        counts[split] = len(idx.entries)
+        folder = idx.folder
+        print(f"[cache] {split}: {len(idx.entries)} files")
+    stats = load_stats(cfg.data)
+    stats_dir = cfg_get(cfg.data, "stats_dir")
+    sdir = resolve_path(stats_dir) if stats_dir else folder / "stats" / f"train_{counts['train']}"
+    print(f"[cache] statistics: {stats.source or sdir}")
+    return {
+        "paths": {"cache": str(folder), "manifest": str(folder / "manifest.json"), "stats_dir": str(sdir),
+                  "mean_vel": str(sdir / OFFICIAL_FILES["mean_vel"])},
+        "files": counts,
+    }  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------- FGD autoencoder
+def fgd_ae(cfg: DictConfig) -> dict[str, Any]:
+    """Train the FGD autoencoder on the corpus, or take ``fgd_ae.checkpoint`` (AESKConv_240_100.bin) as given."""
+    from models.fgd_autoencoder import file_sha256, load_fgd_autoencoder
+
+    node = cfg.fgd_ae
+    if node.get("checkpoint"):
+        ck = resolve_path(str(node.checkpoint))
+        if not ck.is_file():
+            raise FileNotFoundError(f"fgd_ae.checkpoint {ck} not found")
+        load_fgd_autoencoder(ck)  # fail here, not in the test stage, when the file is wrong
+        print(f"[fgd_ae] using the given FGD autoencoder {ck}; training skipped")
+        return {"paths": {"checkpoint": str(ck)}, "trained": False, "sha256": file_sha256(ck)}
+    from trainers.fgd_ae import train_from_config
+
+    root = record(cfg, "corpus")["paths"]["root"]
+    extra = [f"data.root={root}", "data.synthetic=null", f"output_dir={out_dir(cfg) / 'runs'}",
+             f"seed={int(cfg.seed)}", f"device={cfg.device}"]  # fmt: skip
+    scfg = stage_config(node.config, node.get("overrides"), extra)
+    summary = train_from_config(scfg)
+    ck = Path(summary["best_checkpoint"])
+    return {"paths": {"checkpoint": str(ck), "run_dir": summary["run_dir"]}, "trained": True,
+            "sha256": summary["best_sha256"], "steps": summary["steps"], "best_score": summary["best_score"]}
+
+
+# ----------------------------------------------------------------------------------------------- RVQ-VAEs
+def rvq(cfg: DictConfig, part: str) -> dict[str, Any]:
+    """Train the RVQ-VAE of one body part (trainers.rvq.RVQTrainer) on the pipeline's corpus."""
+    from trainers.rvq import RVQTrainer
+
+    node = cfg.rvq
+    path = str(node.config).format(part=part)
+    extra = [f"output_dir={out_dir(cfg) / 'runs'}", f"device={cfg.device}"]
+    scfg = with_data(stage_config(path, node.get("overrides"), extra), cfg.data)
+    with RVQTrainer(scfg) as trainer:
+        summary = trainer.fit()
+    ck_dir = Path(summary["run_dir"]) / "checkpoints"
+    ck = ck_dir / "best.pt" if (ck_dir / "best.pt").is_file() else ck_dir / "last.pt"
+    return {"paths": {"checkpoint": str(ck), "run_dir": summary["run_dir"],
+                      "metrics": str(Path(summary["run_dir"]) / "metrics.jsonl")},
+            "iterations": summary["iteration"], "best": summary["best"],
+            "last_metrics": summary["last_metrics"]}
+
+
+# ----------------------------------------------------------------------------------------------- generators
+def generator_config(cfg: DictConfig, name: str, extra: list[str] | None = None) -> DictConfig:
+    """The generator's stage config with this pipeline's data, RVQ-VAEs and FGD autoencoder."""
+    node = cfg.generators[name]
+    rvq_paths = {p: record(cfg, f"rvq_{p}")["paths"]["checkpoint"] for p in ("upper", "hands", "lower_trans")}
+    fgd = record(cfg, "fgd_ae")["paths"]["checkpoint"]
+    base = [f"output_dir={out_dir(cfg) / 'runs'}", f"device={cfg.device}",
+            *(f"rvq.{p}={v}" for p, v in rvq_paths.items()), f"val.fgd_autoencoder={fgd}",
+            f"test.fgd_autoencoder={fgd}"]  # fmt: skip
+    scfg = stage_config(str(node.config), node.get("overrides"), base + list(extra or []))
+    return with_data(scfg, cfg.data)
+
+
+def generator(cfg: DictConfig, name: str) -> dict[str, Any]:
+    """Train one generator (trainers.generative.GenerativeTrainer)."""
+    from trainers.generative import GenerativeTrainer
+
+    scfg = generator_config(cfg, name)
+    with GenerativeTrainer(scfg) as trainer:
+        summary = trainer.fit()
+    ck_dir = Path(summary["run_dir"]) / "checkpoints"
+    ck = ck_dir / "best.pt" if (ck_dir / "best.pt").is_file() else ck_dir / "last.pt"
+    return {"paths": {"checkpoint": str(ck), "run_dir": summary["run_dir"],
+                      "metrics": str(Path(summary["run_dir"]) / "metrics.jsonl")},
+            "iterations": summary["iteration"], "epochs": summary["epoch"], "best": summary["best"],
+            "last_metrics": summary["last_metrics"]}  # fmt: skip
+
+
+def test_run(cfg: DictConfig, run: str) -> dict[str, Any]:
+    """Generate and evaluate the held-out test split (trainers.generative.run_test) for one test run."""
+    from trainers.generative import run_test
+
+    node = cfg.test.runs[run]
+    gen = str(node.generator)
+    scfg = generator_config(cfg, gen, flatten_overrides(node.get("overrides")))
+    ck = record(cfg, f"gen_{gen}")["paths"]["checkpoint"]
+    folder = out_dir(cfg) / "test" / run
+    report = run_test(scfg, ck, folder)
+    m = report["metrics"]
+    print(f"[test {run}] FGD {m.get('fgd')}  BC {m.get('bc')}  L1div {m.get('l1div')}  "
+          f"RTF {report['timing']['real_time_factor']:.3f}")
+    return {"paths": {"metrics": str(folder / "metrics.json"), "dir": str(folder)}, "generator": gen,
+            "label": str(node.get("label", run))}
