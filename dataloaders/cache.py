@@ -381,7 +381,7 @@ def build_cache(cfg: Any, split: str, ids: list[str] | None = None, progress: bo
                 for status, fid, meta in results:
                     bar.update(1)
                     if status == "error":
-                        errors.append(meta)
+                        errors.append((fid, meta if fid in meta else f"{fid}: {meta}"))
                         continue
                     meta["fingerprint"] = fps[fid]
                     files[fid] = meta
@@ -389,11 +389,12 @@ def build_cache(cfg: Any, split: str, ids: list[str] | None = None, progress: bo
                     save_json(manifest, manifest_path)  # after the arrays: an entry is always complete
                     built.append(fid)
             bar.close()
+            messages = " | ".join(m for _, m in errors)
             if errors and not skip_bad:
-                raise beat2.BeatDataError(f"{len(errors)} file(s) failed while caching: " + " | ".join(errors))
+                raise beat2.BeatDataError(f"{len(errors)} file(s) failed while caching: {messages}")
             if errors:
-                warnings.warn(f"skipped {len(errors)} bad file(s): " + " | ".join(errors), stacklevel=2)
-                skipped += [e.split(":", 1)[0] for e in errors]
+                warnings.warn(f"skipped {len(errors)} bad file(s): {messages}", stacklevel=2)
+                skipped += [fid for fid, _ in errors]
             manifest["in_progress"] = []
             save_json(manifest, manifest_path)
             if progress:
