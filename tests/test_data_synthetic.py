@@ -85,8 +85,9 @@ def test_motion_follows_its_own_audio(tmp_path):
     # mean_vel as dataloaders.stats computes it (speeds with world translation), reusing the FK above
     speeds = [np.linalg.norm(np.gradient(joints[i] + data[i]["trans"][:, None], axis=0) * 30, axis=-1) for i in ids]
     mean_vel = np.concatenate(speeds).mean(0)
-    np.testing.assert_allclose(joint_speeds(data[ids[0]]["poses"][:90], data[ids[0]]["trans"][:90],
-                                            data[ids[0]]["betas"])[:89], speeds[0][:89], rtol=1e-4, atol=1e-5)  # fmt: skip
+    d0 = data[ids[0]]
+    direct = joint_speeds(d0["poses"][:90], d0["trans"][:90], d0["betas"])
+    np.testing.assert_allclose(direct[:89], speeds[0][:89], rtol=1e-4, atol=1e-5)
     for protocol in ("emage2024", "corrected"):
         own, other, shifted = (metrics.BeatConsistency(mean_vel, protocol=protocol) for _ in range(3))
         onsets = {i: own.onsets(root / "wave16k" / f"{i}.wav", len(joints[i])) for i in ids}  # same lengths
