@@ -219,6 +219,15 @@ def test_frechet_matches_reference_on_well_conditioned_sets():
     ours = frechet_distance(a, b)
     assert ours == pytest.approx(_reference_fd(a, b), rel=1e-8)
     assert ours == pytest.approx(_nuclear_fd(a, b), rel=1e-8)
+    mu1, mu2 = a.mean(0), b.mean(0)
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    assert frechet_from_moments(mu1, s1, mu2, s2, fast=True) == pytest.approx(ours, rel=1e-8)
+    # fast path on a singular S1 falls back to the robust method
+    x = rng.normal(0, 1, (10, 50))
+    sx = np.cov(x, rowvar=False)
+    assert frechet_from_moments(x.mean(0), sx, mu1[:1].repeat(50), np.eye(50), fast=True) == pytest.approx(
+        frechet_from_moments(x.mean(0), sx, mu1[:1].repeat(50), np.eye(50)), rel=1e-9
+    )
     # 1-D: (m1 - m2)^2 + (s1 - s2)^2
     x, y = rng.normal(1, 2, (1000, 1)), rng.normal(-1, 0.5, (800, 1))
     s1, s2 = x.std(ddof=1), y.std(ddof=1)

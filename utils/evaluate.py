@@ -196,7 +196,7 @@ class Evaluator:
         return out
 
     # -- pooling -----------------------------------------------------------------------------------------------
-    def _aggregate(self, w: np.ndarray) -> dict[str, float | None]:
+    def _aggregate(self, w: np.ndarray, fast: bool = False) -> dict[str, float | None]:
         """Metrics over the records with multiplicities ``w`` (ones = the plain test set)."""
         recs = self.records
         n = np.array([r.n for r in recs], np.float64)
@@ -212,7 +212,7 @@ class Evaluator:
             else:
                 out["bc"] = out["bc_gt"] = None
         if self.fgd_model is not None:
-            out["fgd"] = self._fgd(w)
+            out["fgd"] = self._fgd(w, fast)
         if self.face_model is not None:
             fm = np.array([r.face is not None for r in recs])
             fw = w * fm * n
@@ -221,7 +221,7 @@ class Evaluator:
                 out[k] = float(np.sum(fw * vals) / fw.sum()) if fw.sum() > 0 else None
         return out
 
-    def _fgd(self, w: np.ndarray) -> float | None:
+    def _fgd(self, w: np.ndarray, fast: bool = False) -> float | None:
         idx = [i for i, r in enumerate(self.records) if r.fgd is not None and w[i] > 0]
         if not idx:
             return None
@@ -236,7 +236,7 @@ class Evaluator:
             mu = s / cnt
             cov = (o - cnt * np.outer(mu, mu)) / (cnt - 1)  # == np.cov(rowvar=False) of the pooled tokens
             moments.append((mu, cov))
-        return frechet_from_moments(moments[0][0], moments[0][1], moments[1][0], moments[1][1])
+        return frechet_from_moments(moments[0][0], moments[0][1], moments[1][0], moments[1][1], fast=fast)
 
     def compute(self, n_boot: int = 0, seed: int = 0) -> dict[str, Any]:
         """Pooled metrics (None where not computable). With ``n_boot > 0`` also ``ci95``: percentile-bootstrap
@@ -252,7 +252,7 @@ class Evaluator:
             draws: dict[str, list[float]] = {k: [] for k, v in res.items() if k in METRIC_SCALES and v is not None}
             for _ in range(n_boot):
                 w = rng.multinomial(s, np.full(s, 1.0 / s)).astype(np.float64)
-                agg = self._aggregate(w)
+                agg = self._aggregate(w, fast=True)  # Cholesky route for FGD replicates
                 for k in draws:
                     if agg.get(k) is not None:
                         draws[k].append(agg[k])
