@@ -231,3 +231,14 @@ def test_real_sample_read_and_cached(tmp_path):
     st = stats.load_stats(cfg)
     x = stats.frame_vector(e.load("pose")[:64], tv[:64], e.load("facial")[:64], st)
     assert x.shape == (64, 433) and np.isfinite(x).all() and np.abs(x[:, 330:333]).max() < 50
+
+
+def test_synthetic_config_generates_corpus_on_first_use(tmp_path):
+    cfg = load_config(REPO_ROOT / "configs/data/synthetic.yaml",
+                      [f"data.root={tmp_path / 'auto'}", f"data.cache_dir={tmp_path / 'cache'}",
+                       "data.synthetic.files_per_speaker=3", "data.synthetic.seconds=6"])  # fmt: skip
+    assert cfg.data.onset_mode == "corrected" and list(cfg.data.training_speakers) == [1, 2]
+    ds = datasets.WholeFileDataset(cfg, "test")
+    assert len(ds) == 2 and (tmp_path / "auto" / "train_test_split.csv").is_file()
+    real = load_config(REPO_ROOT / "configs/data/beat2_speaker2.yaml")
+    assert real.data.onset_mode == "reference" and list(real.data.training_speakers) == [2]
