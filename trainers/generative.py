@@ -16,6 +16,7 @@ Config keys (beyond BaseTrainer's; see configs/generator_base.yaml)::
 
     rvq: {upper, hands, lower_trans}     # RVQ-VAE checkpoints (released net_300000_*.pth or ours); globs allowed
     latent_scale: 5                      # upstream vqvae_latent_scale
+    sync_bn: true                        # under DDP on CUDA: SyncBatchNorm (as upstream)
     pre_frames: 4                        # seed latents
     model:
       generator: {name: shortcut|diffusion | target: ..., params: {modality_encoder, denoiser, objective, sampler}}
@@ -231,7 +232,12 @@ class GenerativeTrainer(BaseTrainer):
         self.stats = load_stats(self.cfg.data)
         self.codec = build_codec(self.cfg, self.stats, self.device)  # frozen, outside self.model
         self.pre_frames = int(self.cfg.get("pre_frames", 4))
-        return build_generator_from_config(self.cfg)
+        model = build_generator_from_config(self.cfg)
+        if bool(self.cfg.get("sync_bn", True)) and self.dist.enabled and self.device.type == "cuda":
+            # upstream DDP uses SyncBN (WavEncoder BatchNorms); same state-dict keys. Not available on CPU/gloo,
+            # where BN running stats follow DDP's default: rank 0's buffers are broadcast at every forward.
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        return model
 
     def build_datasets(self) -> dict[str, Dataset | None]:
         val = None
