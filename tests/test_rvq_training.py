@@ -197,3 +197,47 @@ def test_run_training_from_config_with_body_part_and_resume(tmp_path: Path) -> N
     assert load_rvqvae(last, part="lower_trans").input_width == part_dim("lower_trans")
     with pytest.raises(ValueError, match="part 'lower_trans'"):
         run_training(cfg_path, body_part="upper", resume=last)
+
+
+def test_fgd_validation_matches_independent_computation(tmp_path: Path) -> None:
+    from dataloaders.stats import Stats
+    from models.fgd_autoencoder import VAESKConv
+    from utils.io import save_torch
+    from utils.metrics import frechet_distance
+
+    torch.manual_seed(0)
+    ae = VAESKConv().eval()
+    save_torch({"model_state": ae.state_dict()}, tmp_path / "ae.bin")
+    rng = torch.Generator().manual_seed(1)
+    stats = Stats(rot6d_mean=torch.randn(330, generator=rng).numpy(), rot6d_std=(torch.rand(330, generator=rng) + 0.5)
+                  .numpy(), trans_v_mean=torch.zeros(3).numpy(), trans_v_std=torch.ones(3).numpy(),
+                  mean_vel=torch.ones(55).numpy())  # fmt: skip
+    stats.save(tmp_path / "stats")
+    cfg = small_cfg(tmp_path, iterations=1, val_period=1, val_before_train=False, best_metric="fgd",
+                    **{"val.fgd_autoencoder": str(tmp_path / "ae.bin")})
+    cfg.data = {"stats_dir": str(tmp_path / "stats")}
+    with RVQTrainer(cfg, run_dir=tmp_path / "fgd") as tr:
+        metrics = tr.run_validation()
+        model = tr.model.eval()  # run_validation leaves it in train mode
+        full = torch.stack([w for (w,) in tr.val_dataset])  # preloaded (N, 32, 433) windows
+        idx = torch.from_numpy(part_frame_indices("upper"))
+        with torch.no_grad():  # batches of val.batch_size as validate() (the covariances are near-singular)
+            rec = torch.cat([model.reconstruct(c[..., idx])["rec"] for c in full.split(64)])
+            pasted = full.clone()
+            pasted[..., idx] = rec
+            mean = torch.as_tensor(stats.rot6d_mean, dtype=torch.float32)
+            std = torch.as_tensor(stats.rot6d_std, dtype=torch.float32)
+            f_gt = torch.cat([ae.map2latent(c[..., :330] * std + mean) for c in full.split(64)])
+            f_rec = torch.cat([ae.map2latent(c[..., :330] * std + mean) for c in pasted.split(64)])
+            f_gt, f_rec = (f.reshape(-1, 240).double().numpy() for f in (f_gt, f_rec))
+    assert f_gt.shape == (64 * 2, 240)  # 32-frame windows -> 2 tokens each
+    expected = frechet_distance(f_gt, f_rec)
+    assert expected > 0 and metrics["fgd"] == pytest.approx(expected, rel=1e-6)
+    assert tr.best["value"] == pytest.approx(metrics["fgd"])
+    # face: no joints, FGD skipped with a note
+    cfg_face = small_cfg(tmp_path, iterations=1, val_period=1, val_before_train=False,
+                         **{"val.fgd_autoencoder": str(tmp_path / "ae.bin"), "part": "face"})
+    with RVQTrainer(cfg_face, run_dir=tmp_path / "face") as tr:
+        assert "fgd" not in tr.run_validation()
+    notes = [r.get("text", "") for r in read_metrics(tmp_path / "face" / "metrics.jsonl")]
+    assert any("FGD skipped for part 'face'" in t for t in notes)

@@ -30,13 +30,15 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+from dataloaders.stats import denormalise_rot6d, load_stats
 from models.fgd_autoencoder import load_fgd_autoencoder
 from models.vq.rvqvae import RVQVAE, load_rvqvae
 from trainers.base import BaseTrainer
 from utils.config import ConfigError, instantiate_from_config, load_config, to_container
 from utils.io import load_torch
+from utils.logging import progress
 from utils.paths import REPO_ROOT
 from utils.skeleton import FRAME_DIM, PARTS, ROT6D_SLICE, check_part, part_frame_indices
 
@@ -130,6 +132,8 @@ class RVQTrainer(BaseTrainer):
         self.part_index = torch.from_numpy(part_frame_indices(self.part))
         self._fgd: tuple[nn.Module, Any] | None = None
         self._fgd_note: str | None = None
+        if cfg.get("num_threads"):  # small models on CPU: fewer threads are often faster (no oversubscription)
+            torch.set_num_threads(int(cfg.num_threads))
         super().__init__(cfg, run_dir=run_dir, **kwargs)
         self._validate_config()
 
@@ -152,16 +156,36 @@ class RVQTrainer(BaseTrainer):
         return model
 
     def build_datasets(self) -> dict[str, Dataset | None]:
-        train = PartWindows(build_window_dataset(self.cfg, "train"), self.part)
+        preload = bool(self.cfg.get("preload", True))
+        train: Dataset = PartWindows(build_window_dataset(self.cfg, "train"), self.part)
+        if preload:
+            train = self._preload(train, "train")
         val = None
         if self.val_period > 0:
             val = build_window_dataset(self.cfg, "val")
             max_w = self.cfg.val.get("max_windows")
             if max_w and len(val) > int(max_w):  # evenly spaced, deterministic subset
                 val = Subset(val, np.linspace(0, len(val) - 1, int(max_w)).round().astype(int).tolist())
+            if preload:
+                val = self._preload(val, "val")  # full 433-D windows: FGD pastes the part into the GT body
         if len(train) < self.batch_size and bool(self.cfg.get("drop_last", True)):
             raise ConfigError(f"only {len(train)} training windows for batch_size {self.batch_size} (drop_last)")
         return {"train": train, "val": val}
+
+    def _preload(self, ds: Dataset, split: str) -> TensorDataset:
+        """All windows in memory once (the RVQ stage reads each window thousands of times; building a frame vector
+        per item would dominate the step time). Loaded with the configured workers, never the global RNG."""
+        loader = DataLoader(ds, batch_size=64, shuffle=False, num_workers=self.num_workers,
+                            generator=torch.Generator().manual_seed(0))
+        chunks = [b.float() for b in progress(loader, desc=f"preload {split}", rank=self.rank)]
+        windows = torch.cat(chunks) if chunks else torch.zeros(0)
+        self.logger.log_text(f"preloaded {len(windows)} {split} windows {tuple(windows.shape[1:])} "
+                             f"({windows.numel() * 4 / 2**20:.0f} MiB)")
+        return TensorDataset(windows)
+
+    def collate_fn(self, items: list) -> torch.Tensor:
+        # TensorDataset items are 1-tuples; plain datasets give tensors
+        return torch.stack([it[0] if isinstance(it, tuple) else it for it in items])
 
     def train_step(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
         loss_cfg = self.cfg.loss
@@ -194,7 +218,7 @@ class RVQTrainer(BaseTrainer):
         feats_rec: list[np.ndarray] = []
         idx_dev = self.part_index.to(self.device)
         for full in loader:
-            full = full.to(self.device).float()
+            full = (full[0] if isinstance(full, (list, tuple)) else full).to(self.device).float()
             x = full.index_select(-1, idx_dev)
             out = model.reconstruct(x)
             err = out["rec"] - x
@@ -236,22 +260,18 @@ class RVQTrainer(BaseTrainer):
             return None
         if self._fgd is None:
             try:
-                from dataloaders.stats import load_stats  # written concurrently; FGD is skipped without it
-
                 ae = load_fgd_autoencoder(str(path), map_location="cpu").to(self.device).eval()
                 stats = load_stats(self.cfg.data)
-                mean = torch.as_tensor(np.asarray(stats.rot6d_mean), dtype=torch.float32, device=self.device)
-                std = torch.as_tensor(np.asarray(stats.rot6d_std), dtype=torch.float32, device=self.device)
             except (ImportError, FileNotFoundError, KeyError, ValueError, RuntimeError) as e:
                 self._note_once(f"val: FGD skipped ({type(e).__name__}: {e})")
                 return None
-            self._fgd = (ae, (mean, std))
+            self._fgd = (ae, stats)
         return self._fgd
 
     def _fgd_features(self, frames: torch.Tensor) -> np.ndarray:
         """Normalised (B, T, 433) frame vectors -> FGD features (B * T/16, 240) of the de-normalised rot6d."""
-        ae, (mean, std) = self._fgd
-        rot6d = frames[..., ROT6D_SLICE] * std + mean
+        ae, stats = self._fgd
+        rot6d = denormalise_rot6d(frames[..., ROT6D_SLICE], stats)
         feats = ae.map2latent(rot6d)
         return feats.reshape(-1, feats.shape[-1]).double().cpu().numpy()
 

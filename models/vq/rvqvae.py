@@ -144,14 +144,15 @@ def _infer_config(sd: dict[str, torch.Tensor], path: str) -> dict[str, Any]:
 
 def load_rvqvae(path: str | os.PathLike, part: str | None = None, map_location: str | torch.device = "cpu",
                 **overrides: Any) -> RVQVAE:
-    """Load an RVQ-VAE in eval mode from a released ``{'net': state_dict}`` file (``net_300000_upper.pth`` ...) or
-    from one of our checkpoints (``{'net', 'rvq_config', 'quantizer_ema', ...}``). Strict loading.
+    """Load an RVQ-VAE, in eval mode on ``map_location``, from a released ``{'net': state_dict}`` file
+    (``net_300000_upper.pth`` ...) or from one of our checkpoints (``{'net', 'rvq_config', 'quantizer_ema', ...}``,
+    e.g. a trainer's best.pt / last.pt). Strict loading.
 
     ``part`` (upper/hands/lower/lower_trans/face) checks the input width against utils.skeleton. ``overrides`` set
     constructor arguments (e.g. ``dilation_growth_rate``) the file cannot tell.
     """
     path = str(path)
-    ckpt = load_torch(path, map_location=map_location)
+    ckpt = load_torch(path, map_location="cpu")
     if not isinstance(ckpt, dict) or "net" not in ckpt:
         keys = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise KeyError(f"{path}: expected a dict with key 'net' (RVQ-VAE checkpoint), got {keys}")
@@ -174,4 +175,4 @@ def load_rvqvae(path: str | os.PathLike, part: str | None = None, map_location: 
     if "quantizer_ema" in ckpt:  # our checkpoints carry the full quantiser state; released files only codebooks
         model.load_ema_state_dict(ckpt["quantizer_ema"])
     model.part = part or file_part
-    return model.eval()
+    return model.to(torch.device(map_location)).eval()
