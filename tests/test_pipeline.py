@@ -147,6 +147,7 @@ def _assert_artefacts(out: Path) -> None:
     assert lc["donor_ids"] == lc["test_ids"][::-1]
 
 
+@pytest.mark.slow  # 18.5 min for the earlier, larger ci_tiny at load ~12 on 2 shared cores; re-time unloaded
 def test_ci_pipeline_artefacts_and_skip(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = _run_ci(tmp_path)
     _assert_artefacts(out)
