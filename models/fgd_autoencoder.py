@@ -12,9 +12,10 @@ Released weights: ``AESKConv_240_100.bin`` = ``{'model_state': state_dict}`` -> 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,15 @@ from models.skeleton_conv import SkeletonResidual, edge_neighbours, edges_from_p
 from utils.io import load_torch
 from utils.skeleton import PARENTS
 
-__all__ = ["LocalEncoder", "MotionDecoder", "VAESKConv", "load_fgd_autoencoder", "file_sha256", "extract_state_dict"]
+__all__ = [
+    "full_fp32",
+    "LocalEncoder",
+    "MotionDecoder",
+    "VAESKConv",
+    "load_fgd_autoencoder",
+    "file_sha256",
+    "extract_state_dict",
+]
 
 
 class LocalEncoder(nn.Module):
@@ -122,6 +131,28 @@ class MotionDecoder(nn.Module):
         return self.main(z.transpose(1, 2)).transpose(1, 2)
 
 
+@contextlib.contextmanager
+def full_fp32(device: torch.device) -> Iterator[None]:
+    """Disable TF32 for cuDNN convolutions and CUDA matmuls inside the block (no-op off CUDA).
+
+    PyTorch enables TF32 for cuDNN convolutions by default; on an H100 that moves the FGD features by ~3e-3
+    (vs ~2e-6 in fp32), enough to shift FGD digits, so feature extraction runs in true fp32.
+    """
+    if device.type != "cuda":
+        yield
+        return
+    cudnn = torch.backends.cudnn
+    matmul_tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with cudnn.flags(
+            enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic, allow_tf32=False
+        ):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul_tf32
+
+
 class VAESKConv(nn.Module):
     """Skeleton-conv motion autoencoder used as the FGD feature extractor (defaults = the EMAGE FGD settings)."""
 
@@ -160,6 +191,11 @@ class VAESKConv(nn.Module):
         self.input_dim = vae_test_dim
         self.latent_dim = vae_length
         self.temporal_stride = self.encoder.temporal_stride
+        # True fp32 on CUDA (no TF32) so features match CPU; the trainer may switch it off for speed.
+        self.full_precision = True
+
+    def _precision(self, x: torch.Tensor) -> contextlib.AbstractContextManager:
+        return full_fp32(x.device) if self.full_precision else contextlib.nullcontext()
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.dim() != 3 or x.shape[-1] != self.input_dim:
@@ -181,19 +217,23 @@ class VAESKConv(nn.Module):
     def map2latent(self, x: torch.Tensor) -> torch.Tensor:
         """FGD features: (B, T, 330) rot6d -> (B, T/16, 240)."""
         self._check_input(x)
-        return self._latent(self.encoder(x))[0]
+        with self._precision(x):
+            return self._latent(self.encoder(x))[0]
 
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
         """(B, T', 240) -> (B, 16 T', 330)."""
         if latent.dim() != 3 or latent.shape[-1] != self.latent_dim:
             raise ValueError(f"expected latent of shape (B, T', {self.latent_dim}), got {tuple(latent.shape)}")
-        return self.decoder(latent)
+        with self._precision(latent):
+            return self.decoder(latent)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor | None]:
         """Full autoencoder pass; keys as the reference: poses_feat, rec_pose, pose_mu, pose_logvar."""
         self._check_input(x)
-        z, mu, logvar = self._latent(self.encoder(x))
-        return {"poses_feat": z, "rec_pose": self.decoder(z), "pose_mu": mu, "pose_logvar": logvar}
+        with self._precision(x):
+            z, mu, logvar = self._latent(self.encoder(x))
+            rec = self.decoder(z)
+        return {"poses_feat": z, "rec_pose": rec, "pose_mu": mu, "pose_logvar": logvar}
 
 
 def extract_state_dict(obj: Any, source: str = "<checkpoint>") -> dict[str, torch.Tensor]:

@@ -237,3 +237,17 @@ def test_structural_params_do_not_train():
     opt.step()
     for k, v in before.items():
         assert torch.equal(model.state_dict()[k], v), k
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_features_are_true_fp32(fixture_model):
+    """cuDNN TF32 (on by default) moves features by ~3e-3; VAESKConv runs in true fp32 and restores the flags."""
+    model, z = fixture_model
+    cuda_model = VAESKConv()
+    cuda_model.load_state_dict(model.state_dict())
+    cuda_model = cuda_model.cuda().eval()
+    before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    with torch.no_grad():
+        lat = cuda_model.map2latent(torch.from_numpy(z["input_b"]).cuda()).cpu()
+    torch.testing.assert_close(lat, torch.from_numpy(z["map2latent_b"]), atol=1e-5, rtol=0)
+    assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before
