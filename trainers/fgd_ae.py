@@ -162,7 +162,7 @@ def _dataset_sequences(data: DictConfig, split: str) -> list[Any]:
     return [ds[i] for i in tqdm(range(len(ds)), desc=f"load {split}", leave=False)]
 
 
-def build_datasets(data: DictConfig, seed: int = 0) -> tuple[RotWindowDataset, RotWindowDataset | None]:
+def build_datasets(data: DictConfig) -> tuple[RotWindowDataset, RotWindowDataset | None]:
     """Train and (optional) validation window datasets from the ``data`` config node."""
     length, stride = int(data.window.length), int(data.window.stride)
     source = str(data.source)
@@ -335,7 +335,7 @@ def train_from_config(cfg: DictConfig) -> dict[str, Any]:
         # On a small shared CPU box, multi-threaded small ops can be far slower than one thread.
         torch.set_num_threads(int(cfg.num_threads))
     device = get_device(cfg.get("device", "auto"))
-    train_ds, val_ds = build_datasets(cfg.data, seed)
+    train_ds, val_ds = build_datasets(cfg.data)
     model = VAESKConv(**to_container(cfg.model))
     run_dir = create_run_dir(cfg)
     print(f"fgd-ae: {len(train_ds)} train / {len(val_ds) if val_ds else 0} val windows; run dir {run_dir}")
