@@ -54,6 +54,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--protocol", default="emage2024")
     ap.add_argument("--bootstrap", type=int, default=1000)
+    ap.add_argument("--eval-threads", type=int, default=1, help="Evaluator num_threads (0: leave torch's setting)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from models.fgd_autoencoder import VAESKConv
@@ -66,9 +67,10 @@ def main() -> None:
         frames = sum(len(s[1]) for s in seqs)
         print(f"{len(seqs)} sequences, {frames} frames ({frames / 30:.0f} s); skeleton: {fk.source}; "
               f"threads {args.threads}; protocol {args.protocol}")  # fmt: skip
-        ev = Evaluator(enc, np.full(55, 0.5), fk, args.protocol)
+        ev = Evaluator(enc, np.full(55, 0.5), fk, args.protocol, num_threads=args.eval_threads or None)
         t = {"fk": 0.0, "fgd": 0.0, "bc_audio": 0.0, "bc_motion": 0.0, "l1div": 0.0}
         t_all = time.perf_counter()
+        torch.set_num_threads(ev.num_threads or args.threads)  # the component timings use the Evaluator's setting
         for _sid, pred, gt, betas, wav in seqs:
             t0 = time.perf_counter()
             jp, jg = ev._joints(pred, betas), ev._joints(gt, betas)
@@ -84,6 +86,7 @@ def main() -> None:
             for k, dt in zip(t, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
                 t[k] += dt
         t_components = time.perf_counter() - t_all
+        torch.set_num_threads(args.threads)
         # end to end through Evaluator.add (the same work, done once more) + pooling + bootstrap
         t0 = time.perf_counter()
         for sid, pred, gt, betas, wav in seqs:

@@ -231,7 +231,6 @@ def test_folder_mode_bad_input(tmp_path, capsys):
     np.savez(pred_dir / "res_c.npz", **zp)
     with pytest.raises(EvaluationError, match="res_c.npz.*NaN"):
         evaluate_folder(pred_dir, gt_dir, None, n_boot=0, progress=False)
-    # model mode is reserved
-    assert test_cli.main(["-c", "configs/x.yaml", "--ckpt", "x.pt"]) == 2
-    assert "not available yet" in capsys.readouterr().err
+    # folder mode without folders is a usage error
     assert test_cli.main([]) == 2
+    assert "--pred-dir" in capsys.readouterr().err
