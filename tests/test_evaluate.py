@@ -234,3 +234,26 @@ def test_folder_mode_bad_input(tmp_path, capsys):
     # folder mode without folders is a usage error
     assert test_cli.main([]) == 2
     assert "--pred-dir" in capsys.readouterr().err
+
+
+def test_folder_mode_face_metrics_with_a_body_model_file(tmp_path):
+    from utils.body_model import write_toy_smplx_model
+
+    model = write_toy_smplx_model(tmp_path / "smplx" / "SMPLX_NEUTRAL.npz", seed=1)
+    pred_dir, gt_dir, audio_dir, mv = write_folder(tmp_path, frames=(64, 80, 96), copy_jaw=False)
+    rep = evaluate_folder(pred_dir, gt_dir, None, body_model=model, n_boot=0, progress=False)
+    assert rep["skeleton_source"].startswith("smplx:SMPLX_NEUTRAL.npz") and rep["face_model"].startswith("smplx:")
+    for k in ("face_mse", "lvd_emage2024", "lvd_evaltools"):
+        assert rep["metrics"][k] > 0
+    # per-file face MSE equals the metric on the face vertices directly (jaw + expressions only, GT betas)
+    from utils.body_model import get_vertex_model
+    from utils.metrics import face_mse
+
+    vm = get_vertex_model(model)
+    p, g = np.load(pred_dir / "res_a.npz"), np.load(gt_dir / "gt_a.npz")
+    vr = vm.face_vertices(p["poses"], p["expressions"], g["betas"]).numpy()
+    vt = vm.face_vertices(g["poses"], g["expressions"], g["betas"]).numpy()
+    assert rep["files"][0]["face_mse"] == pytest.approx(face_mse(vr, vt), rel=1e-6)
+    # frame-weighted mean over files
+    mses = [f["face_mse"] for f in rep["files"]]
+    assert rep["metrics"]["face_mse"] == pytest.approx(np.dot(mses, [64, 80, 96]) / 240, rel=1e-9)
