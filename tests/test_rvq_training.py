@@ -164,6 +164,16 @@ def test_fgd_skipped_with_note_when_not_configured(tmp_path: Path) -> None:
     assert any("FGD skipped" in t for t in texts)
     with pytest.raises(ConfigError, match="fgd_autoencoder"):
         RVQTrainer(small_cfg(tmp_path, best_metric="fgd"), run_dir=tmp_path / "g")
+    # an unloadable autoencoder: a note when FGD is optional, an error when it selects the best checkpoint
+    missing = str(tmp_path / "no_such_ae.bin")
+    cfg = small_cfg(tmp_path, iterations=1, val_period=1, val_before_train=False, **{"val.fgd_autoencoder": missing})
+    with RVQTrainer(cfg, run_dir=tmp_path / "h") as tr:
+        assert "fgd" not in tr.run_validation()
+    notes = [r.get("text", "") for r in read_metrics(tmp_path / "h" / "metrics.jsonl")]
+    assert any("FGD skipped (FileNotFoundError" in t for t in notes)
+    cfg.best_metric = "fgd"
+    with RVQTrainer(cfg, run_dir=tmp_path / "i") as tr, pytest.raises(RuntimeError, match="best_metric=fgd"):
+        tr.run_validation()
 
 
 # ----- configs and entry points ------------------------------------------------------------------------------------

@@ -263,6 +263,8 @@ class RVQTrainer(BaseTrainer):
                 ae = load_fgd_autoencoder(str(path), map_location="cpu").to(self.device).eval()
                 stats = load_stats(self.cfg.data)
             except (ImportError, FileNotFoundError, KeyError, ValueError, RuntimeError) as e:
+                if self.best_metric == "fgd":
+                    raise RuntimeError(f"best_metric=fgd but FGD is unavailable: {type(e).__name__}: {e}") from e
                 self._note_once(f"val: FGD skipped ({type(e).__name__}: {e})")
                 return None
             self._fgd = (ae, stats)
