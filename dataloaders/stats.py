@@ -15,7 +15,6 @@ official statistics behave exactly as upstream and a constant dimension of a syn
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,14 +79,9 @@ def joint_speeds(poses: np.ndarray, trans: np.ndarray | None, betas: np.ndarray 
 
 
 def fk_joints(poses: np.ndarray, trans: np.ndarray | None = None, betas: np.ndarray | None = None) -> np.ndarray:
-    """(T, 55, 3) joint positions: ``utils.body_model.get_fk`` when available, else the mannequin approximation."""
-    try:
-        from utils.body_model import get_fk
-    except ImportError:
-        from dataloaders.fk_approx import approx_fk
+    """(T, 55, 3) joint positions from the evaluator's forward kinematics (the same FK BC uses)."""
+    from utils.body_model import get_fk
 
-        warnings.warn("utils.body_model unavailable: using dataloaders.fk_approx for joint positions", stacklevel=2)
-        return approx_fk(poses, trans)
     fk = get_fk(betas=None if betas is None else np.asarray(betas)[:10])
     with torch.no_grad():
         j = fk(torch.as_tensor(np.asarray(poses, dtype=np.float32)), None if trans is None else np.asarray(trans))
