@@ -19,6 +19,10 @@ How the content is made (so that learning is measurable):
   upper-body speed minima (BC's motion beats) sit on the audio onsets of the file's own audio; bigger loops on
   emphasised words. Jaw and expressions follow the loudness envelope.
 * Per-speaker style: amplitude, handedness, tempo, pitch, loop shape and betas.
+* Per-file delivery, audible in the audio the generator sees (onset+amplitude): vocal effort scales the loudness
+  (the audio is not peak-normalised per file) and the gesture amplitude together; speech rate scales syllable
+  durations and the spacing of beats (so gesture tempo follows the onset rate). A model that uses its audio can
+  therefore match a file's gesture style, and one fed another file's audio cannot (the pipeline's learning check).
 Everything is deterministic for a seed.
 """
 
@@ -27,7 +31,7 @@ from __future__ import annotations
 import argparse
 import csv
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +42,7 @@ from utils.io import atomic_path, save_text
 
 SR = 16000
 FPS = 30
+EFFORT_RANGE = (0.55, 1.45)  # per-file vocal effort: audio gain and gesture amplitude factor
 SPEAKER_NAMES = ("ava", "ben", "cleo", "dan", "eve", "finn", "gus", "hana", "ivan", "jade", "kai", "lena")
 
 # Common English words; function words are unstressed and do not carry beats.
@@ -456,8 +461,11 @@ def file_id(speaker: int, name: str, index: int) -> str:
 
 
 def split_for(index: int, n_files: int) -> str:
-    """Per speaker: file 1 is test, file 2 is val (when there are >= 3 files), the rest train."""
+    """Per speaker: file 1 is test, file 2 is val (when there are >= 3 files), file 3 is also test when there are
+    >= 6 files, the rest train."""
     if n_files >= 3 and index == 1:
+        return "test"
+    if n_files >= 6 and index == 3:
         return "test"
     if n_files >= 3 and index == 2:
         return "val"
@@ -471,8 +479,12 @@ def generate_file(out_dir: Path, style: SpeakerStyle, index: int, seconds: float
     audio_seconds = seconds + 0.3  # audio a little longer than the motion, as in BEAT2
     n_samples = int(round(audio_seconds * SR))
     n_frames = int(round(seconds * FPS))
-    phrases = make_script(seconds, style, rng)
-    y = synth_audio(phrases, n_samples, rng)
+    # Per-file delivery: vocal effort (loudness and gesture size together) and speech rate (syllables and beats).
+    effort = float(rng.uniform(EFFORT_RANGE[0], EFFORT_RANGE[1]))
+    rate = float(rng.uniform(0.8, 1.25))
+    style = replace(style, amplitude=style.amplitude * effort, tempo=style.tempo * rate)
+    phrases = make_script(seconds, style, rng, accent_gap=0.9 * rate)
+    y = synth_audio(phrases, n_samples, rng) * np.float32(effort / EFFORT_RANGE[1])
     env = loudness_envelope(y, n_frames)
     beats, amps = select_beats(phrases)
     motion = synth_motion(beats, amps, env, style, n_frames, rng)

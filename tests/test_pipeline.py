@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.learning_check import mismatched_item, seed_interval, separated
+from pipeline.learning_check import (
+    bootstrap_mean_interval,
+    donor_indices,
+    mismatched_item,
+    paired_file_fgd,
+    seed_interval,
+    separated,
+)
 from pipeline.report import markdown_table, plot_training_curves, table_rows
 from pipeline.runner import StageError, is_forced, load_record, run_stage
 from pipeline.stages import flatten_overrides
@@ -66,6 +73,29 @@ def test_mismatched_item_crops_and_pads() -> None:
     assert b["audio"].shape == (100, 2) and b["audio"][60:].abs().sum() == 0 and b["audio"][:60].sum() == 120
     assert b["word"].tolist() == [5] * 7 + [0] * 3
     assert a["id"] == "a"
+
+
+def test_donor_indices_prefer_another_speaker() -> None:
+    # 6 files, 3 speakers (sorted): offset n//2 = 3 lands on another speaker for everyone
+    assert donor_indices([1, 1, 2, 2, 3, 3]) == [3, 4, 5, 0, 1, 2]
+    assert donor_indices([1, 2]) == [1, 0]
+    # offset 2 would give the same speaker for file 0 (speakers 1,2,1,2 -> 0<->2); offset 3 is taken instead
+    assert donor_indices([1, 2, 1, 2]) == [3, 0, 1, 2]
+    assert donor_indices([7, 7, 7]) == [1, 2, 0]  # one speaker: the first offset, still a derangement
+    with pytest.raises(ValueError):
+        donor_indices([1])
+
+
+def test_paired_file_fgd_matches_frechet_distance() -> None:
+    from utils.metrics import frechet_distance
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(40, 6)), rng.normal(0.5, 2.0, size=(30, 6))
+    moments = (a.shape[0], a.sum(0), a.T @ a, b.shape[0], b.sum(0), b.T @ b)
+    assert paired_file_fgd(moments) == pytest.approx(frechet_distance(a, b), rel=1e-9)
+    assert paired_file_fgd((a.shape[0], a.sum(0), a.T @ a) * 2) == pytest.approx(0.0, abs=1e-6)
+    ci = bootstrap_mean_interval([1.0, 2.0, 3.0, 4.0])
+    assert 1.0 <= ci[0] < 2.5 < ci[1] <= 4.0 and bootstrap_mean_interval([1.0]) is None
 
 
 def test_seed_interval_and_separation() -> None:
