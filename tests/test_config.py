@@ -70,8 +70,10 @@ def test_instantiate_builds_target():
     [
         ({"params": {}}, "model.head: missing key 'target'"),
         ({"target": "torch.nn.Linear", "params": {"in_features": 3}}, r"missing required key\(s\) \['out_features'\]"),
-        ({"target": "torch.nn.Linear", "params": {"in_features": 3, "out_features": 2, "widht": 1}},
-         r"unknown key\(s\) \['widht'\]"),
+        (
+            {"target": "torch.nn.Linear", "params": {"in_features": 3, "out_features": 2, "widht": 1}},
+            r"unknown key\(s\) \['widht'\]",
+        ),
         ({"target": "torch.nn.NoSuchLayer"}, "has no attribute 'NoSuchLayer'"),
         ({"target": "no_such_pkg.Thing"}, "cannot import module 'no_such_pkg'"),
         ({"target": "Linear"}, "dotted path"),

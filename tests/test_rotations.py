@@ -53,9 +53,12 @@ def test_matches_upstream_fixture():
     np.testing.assert_allclose(r6.numpy(), f["matrix_to_rotation_6d"], atol=1e-6)
     m2 = R.rotation_6d_to_matrix(torch.from_numpy(f["matrix_to_rotation_6d"]))
     np.testing.assert_allclose(m2.numpy(), f["rotation_6d_to_matrix_of_r6"], atol=1e-6)
-    np.testing.assert_allclose(R.matrix_to_quaternion(torch.from_numpy(f["rotation_6d_to_matrix_of_r6"])).numpy(),
-                               f["matrix_to_quaternion_of_R2"], atol=1e-5)
-    well = np.r_[0:5, 9:len(aa)]  # rows 5-8 sit at/near pi: the axis sign is not meaningful there
+    np.testing.assert_allclose(
+        R.matrix_to_quaternion(torch.from_numpy(f["rotation_6d_to_matrix_of_r6"])).numpy(),
+        f["matrix_to_quaternion_of_R2"],
+        atol=1e-5,
+    )
+    well = np.r_[0:5, 9 : len(aa)]  # rows 5-8 sit at/near pi: the axis sign is not meaningful there
     got = R.matrix_to_axis_angle(torch.from_numpy(f["rotation_6d_to_matrix_of_r6"])).numpy()
     np.testing.assert_allclose(got[well], f["matrix_to_axis_angle_of_R2"][well], atol=1e-4)
     d6 = torch.from_numpy(f["d6_raw"])
@@ -68,7 +71,11 @@ def test_part_slices_match_fixture():
     pose = torch.from_numpy(f["pose165"])
     full = R.poses_to_rot6d(pose).numpy()
     np.testing.assert_allclose(full, f["pose165_all_rot6d_330"], atol=1e-6)
-    for part, key in (("upper", "pose165_upper_rot6d"), ("hands", "pose165_hands_rot6d"), ("lower", "pose165_lower_rot6d")):
+    for part, key in (
+        ("upper", "pose165_upper_rot6d"),
+        ("hands", "pose165_hands_rot6d"),
+        ("lower", "pose165_lower_rot6d"),
+    ):
         idx = S.rot6d_indices(S.PARTS[part]["joints"])
         np.testing.assert_allclose(full[..., idx], f[key], atol=1e-6)
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import importlib
 import inspect
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
@@ -114,7 +115,9 @@ def instantiate_from_config(node: Any, node_name: str = "<config>", **extra: Any
         raise ConfigError(f"{node_name} is empty: expected a node with 'target' and optional 'params'")
     node = to_container(node)
     if not isinstance(node, dict) or "target" not in node:
-        raise ConfigError(f"{node_name}: missing key 'target' (got keys {sorted(node) if isinstance(node, dict) else node!r})")
+        raise ConfigError(
+            f"{node_name}: missing key 'target' (got keys {sorted(node) if isinstance(node, dict) else node!r})"
+        )
     unknown_top = set(node) - {"target", "params"}
     if unknown_top:
         raise ConfigError(f"{node_name}: unknown keys {sorted(unknown_top)}; only 'target' and 'params' are allowed")
@@ -131,11 +134,15 @@ def instantiate_from_config(node: Any, node_name: str = "<config>", **extra: Any
         if not accepts_kwargs:
             unknown = sorted(set(params) - names)
             if unknown:
-                raise ConfigError(f"{node_name}.params: unknown key(s) {unknown} for {node['target']}; accepted: {sorted(names)}")
+                raise ConfigError(
+                    f"{node_name}.params: unknown key(s) {unknown} for {node['target']}; accepted: {sorted(names)}"
+                )
+        named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
         missing = [
-            n for n, p in sig.parameters.items()
-            if p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n not in params
-        ]  # fmt: skip
+            n
+            for n, p in sig.parameters.items()
+            if p.default is inspect.Parameter.empty and p.kind in named and n not in params
+        ]
         if missing:
             raise ConfigError(f"{node_name}.params: missing required key(s) {missing} for {node['target']}")
     try:

@@ -62,11 +62,22 @@ def _as_python_state(s):  # weights_only loading turns tuples into lists
 
 def _numpy_state_to_plain(s: tuple) -> dict:
     # Plain tensors and numbers so that checkpoints load with weights_only=True.
-    return {"key": s[0], "pos": int(s[2]), "has_gauss": int(s[3]), "gauss": float(s[4]),
-            "state": torch.from_numpy(s[1].astype(np.int64))}
+    return {
+        "key": s[0],
+        "pos": int(s[2]),
+        "has_gauss": int(s[3]),
+        "gauss": float(s[4]),
+        "state": torch.from_numpy(s[1].astype(np.int64)),
+    }
 
 
 def _as_numpy_state(s):
     if isinstance(s, dict):
-        return (s["key"], np.asarray(s["state"], dtype=np.int64).astype(np.uint32), s["pos"], s["has_gauss"], s["gauss"])
+        return (
+            s["key"],
+            np.asarray(s["state"], dtype=np.int64).astype(np.uint32),
+            s["pos"],
+            s["has_gauss"],
+            s["gauss"],
+        )
     return tuple(s)

@@ -20,6 +20,7 @@ _TRACKED_LIBS = ("torch", "numpy", "scipy", "librosa", "diffusers", "transformer
 
 def git_info(root: Path = REPO_ROOT) -> dict[str, Any]:
     """Commit hash and dirty flag; ``None`` values outside a git checkout."""
+
     def _git(*args: str) -> str | None:
         try:
             out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)

@@ -62,12 +62,20 @@ def check_part(part: str) -> str:
 
 def rot6d_indices(joints: tuple[int, ...] | list[int]) -> np.ndarray:
     """Indices into the 330-D rot6d vector for the given joints (ascending as given)."""
-    return np.concatenate([np.arange(6 * j, 6 * j + 6) for j in joints]).astype(np.int64) if joints else np.zeros(0, np.int64)
+    return (
+        np.concatenate([np.arange(6 * j, 6 * j + 6) for j in joints]).astype(np.int64)
+        if joints
+        else np.zeros(0, np.int64)
+    )
 
 
 def axis_angle_indices(joints: tuple[int, ...] | list[int]) -> np.ndarray:
     """Indices into the 165-D axis-angle vector for the given joints."""
-    return np.concatenate([np.arange(3 * j, 3 * j + 3) for j in joints]).astype(np.int64) if joints else np.zeros(0, np.int64)
+    return (
+        np.concatenate([np.arange(3 * j, 3 * j + 3) for j in joints]).astype(np.int64)
+        if joints
+        else np.zeros(0, np.int64)
+    )
 
 
 def part_frame_indices(part: str) -> np.ndarray:
