@@ -201,6 +201,13 @@ class Sampler(ABC):
         generator: torch.Generator | None = None,
     ) -> SampleOutput: ...
 
+    def resolve(self, n_steps: int | None, guidance: float | None) -> tuple[int, float]:
+        """Steps and guidance for one call: the given values, else this sampler's defaults."""
+        n = int(n_steps if n_steps is not None else self.default_steps)
+        if n < 1:
+            raise ValueError(f"n_steps must be >= 1, got {n}")
+        return n, float(guidance if guidance is not None else self.default_guidance)
+
 
 # --------------------------------------------------------------------------------------------------------------
 # The generator module

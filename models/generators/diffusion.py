@@ -128,10 +128,7 @@ class DDIMSampler(Sampler):
         guidance: float | None = None,
         generator: torch.Generator | None = None,
     ) -> SampleOutput:
-        n = int(n_steps if n_steps is not None else self.default_steps)
-        w = float(guidance if guidance is not None else self.default_guidance)
-        if n < 1:
-            raise ValueError(f"n_steps must be >= 1, got {n}")
+        n, w = self.resolve(n_steps, guidance)
         sched = fresh_scheduler(self.scheduler)
         sched.set_timesteps(n, device=noise.device)
         timesteps = sched.timesteps

@@ -178,10 +178,7 @@ class EulerShortcutSampler(Sampler):
         guidance: float | None = None,
         generator: torch.Generator | None = None,
     ) -> SampleOutput:
-        n = int(n_steps if n_steps is not None else self.default_steps)
-        w = float(guidance if guidance is not None else self.default_guidance)
-        if n < 1:
-            raise ValueError(f"n_steps must be >= 1, got {n}")
+        n, w = self.resolve(n_steps, guidance)
         b = noise.shape[0]
         grid = torch.linspace(self.t_min, 1.0 - self.t_min, n + 1, device=noise.device)
         d = torch.full((b,), 1.0 / n, device=noise.device)
