@@ -42,7 +42,7 @@ from utils.io import atomic_path, save_text
 
 SR = 16000
 FPS = 30
-EFFORT_RANGE = (0.55, 1.45)  # per-file vocal effort: audio gain and gesture amplitude factor
+EFFORT_RANGE = (0.4, 1.6)  # per-file vocal effort: audio gain and gesture amplitude factor
 SPEAKER_NAMES = ("ava", "ben", "cleo", "dan", "eve", "finn", "gus", "hana", "ivan", "jade", "kai", "lena")
 
 # Common English words; function words are unstressed and do not carry beats.
