@@ -12,12 +12,15 @@ from utils.io import save_text
 
 
 # ----------------------------------------------------------------------------------------------- table
-def _fmt(v: float | None, ci: list[float] | None = None, digits: int = 4) -> str:
+def _fmt(v: float | None, ci: list[float] | None = None, digits: int = 4, sig: bool = False) -> str:
+    """``v [lo, hi]`` with ``digits`` decimals, or ``digits - 1`` significant figures when ``sig`` (FGD values of a
+    corpus-trained autoencoder can be ~1e-4)."""
     if v is None:
         return "–"
-    s = f"{v:.{digits}f}"
+    f = (lambda x: f"{x:.{digits - 1}g}") if sig else (lambda x: f"{x:.{digits}f}")
+    s = f(v)
     if ci:
-        s += f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+        s += f" [{f(ci[0])}, {f(ci[1])}]"
     return s
 
 
@@ -53,7 +56,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         nfe = "–" if r["nfe"] is None else str(r["nfe"])
         rtf = "–" if r["rtf"] is None else f"{r['rtf']:.3f}"
-        out.append(f"| {r['name']} | {_fmt(*r['fgd'])} | {_fmt(*r['bc'])} | {_fmt(*r['l1div'], digits=3)} | {nfe} | "
+        fgd = _fmt(*r["fgd"], sig=True)
+        out.append(f"| {r['name']} | {fgd} | {_fmt(*r['bc'])} | {_fmt(*r['l1div'], digits=3)} | {nfe} | "
                    f"{rtf} | {r['ci']} |")  # fmt: skip
     return "\n".join(out)
 
@@ -74,7 +78,7 @@ def learning_check_line(check: dict[str, Any]) -> str:
     verdict = "PASSED" if check["passed"] else "FAILED"
 
     def one(cond: str, k: str) -> str:
-        return _fmt(r[cond][k]["mean"], r[cond][k]["ci95"])
+        return _fmt(r[cond][k]["mean"], r[cond][k]["ci95"], sig=k.startswith("fgd"))
 
     line = (f"Learning check {verdict}: {check['generator']} (n={check.get('n_steps') or 'default'}) with its own "
             f"audio vs the mismatched-audio control — BC {one('model', 'bc')} vs {one('control', 'bc')} "
