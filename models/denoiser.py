@@ -58,6 +58,11 @@ class GestureDenoiser(nn.Module):
       the block, counting the input twice) or ``"clean"`` (only the block residual); see ``JointAttention``.
     * ``n_parts``: 3 (upper, hands, lower+trans); 4 with ``use_exp`` (face).
     * ``seed_frames``: latent steps in the seed (4 = ``pre_frames``), giving Linear(seed_frames*P*input_dim -> D).
+    * ``frame_cond``: the reference's only path from the condition to the motion tokens is cross-attention whose
+      keys (``at_feat``) carry no positional information, so a token cannot tell *when* an audio event happens
+      relative to its own frame. ``True`` adds a frame-aligned path: ``at_feat[:, i]`` is projected (zero-initialised
+      Linear, ``frame_cond_proj``) and added to the tokens of frame i of every part. Off by default (the released
+      checkpoints have no such weights).
     """
 
     def __init__(
@@ -79,6 +84,7 @@ class GestureDenoiser(nn.Module):
         seed_frames: int = 4,
         cross_attn_layout: str = "reference",
         joint_residual: str = "reference",
+        frame_cond: bool = False,
     ):
         super().__init__()
         if cross_attn_layout not in CROSS_ATTN_LAYOUTS:
@@ -117,6 +123,11 @@ class GestureDenoiser(nn.Module):
         self.time_proj = SinusoidalTimesteps(latent_dim, flip_sin_to_cos, freq_shift)
         self.time_embedding = TimestepEmbedding(latent_dim, latent_dim, act_fn=activation,
                                                 cond_proj_dim=cond_proj_dim, zero_init_cond_proj=True)
+        self.frame_cond_proj = None
+        if frame_cond:
+            self.frame_cond_proj = nn.Linear(cond_dim, cond_dim)
+            nn.init.zeros_(self.frame_cond_proj.weight)
+            nn.init.zeros_(self.frame_cond_proj.bias)
 
     # ----------------------------------------------------------------------------------------------- helpers
     def _batch_times(self, t: torch.Tensor | float | int, b: int, device: torch.device, name: str) -> torch.Tensor:
@@ -188,6 +199,8 @@ class GestureDenoiser(nn.Module):
 
         h = torch.cat([emb[:, None, None, :].expand(b, p, t, d), h], dim=-1)  # [emb | tokens], as upstream
         h = self.input_process2(h)
+        if self.frame_cond_proj is not None:  # (B, T, P*D) -> (B, P, T, D): condition of frame i to frame i
+            h = h + self.frame_cond_proj(at_feat).view(b, t, p, d).permute(0, 2, 1, 3)
         h = self.rel_pos(h, seq_dim=2)
         h = self._cross_attend(h, at_feat)
         for blk in self.mytimmblocks:

@@ -39,8 +39,17 @@ def _t(z, key):
     return torch.from_numpy(z[key])
 
 
-@pytest.mark.parametrize("case", ["out_cond_time", "out_cond_time_zero", "out_no_cond_time", "out_null_cond",
-                                  "out_int_timesteps_no_cond_time", "out_4d_input"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "out_cond_time",
+        "out_cond_time_zero",
+        "out_no_cond_time",
+        "out_null_cond",
+        "out_int_timesteps_no_cond_time",
+        "out_4d_input",
+    ],
+)
 def test_denoiser_matches_upstream_fixture(denoiser_fixture, case):
     z, model = denoiser_fixture
     x, t, d, at = _t(z, "x"), _t(z, "timesteps_float"), _t(z, "cond_time"), _t(z, "at_feat")
@@ -199,8 +208,13 @@ def _small_denoiser(**kw) -> GestureDenoiser:
 
 def _small_inputs(b=2):
     g = torch.Generator().manual_seed(1)
-    return (torch.randn(b, 384, 1, 32, generator=g), torch.rand(b, generator=g), torch.rand(b, generator=g),
-            torch.randn(b, 4, 384, generator=g), torch.randn(b, 32, 96, generator=g))
+    return (
+        torch.randn(b, 384, 1, 32, generator=g),
+        torch.rand(b, generator=g),
+        torch.rand(b, generator=g),
+        torch.randn(b, 4, 384, generator=g),
+        torch.randn(b, 32, 96, generator=g),
+    )
 
 
 def test_fresh_denoiser_ignores_step_size_and_has_zero_null_cond():
@@ -216,8 +230,9 @@ def test_scalar_timesteps_broadcast():
     m = _small_denoiser().eval()
     x, _, _, seed, at = _small_inputs()
     with torch.no_grad():
-        torch.testing.assert_close(m(x, 0.25, 0.5, seed, at), m(x, torch.full((2,), 0.25), torch.full((2,), 0.5),
-                                                                  seed, at))
+        torch.testing.assert_close(
+            m(x, 0.25, 0.5, seed, at), m(x, torch.full((2,), 0.25), torch.full((2,), 0.5), seed, at)
+        )
         torch.testing.assert_close(m(x, 17, None, seed, at), m(x, torch.tensor([17, 17]), None, seed, at))
 
 
@@ -251,7 +266,7 @@ def test_cross_attention_query_layout(layout):
     flat = tok.reshape(2, 96, 32)
     for r in (0, 5, 31):
         if layout == "reference":
-            expect = flat[:, 3 * r: 3 * r + 3].reshape(2, 96)
+            expect = flat[:, 3 * r : 3 * r + 3].reshape(2, 96)
         else:
             expect = tok[:, :, r].reshape(2, 96)
         torch.testing.assert_close(q[:, r], expect, atol=0, rtol=0)
@@ -344,3 +359,28 @@ def test_drop_path():
     kept = (y[:, 0] != 0).float().mean().item()
     assert 0.4 < kept < 0.6 and set(torch.unique(y).tolist()) <= {0.0, 2.0}
     assert (y == y[:, :1]).all()  # whole samples are dropped
+
+
+def test_frame_cond_gives_the_condition_a_position():
+    """Without frame_cond the cross-attention keys carry no position: permuting the condition over time leaves the
+    output unchanged. With frame_cond (once trained, i.e. non-zero), frame i's condition reaches frame i."""
+    from models.denoiser import GestureDenoiser
+
+    torch.manual_seed(0)
+    kw = dict(latent_dim=32, ff_size=64, num_layers=1, num_heads=4, dropout=0.0, cond_proj_dim=32, num_cross_layers=1)
+    x, seed, cond = torch.randn(1, 384, 1, 32), torch.randn(1, 4, 384), torch.randn(1, 32, 96)
+    perm = torch.randperm(32)
+    ref = GestureDenoiser(**kw).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(ref(x, 0.5, None, seed, cond), ref(x, 0.5, None, seed, cond[:, perm]))
+    fc = GestureDenoiser(frame_cond=True, **kw).eval()
+    assert torch.count_nonzero(fc.frame_cond_proj.weight) == 0  # zero-init: starts as the reference model
+    fc.load_state_dict(
+        {**ref.state_dict(), **{f"frame_cond_proj.{k}": v for k, v in fc.frame_cond_proj.state_dict().items()}}
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(fc(x, 0.5, None, seed, cond), ref(x, 0.5, None, seed, cond))
+        torch.nn.init.normal_(fc.frame_cond_proj.weight, std=0.05)
+        a, b = fc(x, 0.5, None, seed, cond), fc(x, 0.5, None, seed, cond[:, perm])
+    assert (a - b).abs().max() > 1e-3
+    assert "frame_cond_proj.weight" not in ref.state_dict()  # released checkpoints are unaffected
