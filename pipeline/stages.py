@@ -133,14 +133,19 @@ def rvq(cfg: DictConfig, part: str) -> dict[str, Any]:
     path = str(node.config).format(part=part)
     extra = [f"output_dir={out_dir(cfg) / 'runs'}", f"device={cfg.device}"]
     scfg = with_data(stage_config(path, node.get("overrides"), extra), cfg.data)
-    with RVQTrainer(scfg) as trainer:
+    return fit_and_record(RVQTrainer(scfg))
+
+
+def fit_and_record(trainer: Any) -> dict[str, Any]:
+    """Train with a BaseTrainer subclass; the stage record points at its best (else last) checkpoint."""
+    with trainer:
         summary = trainer.fit()
     ck_dir = Path(summary["run_dir"]) / "checkpoints"
     ck = ck_dir / "best.pt" if (ck_dir / "best.pt").is_file() else ck_dir / "last.pt"
     return {"paths": {"checkpoint": str(ck), "run_dir": summary["run_dir"],
                       "metrics": str(Path(summary["run_dir"]) / "metrics.jsonl")},
-            "iterations": summary["iteration"], "best": summary["best"],
-            "last_metrics": summary["last_metrics"]}
+            "iterations": summary["iteration"], "epochs": summary["epoch"], "best": summary["best"],
+            "last_metrics": summary["last_metrics"]}  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------- generators
@@ -160,15 +165,7 @@ def generator(cfg: DictConfig, name: str) -> dict[str, Any]:
     """Train one generator (trainers.generative.GenerativeTrainer)."""
     from trainers.generative import GenerativeTrainer
 
-    scfg = generator_config(cfg, name)
-    with GenerativeTrainer(scfg) as trainer:
-        summary = trainer.fit()
-    ck_dir = Path(summary["run_dir"]) / "checkpoints"
-    ck = ck_dir / "best.pt" if (ck_dir / "best.pt").is_file() else ck_dir / "last.pt"
-    return {"paths": {"checkpoint": str(ck), "run_dir": summary["run_dir"],
-                      "metrics": str(Path(summary["run_dir"]) / "metrics.jsonl")},
-            "iterations": summary["iteration"], "epochs": summary["epoch"], "best": summary["best"],
-            "last_metrics": summary["last_metrics"]}  # fmt: skip
+    return fit_and_record(GenerativeTrainer(generator_config(cfg, name)))
 
 
 def test_run(cfg: DictConfig, run: str) -> dict[str, Any]:
