@@ -258,6 +258,8 @@ class JointsFK:
             pos[:, idx] = pos[:, par] + (r_par @ offsets[idx].unsqueeze(-1)).squeeze(-1)
         pos = pos.reshape(*lead, NUM_JOINTS, 3)
         if trans is not None:
+            if isinstance(trans, np.ndarray):  # e.g. a read-only memmap from the cache: copy, never alias
+                trans = np.array(trans)
             trans = torch.as_tensor(trans, dtype=dtype, device=device)
             if trans.shape[-1] != 3:
                 raise ValueError(f"trans must end in 3, got {tuple(trans.shape)}")
