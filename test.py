@@ -16,10 +16,18 @@ GT-copied fields (expressions, translation, jaw, first-window seed) are listed i
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+
+# Flags of both modes -> the ``test:`` key they set in model mode (None: a top-level key).
+SHARED_FLAGS = {"protocol": "protocol", "fgd_ckpt": "fgd_autoencoder", "body_model": "body_model",
+                "mean_vel": "mean_vel", "bootstrap": "n_boot", "seed": "boot_seed"}  # fmt: skip
+FOLDER_ONLY = ("pred_dir", "gt_dir", "audio_dir", "skip_missing_audio")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from evaluation.protocols import DEFAULT_PROTOCOL, PROTOCOL_NAMES
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     model = p.add_argument_group("model mode (generate, then evaluate)")
     model.add_argument("-c", "--config", help="generator config (model mode)")
@@ -29,16 +37,20 @@ def build_parser() -> argparse.ArgumentParser:
     folder.add_argument("--pred-dir", help="predictions: res_<id>.npz (or <id>.npz) with 'poses' (T,165)")
     folder.add_argument("--gt-dir", help="ground truth: gt_<id>.npz (or <id>.npz); may equal --pred-dir")
     folder.add_argument("--audio-dir", help="<id>.wav per sequence (BC); without it BC is not computed")
-    folder.add_argument("--skip-missing-audio", action="store_true", help="exclude ids without audio from BC")
-    p.add_argument("--protocol", default="emage2024", choices=["emage2024", "corrected"], help="BC protocol")
-    p.add_argument("--fgd-ckpt", help="FGD autoencoder weights (AESKConv_240_100.bin); without it FGD is null")
-    p.add_argument("--body-model", help="SMPL-X model file or folder (else $SMPLX_MODEL_PATH, else mannequin-x)")
-    p.add_argument("--mean-vel", help="per-joint mean speed .npy for BC (mean_vel_smplxflame_30.npy)")
-    p.add_argument("--out", help="folder for metrics.json (default: --pred-dir)")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for 95%% CIs (0: none)")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    p.add_argument("--device", default="cpu", help="cpu | cuda | auto (FGD encoder and SMPL-X vertices)")
-    p.add_argument("--no-face", action="store_true", help="skip face MSE/LVD even with an SMPL-X model file")
+    folder.add_argument("--skip-missing-audio", action="store_true", default=None,
+                        help="exclude ids without audio from BC")  # fmt: skip
+    both = p.add_argument_group("both modes (in model mode each sets the config's test.<key>)")
+    both.add_argument("--protocol", choices=PROTOCOL_NAMES,
+                      help=f"evaluation protocol (default {DEFAULT_PROTOCOL}; model mode: test.protocol)")
+    both.add_argument("--fgd-ckpt", help="FGD autoencoder weights (AESKConv_240_100.bin); without it FGD is null")
+    both.add_argument("--body-model", help="SMPL-X model file or folder (else $SMPLX_MODEL_PATH, else mannequin-x)")
+    both.add_argument("--mean-vel", help="per-joint mean speed .npy for BC (mean_vel_smplxflame_30.npy)")
+    both.add_argument("--out", help="folder for metrics.json (default: --pred-dir, or next to the checkpoint)")
+    both.add_argument("--bootstrap", type=int, help="bootstrap resamples for 95%% CIs (default 1000; 0: none)")
+    both.add_argument("--seed", type=int, help="bootstrap seed (default 0)")
+    both.add_argument("--device", help="cpu | cuda | auto (default: cpu in folder mode, the config's in model mode)")
+    both.add_argument("--no-face", action="store_true", default=None,
+                      help="skip face MSE/LVD even with an SMPL-X model file")  # fmt: skip
     return p
 
 
@@ -53,16 +65,18 @@ def main(argv: list[str] | None = None) -> int:
     if not args.pred_dir or not args.gt_dir:
         print("test.py: folder mode needs --pred-dir and --gt-dir (see --help)", file=sys.stderr)
         return 2
+    from evaluation.evaluator import EvaluationError, evaluate_folder, format_table
+    from evaluation.protocols import DEFAULT_PROTOCOL
     from utils.device import get_device
-    from utils.evaluate import EvaluationError, evaluate_folder, format_table
 
     try:
         report = evaluate_folder(
-            args.pred_dir, args.gt_dir, audio_dir=args.audio_dir, protocol=args.protocol, fgd_ckpt=args.fgd_ckpt,
-            body_model=args.body_model, mean_vel=args.mean_vel, out_dir=args.out or args.pred_dir,
-            n_boot=args.bootstrap, seed=args.seed, device=str(get_device(args.device)),
-            skip_missing_audio=args.skip_missing_audio, face=not args.no_face,
-        )
+            args.pred_dir, args.gt_dir, audio_dir=args.audio_dir, protocol=args.protocol or DEFAULT_PROTOCOL,
+            fgd_ckpt=args.fgd_ckpt, body_model=args.body_model, mean_vel=args.mean_vel,
+            out_dir=args.out or args.pred_dir, n_boot=1000 if args.bootstrap is None else args.bootstrap,
+            seed=args.seed or 0, device=str(get_device(args.device or "cpu")),
+            skip_missing_audio=bool(args.skip_missing_audio), face=not args.no_face,
+        )  # fmt: skip
     except (EvaluationError, FileNotFoundError) as e:
         print(f"test.py: error: {e}", file=sys.stderr)
         return 1
@@ -71,18 +85,34 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def model_mode_overrides(args: argparse.Namespace) -> list[str]:
+    """The config overrides that test.py's evaluation flags stand for in model mode."""
+    out = [f"test.{key}={json.dumps(getattr(args, flag))}" for flag, key in SHARED_FLAGS.items()
+           if getattr(args, flag) is not None]  # fmt: skip
+    if args.no_face:
+        out.append("test.face=false")
+    if args.device is not None:
+        out.append(f"device={json.dumps(args.device)}")
+    return out
+
+
 def _model_mode(args: argparse.Namespace) -> int:
     if not args.config or not args.ckpt:
         print("test.py: model mode needs both -c CONFIG and --ckpt PATH", file=sys.stderr)
         return 2
-    from trainers.generative import run_test
+    folder_flags = [f"--{f.replace('_', '-')}" for f in FOLDER_ONLY if getattr(args, f) is not None]
+    if folder_flags:
+        print(f"test.py: {folder_flags} apply to folder mode only; model mode generates the test split of the "
+              "config's data (set test.split=... or data.* overrides instead)", file=sys.stderr)  # fmt: skip
+        return 2
+    from evaluation.evaluator import EvaluationError, format_table
+    from inference.test_split import run_test
     from utils.config import ConfigError, load_config
-    from utils.evaluate import EvaluationError, format_table
 
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, [*args.overrides, *model_mode_overrides(args)])
         report = run_test(cfg, args.ckpt, out_dir=args.out)
-    except (ConfigError, EvaluationError, FileNotFoundError) as e:
+    except (ConfigError, EvaluationError, FileNotFoundError, PermissionError) as e:
         print(f"test.py: error: {e}", file=sys.stderr)
         return 1
     print(format_table(report))

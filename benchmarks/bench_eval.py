@@ -22,8 +22,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from utils.body_model import get_fk  # noqa: E402
-from utils.evaluate import Evaluator  # noqa: E402
+from evaluation.evaluator import Evaluator  # noqa: E402
+from evaluation.protocols import DEFAULT_PROTOCOL, PROTOCOL_NAMES  # noqa: E402
+from geometry.body_model import get_fk  # noqa: E402
 
 SR = 16000
 
@@ -52,12 +53,12 @@ def make_test_set(folder: Path, seed: int = 0, n_seq: int = 15, seconds: float =
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--protocol", default="emage2024")
+    ap.add_argument("--protocol", default=DEFAULT_PROTOCOL, choices=PROTOCOL_NAMES)
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--eval-threads", type=int, default=1, help="Evaluator num_threads (0: leave torch's setting)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    from models.fgd_autoencoder import VAESKConv
+    from evaluation.fgd_autoencoder import VAESKConv
 
     torch.manual_seed(0)
     enc = VAESKConv().eval()

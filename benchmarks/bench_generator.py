@@ -21,14 +21,14 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
+from geometry.skeleton import part_dim
+from inference.windowed import WindowOptions, generate_windowed
 from models.generators import build_generator
 from models.motion_codec import MotionCodec
 from models.vq.rvqvae import RVQVAE
-from models.windowed import WindowOptions, generate_windowed
 from utils.config import load_config, to_container
 from utils.device import get_device, seed_everything
 from utils.io import save_json
-from utils.skeleton import part_dim
 
 CONFIGS = {"shortcut": "configs/shortcut_rvqvae_128.yaml", "diffusion": "configs/diffuser_rvqvae_128.yaml"}
 VOCAB = 11195
@@ -90,7 +90,7 @@ def bench_inference(kind: str, codec: MotionCodec, seconds: float, n_steps: int,
     except ImportError:
         onset_amplitude = None
     try:
-        from utils.body_model import get_fk
+        from geometry.body_model import get_fk
 
         fk = get_fk()
     except Exception:
@@ -107,7 +107,8 @@ def bench_inference(kind: str, codec: MotionCodec, seconds: float, n_steps: int,
     else:
         feats = torch.from_numpy(np.stack([np.zeros_like(wav), np.abs(wav)], -1)).unsqueeze(0).to(device)
     t_feat = time.perf_counter()
-    out = generate_windowed(gen, codec, feats, word, opts=WindowOptions(seed_from_gt=False), n_steps=n_steps,
+    gen.sampler.configure(n_steps=n_steps)
+    out = generate_windowed(gen, codec, feats, word, opts=WindowOptions(seed_from_gt=False),
                             rng=torch.Generator(device=device).manual_seed(0))  # fmt: skip
     _sync(device)
     t_gen = time.perf_counter()

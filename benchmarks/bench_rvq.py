@@ -20,10 +20,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from geometry.skeleton import part_dim  # noqa: E402
 from models.vq.rvqvae import RVQVAE  # noqa: E402
 from utils.io import save_json  # noqa: E402
 from utils.runs import library_versions  # noqa: E402
-from utils.skeleton import part_dim  # noqa: E402
 
 PARTS = ("lower_trans", "upper", "hands", "face")
 

@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from geometry.rotations import np_poses_to_rot6d, poses_to_rot6d, rot6d_to_poses
+from geometry.skeleton import EXPR_SLICE, FRAME_DIM, ROT6D_SLICE, TRANS_V_SLICE
 from utils.io import save_npy
 from utils.paths import resolve_path
-from utils.rotations import np_poses_to_rot6d, poses_to_rot6d, rot6d_to_poses
-from utils.skeleton import EXPR_SLICE, FRAME_DIM, ROT6D_SLICE, TRANS_V_SLICE
 
 OFFICIAL_FILES = {
     "rot6d_mean": "beatx_2_330_mean.npy",
@@ -80,7 +80,7 @@ def joint_speeds(poses: np.ndarray, trans: np.ndarray | None, betas: np.ndarray 
 
 def fk_joints(poses: np.ndarray, trans: np.ndarray | None = None, betas: np.ndarray | None = None) -> np.ndarray:
     """(T, 55, 3) joint positions from the evaluator's forward kinematics (the same FK BC uses)."""
-    from utils.body_model import get_fk
+    from geometry.body_model import get_fk
 
     fk = get_fk(betas=None if betas is None else np.asarray(betas)[:10])
     with torch.no_grad():

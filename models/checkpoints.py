@@ -34,6 +34,8 @@ from torch import nn
 
 from utils.io import load_torch, save_torch
 
+# Our trainers' checkpoints ({"format", "model", "optimizer", ...}); anything else is read as an upstream layout.
+TRAINER_CHECKPOINT_FORMAT = "gesturelsm-trainer/1"
 PREFIX = "module."
 DROPPED_PREFIXES = ("modality_encoder.audio_encoder.",)
 _V2_META = ("epoch", "iteration", "val_best")

@@ -23,9 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.vq.rvqvae import RVQVAE, load_rvqvae
-from utils.rotations import poses_to_rot6d, rot6d_to_poses
-from utils.skeleton import (
+from geometry.rotations import poses_to_rot6d, rot6d_to_poses
+from geometry.skeleton import (
     GENERATOR_PARTS,
     HANDS_JOINTS,
     JAW_JOINT,
@@ -34,6 +33,7 @@ from utils.skeleton import (
     axis_angle_indices,
     rot6d_indices,
 )
+from models.vq.rvqvae import RVQVAE, load_rvqvae
 
 LATENT_SCALE = 5.0  # upstream vqvae_latent_scale
 PART_JOINTS: dict[str, tuple[int, ...]] = {"upper": UPPER_JOINTS, "hands": HANDS_JOINTS, "lower_trans": LOWER_JOINTS}

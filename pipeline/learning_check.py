@@ -66,7 +66,7 @@ def donor_indices(speakers: list[Any]) -> list[int]:
 def paired_file_fgd(fgd_moments: tuple[Any, ...]) -> float:
     """Fréchet distance between one file's generated and GT FGD tokens from the Evaluator's per-file sufficient
     statistics ``(count, sum, outer)`` of prediction then GT."""
-    from utils.metrics import frechet_from_moments
+    from evaluation.metrics import frechet_from_moments
 
     mom = []
     for off in (0, 3):
@@ -113,18 +113,16 @@ def run_learning_check(
     mean_vel: np.ndarray,
     fk: Any,
     device: torch.device,
-    n_steps: int | None = None,
-    guidance: float | None = None,
     seeds: int = 5,
     min_sequences_for_bootstrap: int = 10,
     n_boot: int = 1000,
-    protocol: str = "corrected",
+    protocol: str = "corrected",  # the check judges BC by the corrected protocol (see the module docstring)
     copy_gt_jaw: bool = True,
     report_protocols: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Model vs mismatched-audio control on ``items`` (WholeFileDataset items). Returns the result dict."""
-    from trainers.generative import generate_file
-    from utils.evaluate import Evaluator
+    from evaluation.evaluator import Evaluator
+    from inference.generate import generate_items
 
     n = len(items)
     donor_idx = donor_indices([int(it["speaker"]) for it in items])
@@ -144,18 +142,15 @@ def run_learning_check(
             ev = Evaluator(fgd_model, mean_vel=np.asarray(mean_vel), fk=fk, protocol=protocol)
             extra = {p: Evaluator(None, mean_vel=np.asarray(mean_vel), fk=fk, protocol=p) for p in report_protocols}
             file_fgd: list[float] = []
-            for i, item in enumerate(src):
-                res = generate_file(model, codec, item, opts, device, n_steps, guidance, 1000 * s + i, copy_gt_jaw)
-                gt = items[i]["pose"][: res["n_frames"]].numpy()
-                for e in (ev, *extra.values()):
-                    e.add(res["poses"], gt, betas=items[i]["beta"][0].numpy(), audio=items[i]["wav_path"],
-                          id=items[i]["id"])  # fmt: skip
-                if ev.records[-1].fgd is not None:
-                    file_fgd.append(paired_file_fgd(ev.records[-1].fgd))
-                if cond == "model":
-                    gen_s += res["seconds"]
-                    motion_frames += res["n_frames"]
-                    nfe = res["nfe"] // max(1, res["n_windows"])
+            results = generate_items(model, codec, src, opts, device, seed=1000 * s, copy_gt_jaw=copy_gt_jaw,
+                                     evaluators=[ev, *extra.values()], references=items, keep=False)  # fmt: skip
+            for rec in ev.records:
+                if rec.fgd is not None:
+                    file_fgd.append(paired_file_fgd(rec.fgd))
+            if cond == "model":
+                gen_s += sum(r["seconds"] for r in results)
+                motion_frames += sum(r["n_frames"] for r in results)
+                nfe = results[-1]["nfe"] // max(1, results[-1]["n_windows"])
             res_all = ev.compute(n_boot=n_boot if use_boot else 0, seed=0)
             res_all["fgd_file"] = float(np.mean(file_fgd)) if file_fgd else None
             for p, e in extra.items():
@@ -203,8 +198,7 @@ def run_learning_check(
         "test_ids": [it["id"] for it in items],
         "donor_ids": [items[j]["id"] for j in donor_idx],
         "per_file_fgd": {c: [[float(x) for x in row] for row in per_file[c]] for c in per_file},
-        "n_steps": n_steps,
-        "guidance": guidance,
+        **model.sampler.settings(),
         "nfe_per_window": nfe,
         "generation_seconds": gen_s,
         "real_time_factor": gen_s / (motion_frames / 30.0) if motion_frames else None,
@@ -217,10 +211,11 @@ def learning_check_stage(cfg: Any) -> dict[str, Any]:
     """Pipeline stage: load the trained generator and run the check; writes learning_check.json."""
     from dataloaders.datasets import WholeFileDataset
     from dataloaders.stats import load_stats
-    from models.fgd_autoencoder import load_fgd_autoencoder
+    from evaluation.fgd_autoencoder import load_fgd_autoencoder
+    from evaluation.protocols import PROTOCOL_NAMES, check_protocol
+    from geometry.body_model import get_fk
+    from inference.loading import build_codec, load_trained_generator, window_options
     from pipeline.stages import flatten_overrides, generator_config, out_dir, record
-    from trainers.generative import build_codec, load_trained_generator, window_options
-    from utils.body_model import get_fk
     from utils.device import get_device
     from utils.io import save_json
 
@@ -235,12 +230,12 @@ def learning_check_stage(cfg: Any) -> dict[str, Any]:
     ds = WholeFileDataset(scfg.data, "test")
     items = [ds[i] for i in range(len(ds))]
     inf = scfg.get("inference") or {}
-    bc_protocol = str(lc.get("bc_protocol", "corrected"))
+    bc_protocol = check_protocol(str(lc.get("bc_protocol", "corrected")))
     result = run_learning_check(
         model, codec, items, window_options(scfg), fgd_model, stats.mean_vel, get_fk(scfg.test.get("body_model")),
-        device, inf.get("n_steps"), inf.get("guidance"), int(lc.seeds), int(lc.min_sequences_for_bootstrap),
+        device, int(lc.seeds), int(lc.min_sequences_for_bootstrap),
         protocol=bc_protocol, copy_gt_jaw=bool(inf.get("copy_gt_jaw", True)),
-        report_protocols=tuple(p for p in ("emage2024", "corrected") if p != bc_protocol),
+        report_protocols=tuple(p for p in PROTOCOL_NAMES if p != bc_protocol),
     )  # fmt: skip
     result["generator"] = gen
     path = out_dir(cfg) / "learning_check.json"

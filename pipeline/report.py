@@ -43,8 +43,8 @@ def table_rows(tests: dict[str, dict[str, Any]], labels: dict[str, str], check: 
     if check is not None:
         c = check["results"]["control"]
         # the table's BC protocol is the test runs'; the check may use another one and reports both
-        table_protocol = (first or {}).get("protocol", {}).get("id", check.get("bc_protocol", "emage2024"))
-        bc_key = "bc" if check.get("bc_protocol", "emage2024") == table_protocol else f"bc_{table_protocol}"
+        table_protocol = (first or {}).get("protocol", {}).get("id", check["bc_protocol"])
+        bc_key = "bc" if check["bc_protocol"] == table_protocol else f"bc_{table_protocol}"
         rows.append({"name": f"control (mismatched audio, {check['generator']} n={check.get('n_steps') or 'default'})",
                      "fgd": (c["fgd"]["mean"], c["fgd"]["ci95"]), "bc": (c[bc_key]["mean"], c[bc_key]["ci95"]),
                      "l1div": (c["l1div"]["mean"], c["l1div"]["ci95"]), "nfe": check.get("nfe_per_window"),
@@ -85,7 +85,7 @@ def learning_check_line(check: dict[str, Any]) -> str:
 
     line = (f"Learning check {verdict}: {check['generator']} (n={check.get('n_steps') or 'default'}) with its own "
             f"audio vs the mismatched-audio control — BC {one('model', 'bc')} vs {one('control', 'bc')} "
-            f"({check.get('bc_protocol', 'emage2024')} protocol; separated: {check['passed_bc']})"
+            f"({check['bc_protocol']} protocol; separated: {check['passed_bc']})"
             + "".join(
                 f"; BC under {p}: {one('model', f'bc_{p}')} vs {one('control', f'bc_{p}')} (separated: {v}, reported,"
                 " not part of the check)"
@@ -174,8 +174,8 @@ def plot_speed_vs_onsets(gt_npz: Path, pred_npz: Path, wav: Path, mean_vel: np.n
     import matplotlib.pyplot as plt
     import torch
 
-    from utils.body_model import get_fk
-    from utils.skeleton import JOINT_NAMES
+    from geometry.body_model import get_fk
+    from geometry.skeleton import JOINT_NAMES
 
     y, sr = librosa.load(str(wav), sr=16000)
     onsets = librosa.onset.onset_detect(y=y, sr=sr, hop_length=512, units="time")

@@ -102,7 +102,8 @@ def cache(cfg: DictConfig) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------- FGD autoencoder
 def fgd_ae(cfg: DictConfig) -> dict[str, Any]:
     """Train the FGD autoencoder on the corpus, or take ``fgd_ae.checkpoint`` (AESKConv_240_100.bin) as given."""
-    from models.fgd_autoencoder import file_sha256, load_fgd_autoencoder
+    from evaluation.fgd_autoencoder import load_fgd_autoencoder
+    from utils.io import sha256_file
 
     node = cfg.fgd_ae
     if node.get("checkpoint"):
@@ -111,7 +112,7 @@ def fgd_ae(cfg: DictConfig) -> dict[str, Any]:
             raise FileNotFoundError(f"fgd_ae.checkpoint {ck} not found")
         load_fgd_autoencoder(ck)  # fail here, not in the test stage, when the file is wrong
         print(f"[fgd_ae] using the given FGD autoencoder {ck}; training skipped")
-        return {"paths": {"checkpoint": str(ck)}, "trained": False, "sha256": file_sha256(ck)}
+        return {"paths": {"checkpoint": str(ck)}, "trained": False, "sha256": sha256_file(ck)}
     from trainers.fgd_ae import train_from_config
 
     root = record(cfg, "corpus")["paths"]["root"]
@@ -169,8 +170,8 @@ def generator(cfg: DictConfig, name: str) -> dict[str, Any]:
 
 
 def test_run(cfg: DictConfig, run: str) -> dict[str, Any]:
-    """Generate and evaluate the held-out test split (trainers.generative.run_test) for one test run."""
-    from trainers.generative import run_test
+    """Generate and evaluate the held-out test split (inference.test_split.run_test) for one test run."""
+    from inference.test_split import run_test
 
     node = cfg.test.runs[run]
     gen = str(node.generator)

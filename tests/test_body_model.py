@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from utils.body_model import (
+from geometry.body_model import (
     BodyModelUnavailable,
     find_smplx_model,
     get_fk,
     get_vertex_model,
     write_toy_smplx_model,
 )
-from utils.skeleton import PARENTS
+from geometry.skeleton import PARENTS
 
 
 @pytest.fixture(scope="module")

@@ -74,8 +74,8 @@ def test_syllables():
 
 def test_motion_follows_its_own_audio(tmp_path):
     """BC (emage2024 and corrected) of GT with its own audio clearly beats another file's audio and shifted audio."""
-    metrics = pytest.importorskip("utils.metrics")
-    body_model = pytest.importorskip("utils.body_model")
+    metrics = pytest.importorskip("evaluation.metrics")
+    body_model = pytest.importorskip("geometry.body_model")
     from dataloaders.stats import joint_speeds
 
     root = generate_corpus(tmp_path / "bc", speakers=2, files_per_speaker=2, seconds=20, seed=0)

@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 import test as test_cli
-from utils.body_model import get_fk
-from utils.evaluate import EvaluationError, Evaluator, discover_pairs, evaluate_folder
-from utils.metrics import BeatConsistency, frechet_distance
-from utils.rotations import poses_to_rot6d, reortho_6d
+from evaluation.evaluator import EvaluationError, Evaluator, discover_pairs, evaluate_folder
+from evaluation.metrics import BeatConsistency, frechet_distance
+from geometry.body_model import get_fk
+from geometry.rotations import poses_to_rot6d, reortho_6d
 
 SR = 16000
 
@@ -154,7 +154,7 @@ def write_folder(root, ids=("a", "b", "c"), frames=(200, 256, 230), prefix=True,
 
 
 def test_cli_folder_mode_writes_metrics_json(tmp_path, capsys):
-    from models.fgd_autoencoder import VAESKConv
+    from evaluation.fgd_autoencoder import VAESKConv
     from utils.io import save_torch
 
     pred_dir, gt_dir, audio_dir, mv = write_folder(tmp_path)
@@ -237,7 +237,7 @@ def test_folder_mode_bad_input(tmp_path, capsys):
 
 
 def test_folder_mode_face_metrics_with_a_body_model_file(tmp_path):
-    from utils.body_model import write_toy_smplx_model
+    from geometry.body_model import write_toy_smplx_model
 
     model = write_toy_smplx_model(tmp_path / "smplx" / "SMPLX_NEUTRAL.npz", seed=1)
     pred_dir, gt_dir, audio_dir, mv = write_folder(tmp_path, frames=(64, 80, 96), copy_jaw=False)
@@ -246,8 +246,8 @@ def test_folder_mode_face_metrics_with_a_body_model_file(tmp_path):
     for k in ("face_mse", "lvd_emage2024", "lvd_evaltools"):
         assert rep["metrics"][k] > 0
     # per-file face MSE equals the metric on the face vertices directly (jaw + expressions only, GT betas)
-    from utils.body_model import get_vertex_model
-    from utils.metrics import face_mse
+    from evaluation.metrics import face_mse
+    from geometry.body_model import get_vertex_model
 
     vm = get_vertex_model(model)
     p, g = np.load(pred_dir / "res_a.npz"), np.load(gt_dir / "gt_a.npz")

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.fgd_autoencoder import VAESKConv, file_sha256, load_fgd_autoencoder
+from evaluation.fgd_autoencoder import VAESKConv, load_fgd_autoencoder
+from geometry.rotations import poses_to_rot6d
 from trainers.fgd_ae import (
     RotWindowDataset,
     beat_sequences,
@@ -18,8 +19,8 @@ from trainers.fgd_ae import (
     to_rot6d,
 )
 from utils.config import load_config
+from utils.io import sha256_file
 from utils.paths import REPO_ROOT
-from utils.rotations import poses_to_rot6d
 
 
 def test_windows_hand_computed():
@@ -104,7 +105,7 @@ def test_short_training_reduces_loss_and_checkpoint_reloads(tmp_path):
     assert summary["steps"] == 60 and summary["train_windows"] == 6 * 6
     assert hist[-1]["train_loss"] < 0.4 * summary["first_loss"]
     assert hist[-1]["val_loss"] < 0.5 * summary["first_loss"]
-    assert summary["sha256"] == file_sha256(summary["checkpoint"])
+    assert summary["sha256"] == sha256_file(summary["checkpoint"])
     model = load_fgd_autoencoder(summary["checkpoint"])
     assert not model.training
     x = torch.from_numpy(random_smooth_sequences(1, 64, seed=99)[0])[None]

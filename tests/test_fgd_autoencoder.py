@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.fgd_autoencoder import VAESKConv, extract_state_dict, file_sha256, load_fgd_autoencoder
-from models.skeleton_conv import (
+from evaluation.fgd_autoencoder import VAESKConv, load_fgd_autoencoder
+from evaluation.skeleton_conv import (
     SkeletonConv,
     edge_chains,
     edge_neighbours,
@@ -18,9 +18,10 @@ from models.skeleton_conv import (
     pooling_groups,
     pooling_matrix,
 )
+from geometry.skeleton import PARENTS
+from models.checkpoints import CheckpointError, extract_state_dict
 from tests.conftest import FIXTURES, need
-from utils.io import save_torch
-from utils.skeleton import PARENTS
+from utils.io import save_torch, sha256_file
 
 FIXTURE_NPZ = FIXTURES / "vaeskconv_full.npz"
 MANIFESTS = FIXTURES / "manifests.json"
@@ -102,7 +103,7 @@ def test_outputs_match_upstream(fixture_model, tag):
 
 def test_input_is_rot6d_of_axis_angle(fixture_model):
     """The fixture input is the FGD representation: 55-joint rot6d of the axis-angle pose (our utils agree)."""
-    from utils.rotations import axis_angle_to_rotation_6d
+    from geometry.rotations import axis_angle_to_rotation_6d
 
     _, z = fixture_model
     aa = torch.from_numpy(z["input_a_axis_angle"])
@@ -143,17 +144,17 @@ def test_load_rejects_wrong_checkpoints(fixture_model, tmp_path):
         load_fgd_autoencoder(path)
     with pytest.raises(FileNotFoundError):
         load_fgd_autoencoder(tmp_path / "absent.bin")
-    with pytest.raises(ValueError, match="model_state"):
+    with pytest.raises(CheckpointError, match="model_state"):
         extract_state_dict({"epoch": 3, "net": {}}, "x.bin")
 
 
-def test_file_sha256(tmp_path):
+def test_sha256_file(tmp_path):
     path = tmp_path / "f.bin"
     path.write_bytes(b"abc")
-    assert file_sha256(path) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    assert sha256_file(path) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     data = np.random.default_rng(0).bytes(3 * (1 << 20) + 5)  # spans several read chunks
     path.write_bytes(data)
-    assert file_sha256(path) == hashlib.sha256(data).hexdigest()
+    assert sha256_file(path) == hashlib.sha256(data).hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------------------------

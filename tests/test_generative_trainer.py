@@ -12,12 +12,13 @@ import pytest
 import torch
 
 from dataloaders.synthetic import generate_corpus
+from geometry.skeleton import part_dim
+from inference.test_split import run_test
 from models.vq.rvqvae import RVQVAE
-from trainers.generative import GenerativeTrainer, run_test
+from trainers.generative import GenerativeTrainer
 from utils.config import load_config
 from utils.io import load_torch, save_torch
 from utils.logging import read_metrics
-from utils.skeleton import part_dim
 
 RVQ_PARTS = ("upper", "hands", "lower_trans")
 

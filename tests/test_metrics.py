@@ -10,8 +10,7 @@ import scipy.linalg
 import soundfile as sf
 import torch
 
-from tests.conftest import BEAT2_SAMPLE, need
-from utils.metrics import (
+from evaluation.metrics import (
     BeatConsistency,
     L1Diversity,
     face_mse,
@@ -20,6 +19,7 @@ from utils.metrics import (
     lvd_emage2024,
     lvd_evaltools,
 )
+from tests.conftest import BEAT2_SAMPLE, need
 
 SR = 16000
 ONES = np.ones(55)
@@ -279,7 +279,7 @@ def test_face_metrics():
 
 def test_bc_and_l1div_on_real_sample_match_profile():
     root = need(BEAT2_SAMPLE / "smplxflame_30" / "2_scott_0_1_1.npz").parent.parent
-    from utils.body_model import get_fk
+    from geometry.body_model import get_fk
 
     poses = np.load(root / "smplxflame_30" / "2_scott_0_1_1.npz")["poses"]
     mean_vel = np.load(root / "stats" / "mean_vel_smplxflame_30.npy")

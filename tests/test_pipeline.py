@@ -87,7 +87,7 @@ def test_donor_indices_prefer_another_speaker() -> None:
 
 
 def test_paired_file_fgd_matches_frechet_distance() -> None:
-    from utils.metrics import frechet_distance
+    from evaluation.metrics import frechet_distance
 
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(40, 6)), rng.normal(0.5, 2.0, size=(30, 6))
@@ -149,7 +149,7 @@ def _assert_artefacts(out: Path) -> None:
     manifest = json.loads(Path(rec("cache")["paths"]["manifest"]).read_text())
     assert len(manifest["files"]) == 8 and not manifest.get("in_progress")
     assert np.load(rec("cache")["paths"]["mean_vel"]).shape == (55,)
-    from models.fgd_autoencoder import load_fgd_autoencoder
+    from evaluation.fgd_autoencoder import load_fgd_autoencoder
     from models.vq.rvqvae import load_rvqvae
 
     load_fgd_autoencoder(rec("fgd_ae")["paths"]["checkpoint"])

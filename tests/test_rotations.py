@@ -1,9 +1,9 @@
 import numpy as np
 import torch
 
+from geometry import rotations as R
+from geometry import skeleton as S
 from tests.conftest import FIXTURES, need
-from utils import rotations as R
-from utils import skeleton as S
 
 
 def _fx():

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from geometry.skeleton import part_dim
 from models.vq.quantizer import QuantizeEMAReset
 from models.vq.residual_vq import ResidualVQ
 from models.vq.rvqvae import RVQVAE, load_rvqvae
 from tests.conftest import FIXTURES, need
 from utils.io import save_torch
-from utils.skeleton import part_dim
 
 RVQ_FIXTURES = ["rvqvae_small_upper78.npz", "rvqvae_small_lowertrans57.npz"]
 MANIFEST_PARTS = {"rvqvae_upper": "upper", "rvqvae_hands": "hands", "rvqvae_lower_trans": "lower_trans",

@@ -8,6 +8,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from geometry.skeleton import part_dim, part_frame_indices
 from models.vq.rvqvae import load_rvqvae
 from trainers.rvq import (
     CONFIG_DIR,
@@ -21,7 +22,6 @@ from trainers.rvq import (
 from utils.config import ConfigError, load_config
 from utils.io import load_torch
 from utils.logging import read_metrics
-from utils.skeleton import part_dim, part_frame_indices
 
 
 @pytest.fixture(autouse=True)
@@ -211,9 +211,9 @@ def test_run_training_from_config_with_body_part_and_resume(tmp_path: Path) -> N
 
 def test_fgd_validation_matches_independent_computation(tmp_path: Path) -> None:
     from dataloaders.stats import Stats
-    from models.fgd_autoencoder import VAESKConv
+    from evaluation.fgd_autoencoder import VAESKConv
+    from evaluation.metrics import frechet_distance
     from utils.io import save_torch
-    from utils.metrics import frechet_distance
 
     torch.manual_seed(0)
     ae = VAESKConv().eval()

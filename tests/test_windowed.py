@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+from geometry.rotations import poses_to_rot6d
+from inference.windowed import WindowOptions, generate_windowed, plan_windows
 from models.generators import build_generator
 from models.generators.upstream import generator_node_from_upstream
 from models.motion_codec import MotionCodec, trans_from_trans_v
 from models.vq.rvqvae import RVQVAE
-from models.windowed import WindowOptions, generate_windowed, plan_windows
 from tests.conftest import FIXTURES, need
-from utils.rotations import poses_to_rot6d
 
 FIXTURE = "trainer_windowed_small_v2.npz"
 VQ_KEYS = {"upper": "vq_upper", "hands": "vq_hands", "lower_trans": "vq_lower"}

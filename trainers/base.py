@@ -81,13 +81,14 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from models.checkpoints import TRAINER_CHECKPOINT_FORMAT
 from utils.config import ConfigError, to_container
 from utils.device import get_device, rng_state, seed_everything, set_rng_state
 from utils.io import load_torch, save_json, save_torch
 from utils.logging import Logger, build_logger, progress
 from utils.runs import create_run_dir
 
-CHECKPOINT_FORMAT = "gesturelsm-trainer/1"
+CHECKPOINT_FORMAT = TRAINER_CHECKPOINT_FORMAT
 LR_POLICIES = ("constant", "step", "multistep")
 VAL_UNITS = ("epoch", "iter")
 

@@ -33,12 +33,12 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from models.fgd_autoencoder import VAESKConv, file_sha256
+from evaluation.fgd_autoencoder import VAESKConv
+from geometry.rotations import axis_angle_to_rotation_6d
 from utils.config import instantiate_from_config, load_config, to_container
 from utils.device import get_device, seed_everything
-from utils.io import save_json, save_torch
+from utils.io import save_json, save_torch, sha256_file
 from utils.paths import resolve_path
-from utils.rotations import axis_angle_to_rotation_6d
 from utils.runs import create_run_dir
 
 ROT6D_DIM = 330
@@ -230,7 +230,7 @@ def save_checkpoint(model: VAESKConv, path: Path, epoch: int, step: int) -> str:
     """Atomic ``{'model_state', 'epoch', 'step'}`` file (tensors on CPU); returns its sha256."""
     sd = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     save_torch({"model_state": sd, "epoch": epoch, "step": step}, path)
-    return file_sha256(path)
+    return sha256_file(path)
 
 
 def fit(

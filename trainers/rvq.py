@@ -4,7 +4,7 @@
     python rvq_beatx_train.py --body_part hands
 
 Recipe (configs/rvq/base.yaml): 64-frame windows (stride 20) of the 433-D frame vector, sliced to the part with
-utils.skeleton.part_frame_indices; AdamW 2e-4 betas (0.9, 0.99), wd 0; linear warm-up lr*(i+1)/(warm+1) over the
+geometry.skeleton.part_frame_indices; AdamW 2e-4 betas (0.9, 0.99), wd 0; linear warm-up lr*(i+1)/(warm+1) over the
 first ``solver.warmup_iters`` updates; lr x0.05 at 200k; SmoothL1 + 0.02 * commitment; batch 256; 300k iterations.
 Validation on the **val** split: reconstruction L1/L2 of the part, code usage and perplexity per RVQ layer and,
 with an FGD autoencoder configured, FGD of the whole body with this part reconstructed and the rest ground truth.
@@ -33,14 +33,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from dataloaders.stats import denormalise_rot6d, load_stats
-from models.fgd_autoencoder import load_fgd_autoencoder
+from evaluation.fgd_autoencoder import load_fgd_autoencoder
+from geometry.skeleton import FRAME_DIM, PARTS, ROT6D_SLICE, check_part, part_frame_indices
 from models.vq.rvqvae import RVQVAE, load_rvqvae
 from trainers.base import BaseTrainer
 from utils.config import ConfigError, instantiate_from_config, load_config, to_container
 from utils.io import load_torch
 from utils.logging import progress
 from utils.paths import REPO_ROOT
-from utils.skeleton import FRAME_DIM, PARTS, ROT6D_SLICE, check_part, part_frame_indices
 
 CONFIG_DIR = REPO_ROOT / "configs" / "rvq"
 # The reference CLI called the hands part "hand" (its substring test made that work); we map names explicitly.
@@ -239,7 +239,7 @@ class RVQTrainer(BaseTrainer):
             metrics[f"usage_q{layer}"] = float((counts[layer] > 0).double().mean())
             metrics[f"perplexity_q{layer}"] = float(torch.exp(-(p * torch.log(p + 1e-7)).sum()))
         if fgd is not None:
-            from utils.metrics import frechet_distance
+            from evaluation.metrics import frechet_distance
 
             metrics["fgd"] = frechet_distance(np.concatenate(feats_gt), np.concatenate(feats_rec))
         return metrics

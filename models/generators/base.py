@@ -202,11 +202,24 @@ class Sampler(ABC):
     ) -> SampleOutput: ...
 
     def resolve(self, n_steps: int | None, guidance: float | None) -> tuple[int, float]:
-        """Steps and guidance for one call: the given values, else this sampler's defaults."""
+        """Steps and guidance for one call: the given values, else this sampler's configured ones."""
         n = int(n_steps if n_steps is not None else self.default_steps)
         if n < 1:
             raise ValueError(f"n_steps must be >= 1, got {n}")
         return n, float(guidance if guidance is not None else self.default_guidance)
+
+    def configure(self, n_steps: int | None = None, guidance: float | None = None) -> Sampler:
+        """Change the configured steps/guidance (a CLI's --steps/--guidance); the sampler stays their one home."""
+        n, w = self.resolve(n_steps, guidance)
+        self.default_steps, self.default_guidance = n, w
+        return self
+
+    def settings(self) -> dict[str, Any]:
+        """What every report records about sampling: the sampler, its steps and guidance, and network calls per
+        window (``nfe_rows_per_window`` counts a classifier-free-guided step twice)."""
+        n, w = self.resolve(None, None)
+        return {"sampler": type(self).__name__, "n_steps": n, "guidance": w, "nfe_per_window": n,
+                "nfe_rows_per_window": n * (2 if w > 1.0 else 1)}  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -14,10 +14,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from geometry.skeleton import check_part, part_dim
 from models.vq.encdec import Decoder, Encoder
 from models.vq.residual_vq import ResidualVQ
 from utils.io import load_torch
-from utils.skeleton import check_part, part_dim
 
 # Gumbel temperature used by the reference's training forward (``RVQVAE.forward`` passes 0.5).
 GUMBEL_TEMPERATURE = 0.5
@@ -148,7 +148,7 @@ def load_rvqvae(path: str | os.PathLike, part: str | None = None, map_location: 
     (``net_300000_upper.pth`` ...) or from one of our checkpoints (``{'net', 'rvq_config', 'quantizer_ema', ...}``,
     e.g. a trainer's best.pt / last.pt). Strict loading.
 
-    ``part`` (upper/hands/lower/lower_trans/face) checks the input width against utils.skeleton. ``overrides`` set
+    ``part`` (upper/hands/lower/lower_trans/face) checks the input width against geometry.skeleton. ``overrides`` set
     constructor arguments (e.g. ``dilation_growth_rate``) the file cannot tell.
     """
     path = str(path)

@@ -146,8 +146,6 @@ def generate_windowed(
     poses: Tensor | None = None,
     trans_v: Tensor | None = None,
     opts: WindowOptions | None = None,
-    n_steps: int | None = None,
-    guidance: float | None = None,
     rng: torch.Generator | None = None,
     jaw: Tensor | None = None,
     record: bool = False,
@@ -190,8 +188,8 @@ def generate_windowed(
         # noise right after the encoder, as upstream (matters for global-RNG reproducibility)
         noise = torch.randn((b, codec.latent_dim, 1, at_feat.shape[1]), generator=rng, device=at_feat.device,
                             dtype=at_feat.dtype)
-        out = generator.sample_with_stats(None, None, seed, n_steps=n_steps, guidance=guidance, noise=noise,
-                                          generator=rng, at_feat=at_feat)
+        # steps and guidance: the sampler's own settings (its config node is their one home)
+        out = generator.sample_with_stats(None, None, seed, noise=noise, generator=rng, at_feat=at_feat)
         nfe += out.nfe
         lat = out.latents.squeeze(2).permute(0, 2, 1)  # (B,32,384)
         if record:
@@ -208,7 +206,7 @@ def generate_windowed(
     return WindowedOutput(
         latents=latents, poses=poses_out, trans_v=dec["trans_v"][:, :n], trans=dec["trans"][:, :n], n_frames=n,
         n_windows=plan.n_windows, nfe=nfe, gt_latents=gt_latents, windows=records,
-        settings={**opts.to_dict(), "n_steps": n_steps, "guidance": guidance},
+        settings={**opts.to_dict(), **generator.sampler.settings()},
     )
 
 

@@ -1,20 +1,20 @@
 """EMAGE-protocol metrics: beat consistency (BC), L1 diversity, Fréchet distance (FGD), face MSE / LVD.
 
 All of these operate on plain arrays (FK joint positions, audio, feature matrices, vertices); the evaluator
-(utils/evaluate.py) produces those. See ../shared/spec/protocol.md §2 and gesturelsm.md §8 for the reference
+(evaluation/evaluator.py) produces those. See ../shared/spec/protocol.md §2 and gesturelsm.md §8 for the reference
 definitions; every reference quirk kept here sits behind a named option with a comment.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from scipy.signal import argrelextrema
 
-from utils.skeleton import BC_JOINTS, NUM_JOINTS
+from evaluation.protocols import BC_PROTOCOLS, DEFAULT_PROTOCOL, BCOptions
+from geometry.skeleton import BC_JOINTS, NUM_JOINTS
 
 __all__ = [
     "BeatConsistency",
@@ -34,37 +34,6 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------------------------
 # Beat consistency
 # ----------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BCOptions:
-    """The knobs in which the reference BC differs from a clean definition.
-
-    fold_l1div: the reference runs ``L1div.run(joints)`` *in place* before BC, so BC velocities are computed on
-        |x - mean_t(x)| rather than on positions (EMAGE_2024 and GestureLSM trainers).
-    absolute_mask_index: the reference keeps a velocity minimum found at index j of ``vel[60:n-60]`` when
-        ``vel[j] > threshold`` (absolute index j), i.e. it tests the frame 2 s *earlier* than the minimum.
-    audio_end_uncut: the reference cuts the audio to the motion length and then slices
-        ``[32000 : len(uncut audio) - 32000]``: the end refers to the uncut length, so the last 2 s of the motion
-        span still count when the audio is longer than the motion.
-    audio_via_22k: the reference loads the wav with librosa's default rate (22.05 kHz) and resamples to 16 kHz.
-    """
-
-    fold_l1div: bool
-    absolute_mask_index: bool
-    audio_end_uncut: bool
-    audio_via_22k: bool
-
-
-BC_PROTOCOLS: dict[str, BCOptions] = {
-    # EMAGE_2024 / GestureLSM `utils/metric.py::alignment` as used by their trainers' test loops.
-    "emage2024": BCOptions(fold_l1div=True, absolute_mask_index=True, audio_end_uncut=True, audio_via_22k=True),
-    # The two motion bugs fixed (raw positions, threshold tested at the minimum's own frame), wav read at 16 kHz
-    # directly (as the new evaltools). The audio window keeps the reference end (audio_end_uncut) so the numbers
-    # match the project's profile (beat2_sample/profile.md); pass audio_end_uncut=False to also end the audio
-    # window at n/30 - 2 s, where the motion window ends.
-    "corrected": BCOptions(fold_l1div=False, absolute_mask_index=False, audio_end_uncut=True, audio_via_22k=False),
-}
 
 
 def load_bc_audio(audio: str | os.PathLike | np.ndarray, via_22k: bool = True, sr: int = 16000) -> np.ndarray:
@@ -119,7 +88,7 @@ class BeatConsistency:
         order: int = 7,
         threshold: float = 0.3,
         joints: tuple[int, ...] | list[int] | None = None,
-        protocol: str = "emage2024",
+        protocol: str = DEFAULT_PROTOCOL,
         align_mask: int = 60,
         pose_fps: int = 30,
         audio_sr: int = 16000,
@@ -321,7 +290,7 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Face metrics (vertices from SMPL-X with only jaw + expressions, see utils.body_model.SMPLXVertices.face_vertices)
+# Face metrics (vertices from SMPL-X with only jaw + expressions, see geometry.body_model.SMPLXVertices.face_vertices)
 # ----------------------------------------------------------------------------------------------------------------
 
 

@@ -5,7 +5,7 @@ Per sequence (whole files, batch 1, 30 fps), following ../shared/spec/protocol.m
   multiple of ``fgd_trim`` (32) frames, ``fgd_model.map2latent`` -> (T/16, 240) tokens, pooled over all sequences
   for prediction and for GT; Fréchet distance between the two Gaussians.
 - BC and L1div: joints-only FK with GT betas (zero shape when absent), translation and expression zeroed, jaw and
-  global orientation as given. BC uses the sequence's audio; see utils.metrics.BeatConsistency for the protocols.
+  global orientation as given. BC uses the sequence's audio; see evaluation.metrics.BeatConsistency for the protocols.
   Both are also reported for GT (``bc_gt``, ``l1div_gt``) as the reference table does.
 - Face MSE / LVD (only with an SMPL-X model file): vertices with only jaw + expressions, GT betas.
 95% CIs: percentile bootstrap over sequences (seeded); FGD is re-pooled exactly from per-sequence sums.
@@ -14,7 +14,6 @@ Per sequence (whole files, batch 1, 30 fps), following ../shared/spec/protocol.m
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import os
 import platform
@@ -25,15 +24,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from utils.body_model import JointsFK, SMPLXVertices, get_fk
-from utils.metrics import (
+from evaluation.metrics import (
     BeatConsistency,
     face_mse,
     frechet_from_moments,
     lvd_emage2024,
     lvd_evaltools,
 )
-from utils.rotations import poses_to_rot6d, reortho_6d
+from evaluation.protocols import DEFAULT_PROTOCOL, check_protocol
+from geometry.body_model import JointsFK, SMPLXVertices, get_fk
+from geometry.rotations import poses_to_rot6d, reortho_6d
+from utils.io import save_json, sha256_file
 
 __all__ = [
     "Evaluator",
@@ -42,7 +43,6 @@ __all__ = [
     "discover_pairs",
     "load_motion_npz",
     "format_table",
-    "sha256_file",
     "METRIC_SCALES",
 ]
 
@@ -53,14 +53,6 @@ METRIC_SCALES = {"fgd": 10.0, "bc": 10.0, "bc_gt": 10.0, "l1div": 1.0, "l1div_gt
 
 class EvaluationError(ValueError):
     """Bad evaluation input (mismatched ids or lengths, NaN, missing audio, ...); the message names the file."""
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass
@@ -111,7 +103,7 @@ def _as_poses(x: Any, name: str) -> np.ndarray:
 class Evaluator:
     """Accumulates per-sequence metric state; ``compute()`` pools it.
 
-    ``fgd_model``: an object with ``map2latent(x (B,T,330)) -> (B,T/16,240)`` (``models.fgd_autoencoder``), or None
+    ``fgd_model``: an object with ``map2latent(x (B,T,330)) -> (B,T/16,240)`` (``evaluation.fgd_autoencoder``), or None
     (FGD not computed). ``mean_vel``: (55,) array or .npy path for BC, or None (BC not computed). ``fk``: a
     ``JointsFK`` (its skeleton source is used with each sequence's betas); default ``get_fk()``.
     ``face_model``: an ``SMPLXVertices`` to compute face MSE/LVD, or None. ``num_threads``: torch threads used
@@ -123,7 +115,7 @@ class Evaluator:
         fgd_model: Any | None = None,
         mean_vel: np.ndarray | str | os.PathLike | None = None,
         fk: JointsFK | None = None,
-        protocol: str = "emage2024",
+        protocol: str = DEFAULT_PROTOCOL,
         fgd_trim: int = 32,
         face_model: SMPLXVertices | None = None,
         num_threads: int | None = 1,
@@ -136,8 +128,7 @@ class Evaluator:
         self.fgd_trim = int(fgd_trim)
         self.face_model = face_model
         self.bc = BeatConsistency(mean_vel, protocol=protocol, **bc_kwargs) if mean_vel is not None else None
-        if self.bc is None and protocol not in ("emage2024", "corrected"):
-            raise ValueError(f"unknown protocol {protocol!r}")
+        check_protocol(protocol)
         self.records: list[_Record] = []
 
     def reset(self) -> None:
@@ -388,7 +379,7 @@ def evaluate_folder(
     pred_dir: str | os.PathLike,
     gt_dir: str | os.PathLike,
     audio_dir: str | os.PathLike | None = None,
-    protocol: str = "emage2024",
+    protocol: str = DEFAULT_PROTOCOL,
     fgd_ckpt: str | os.PathLike | None = None,
     body_model: str | os.PathLike | None = None,
     mean_vel: str | os.PathLike | None = None,
@@ -402,7 +393,7 @@ def evaluate_folder(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Evaluate a folder of predictions against a folder of ground truth; write ``out_dir/metrics.json``."""
-    from utils.body_model import find_smplx_model, get_vertex_model
+    from geometry.body_model import find_smplx_model, get_vertex_model
 
     pairs = discover_pairs(pred_dir, gt_dir)
     notes: list[str] = []
@@ -430,7 +421,7 @@ def evaluate_folder(
     # FGD
     fgd_info: dict[str, Any] | None = None
     if fgd_model is None and fgd_ckpt is not None:
-        from models.fgd_autoencoder import load_fgd_autoencoder
+        from evaluation.fgd_autoencoder import load_fgd_autoencoder
 
         fgd_model = load_fgd_autoencoder(fgd_ckpt, map_location=device)
     if fgd_ckpt is not None:
@@ -517,8 +508,6 @@ def evaluate_folder(
         "versions": _versions(),
     }
     if out_dir is not None:
-        from utils.io import save_json
-
         save_json(_json_clean(report), Path(out_dir) / "metrics.json")
     return report
 

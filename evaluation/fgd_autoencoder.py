@@ -13,18 +13,18 @@ Released weights: ``AESKConv_240_100.bin`` = ``{'model_state': state_dict}`` -> 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from models.skeleton_conv import SkeletonResidual, edge_neighbours, edges_from_parents, pooling_groups
+from evaluation.skeleton_conv import SkeletonResidual, edge_neighbours, edges_from_parents, pooling_groups
+from geometry.skeleton import PARENTS
+from models.checkpoints import extract_state_dict, map_upstream_keys
 from utils.io import load_torch
-from utils.skeleton import PARENTS
 
 __all__ = [
     "full_fp32",
@@ -32,8 +32,6 @@ __all__ = [
     "MotionDecoder",
     "VAESKConv",
     "load_fgd_autoencoder",
-    "file_sha256",
-    "extract_state_dict",
 ]
 
 
@@ -236,33 +234,15 @@ class VAESKConv(nn.Module):
         return {"poses_feat": z, "rec_pose": rec, "pose_mu": mu, "pose_logvar": logvar}
 
 
-def extract_state_dict(obj: Any, source: str = "<checkpoint>") -> dict[str, torch.Tensor]:
-    """The model state dict inside a loaded FGD checkpoint, with any DataParallel ``module.`` prefix removed.
-
-    Accepts ``{'model_state': sd}`` (the released ``AESKConv_240_100.bin`` and our trainer's files),
-    ``{'model_state_dict': sd}``, or a bare state dict.
-    """
-    if not isinstance(obj, Mapping):
-        raise ValueError(f"{source}: expected a dict checkpoint, got {type(obj).__name__}")
-    for key in ("model_state", "model_state_dict"):
-        if key in obj:
-            obj = obj[key]
-            break
-    else:
-        if not all(isinstance(v, torch.Tensor) for v in obj.values()):
-            raise ValueError(f"{source}: no 'model_state' entry and not a bare state dict (keys {list(obj)[:5]})")
-    sd = dict(obj)
-    # Upstream strips "module." only when the first key has it; we strip it wherever it leads a key.
-    return {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in sd.items()}
-
-
 def load_fgd_autoencoder(
     path: str | os.PathLike, map_location: str | torch.device = "cpu", **model_kwargs: Any
 ) -> VAESKConv:
     """Build ``VAESKConv(**model_kwargs)`` (FGD defaults), load ``path`` strictly, return it in eval mode on
     ``map_location``. Raises a ValueError naming the file and the offending keys on any mismatch."""
     path = Path(path)
-    sd = extract_state_dict(load_torch(path, map_location="cpu"), str(path))
+    # {'model_state': sd} (the released AESKConv_240_100.bin, our trainer), {'model_state_dict': sd} or bare
+    sd, _, _ = extract_state_dict(load_torch(path, map_location="cpu"), path)
+    sd, _, _ = map_upstream_keys(sd, path)
     model = VAESKConv(**model_kwargs)
     own = model.state_dict()
     missing = [k for k in own if k not in sd]
@@ -279,10 +259,3 @@ def load_fgd_autoencoder(
     return model.to(torch.device(map_location)).eval()
 
 
-def file_sha256(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
-    """Hex sha256 of a file (recorded next to FGD numbers so they name the exact weights)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()

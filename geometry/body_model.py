@@ -25,7 +25,6 @@ the tests use it to prove the fast FK equals ``smplx``.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from importlib import resources
 from pathlib import Path
@@ -33,7 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from utils.skeleton import NUM_JOINTS, PARENTS
+from geometry.skeleton import NUM_JOINTS, PARENTS
+from utils.io import sha256_file
 
 __all__ = [
     "JointsFK",
@@ -85,14 +85,6 @@ def find_smplx_model(model_path: str | os.PathLike | None = None) -> Path | None
     raise FileNotFoundError(f"{where}={str(model_path)!r}: no SMPL-X model file there (looked for {SMPLX_MODEL_FILES})")
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _load_smplx_module(path: Path, num_betas: int = NUM_SMPLX_BETAS, dtype: torch.dtype = torch.float32):
     import smplx  # imported lazily: only needed with a model file
 
@@ -135,7 +127,7 @@ def _smplx_skeleton(path: Path) -> _LinearSkeleton:
     j_template = jreg @ model.v_template.detach().numpy()
     j_dirs = np.einsum("jv,vck->jck", jreg, model.shapedirs.detach().numpy())
     pose_mean = model.pose_mean.detach().numpy()
-    src = f"smplx:{path.name} sha256:{_file_sha256(path)[:16]} (betas {j_dirs.shape[-1]}, hand mean added)"
+    src = f"smplx:{path.name} sha256:{sha256_file(path)[:16]} (betas {j_dirs.shape[-1]}, hand mean added)"
     return _LinearSkeleton(j_template, j_dirs, pose_mean, parents, src)
 
 
@@ -306,7 +298,7 @@ class SMPLXVertices:
         self.model = _load_smplx_module(self.path).to(self.device).eval()
         self.num_betas = int(self.model.num_betas)
         self.num_expressions = int(self.model.num_expression_coeffs)
-        self.source = f"smplx:{self.path.name} sha256:{_file_sha256(self.path)[:16]}"
+        self.source = f"smplx:{self.path.name} sha256:{sha256_file(self.path)[:16]}"
 
     @torch.no_grad()
     def vertices(

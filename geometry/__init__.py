@@ -1,0 +1,1 @@
+"""Geometry every stage shares: rotation conversions, the SMPL-X skeleton tables, forward kinematics backends."""

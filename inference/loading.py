@@ -1,0 +1,120 @@
+"""Build what generation needs from a config: the frozen motion codec, the generator, its weights, window options.
+
+Used alike by training (validation), the test split, the learning check and the user-facing inference scripts, so a
+trained or released generator is loaded one way everywhere. Nothing here imports training code.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from dataloaders.cache import data_root, get_vocab
+from dataloaders.stats import Stats
+from inference.windowed import WindowOptions
+from models.checkpoints import TRAINER_CHECKPOINT_FORMAT, load_generator_checkpoint
+from models.generators import LatentGenerator, build_generator
+from models.motion_codec import MotionCodec
+from utils.config import ConfigError, instantiate_from_config, to_container
+from utils.io import load_torch
+from utils.paths import resolve_path
+
+RVQ_PARTS = ("upper", "hands", "lower_trans")
+
+
+def resolve_checkpoint_path(p: str, what: str) -> str:
+    """A file path relative to the repo root; a glob pattern picks its newest match (e.g. timestamped run dirs)."""
+    path = str(resolve_path(p))
+    if any(c in path for c in "*?["):
+        matches = sorted(glob.glob(path), key=os.path.getmtime)
+        if not matches:
+            raise FileNotFoundError(f"{what}: no file matches {path}")
+        return matches[-1]
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what}: {path} not found")
+    return path
+
+
+def build_codec(cfg: DictConfig, stats: Stats, device: torch.device | str = "cpu") -> MotionCodec:
+    """The frozen MotionCodec from ``cfg.rvq.{upper,hands,lower_trans}`` and the data statistics."""
+    if "rvq" not in cfg or cfg.rvq is None:
+        raise ConfigError("config has no 'rvq' node with the RVQ-VAE checkpoint paths {upper, hands, lower_trans}")
+    paths = {}
+    for part in RVQ_PARTS:
+        p = cfg.rvq.get(part)
+        if not p:
+            raise ConfigError(f"rvq.{part}: RVQ-VAE checkpoint path missing")
+        paths[part] = resolve_checkpoint_path(str(p), f"rvq.{part}")
+    codec = MotionCodec.from_paths(paths, stats, latent_scale=float(cfg.get("latent_scale", 5.0)))
+    codec.paths = paths
+    return codec.to(device)
+
+
+def build_generator_from_config(cfg: DictConfig, load_init: bool = True) -> LatentGenerator:
+    """The generator of ``cfg.model.generator``; the word table comes from the data vocabulary (``word_table``)."""
+    node = to_container(cfg.model.generator)
+    if not isinstance(node, dict) or "params" not in node:
+        raise ConfigError("model.generator must be {name|target, params: {modality_encoder, denoiser, ...}}")
+    params = dict(node["params"])
+    me = dict(params.get("modality_encoder") or {})
+    me_params = dict(me.get("params") or {})
+    if "word_weights" not in me_params and "vocab_size" not in me_params:
+        mode = str(cfg.model.get("word_table", "vocab"))
+        vocab = get_vocab(cfg.data, data_root(cfg.data))
+        if vocab is None:
+            raise ConfigError("the data config has no vocabulary (word_rep: none); set "
+                              "model.generator.params.modality_encoder.params.vocab_size")  # fmt: skip
+        if mode == "vocab":
+            if vocab.embeddings is None:
+                raise ConfigError("data vocabulary has no embeddings; set model.word_table=random")
+            me_params["word_weights"] = np.asarray(vocab.embeddings, np.float32)
+        elif mode == "random":
+            me_params["vocab_size"] = vocab.n_words
+        else:
+            raise ConfigError(f"model.word_table must be 'vocab' or 'random', got {mode!r}")
+    extra = {k: me_params.pop(k) for k in ("word_weights",) if k in me_params}
+    params["modality_encoder"] = instantiate_from_config(
+        {"target": me.get("target", "models.modality_encoder.ModalityEncoder"), "params": me_params},
+        "model.generator.params.modality_encoder", **extra)  # fmt: skip
+    node["params"] = params
+    gen = build_generator(node, "model.generator")
+    init = cfg.model.get("init_from")
+    if load_init and init:
+        load_generator_checkpoint(gen, resolve_checkpoint_path(str(init), "model.init_from"))
+    return gen
+
+
+def load_trained_generator(cfg: DictConfig, ckpt_path: str | os.PathLike, device: torch.device) -> LatentGenerator:
+    """The configured generator with weights from one of our trainer checkpoints or a released upstream file."""
+    model = build_generator_from_config(cfg, load_init=False)
+    obj = load_torch(ckpt_path, map_location="cpu")
+    if isinstance(obj, dict) and obj.get("format") == TRAINER_CHECKPOINT_FORMAT:
+        model.load_state_dict(obj["model"], strict=True)
+    else:
+        load_generator_checkpoint(model, ckpt_path)
+    return model.to(device).eval()
+
+
+def window_options(cfg: DictConfig) -> WindowOptions:
+    """Windowed-generation options from ``inference.windows``, with fps/sr/seed length taken from the config."""
+    inf = cfg.get("inference") or {}
+    node = to_container(inf.get("windows")) or {}
+    data = cfg.get("data") or {}
+    node.setdefault("fps", int(data.get("pose_fps", 30)))
+    node.setdefault("audio_sr", int(data.get("audio_sr", 16000)))
+    node.setdefault("seed_latents", int(cfg.get("pre_frames", 4)))
+    return WindowOptions.from_config(node)
+
+
+__all__ = [
+    "RVQ_PARTS",
+    "build_codec",
+    "build_generator_from_config",
+    "load_trained_generator",
+    "resolve_checkpoint_path",
+    "window_options",
+]
