@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help=f"evaluation protocol (default {DEFAULT_PROTOCOL}; model mode: test.protocol)")
     both.add_argument("--fgd-ckpt", help="FGD autoencoder weights (AESKConv_240_100.bin); without it FGD is null")
     both.add_argument("--body-model", help="SMPL-X model file or folder (else $SMPLX_MODEL_PATH, else mannequin-x)")
+    both.add_argument("--trust-pickle", action="store_true",
+                      help="allow a .pkl SMPL-X model file (unpickling can run code from the file; .npz needs no trust)")
     both.add_argument("--mean-vel", help="per-joint mean speed .npy for BC (mean_vel_smplxflame_30.npy)")
     both.add_argument("--out", help="folder for metrics.json (default: --pred-dir, or next to the checkpoint)")
     both.add_argument("--bootstrap", type=int, help="bootstrap resamples for 95%% CIs (default 1000; 0: none)")
@@ -56,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.trust_pickle:
+        from geometry.body_model import trust_pickle_models
+
+        trust_pickle_models(True)
     if args.config is not None or args.ckpt is not None:
         return _model_mode(args)
     if args.overrides:

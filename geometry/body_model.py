@@ -43,10 +43,16 @@ __all__ = [
     "get_vertex_model",
     "BodyModelUnavailable",
     "write_toy_smplx_model",
+    "read_model_npz",
+    "trust_pickle_models",
     "MANNEQUIN_JAW_EYE_OFFSETS",
 ]
 
 SMPLX_MODEL_FILES = ("SMPLX_NEUTRAL_2020.npz", "SMPLX_NEUTRAL.npz", "SMPLX_NEUTRAL.pkl")
+# What smplx.SMPLX reads from a model file (face contour off).
+SMPLX_REQUIRED_KEYS = ("v_template", "f", "shapedirs", "posedirs", "J_regressor", "kintree_table", "weights",
+                       "hands_componentsl", "hands_componentsr", "hands_meanl", "hands_meanr", "lmk_faces_idx",
+                       "lmk_bary_coords")  # fmt: skip
 NUM_SMPLX_BETAS = 300
 NUM_SMPLX_EXPRESSIONS = 100
 
@@ -85,14 +91,61 @@ def find_smplx_model(model_path: str | os.PathLike | None = None) -> Path | None
     raise FileNotFoundError(f"{where}={str(model_path)!r}: no SMPL-X model file there (looked for {SMPLX_MODEL_FILES})")
 
 
+_TRUST_PICKLE = False
+
+
+def trust_pickle_models(enabled: bool = True) -> None:
+    """Allow ``.pkl`` SMPL-X model files. Unpickling runs code stored in the file: only for files you trust
+    (``test.py --trust-pickle``). npz model files never need it."""
+    global _TRUST_PICKLE
+    _TRUST_PICKLE = bool(enabled)
+
+
+def read_model_npz(path: Path) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The plain arrays of an SMPL-X ``.npz`` read with ``allow_pickle=False``, and the names of the entries skipped
+    because they hold pickled objects (the official files carry two such dicts, ``joint2num``/``part2num``, that
+    nothing uses). Reading an object entry this way raises instead of running its code."""
+    arrays, skipped = {}, []
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            for name in z.files:
+                try:
+                    arrays[name] = z[name]
+                except ValueError:  # "Object arrays cannot be loaded when allow_pickle=False"
+                    skipped.append(name)
+    except (OSError, ValueError, EOFError) as e:
+        raise BodyModelUnavailable(f"{path}: cannot read the SMPL-X model npz ({e})") from e
+    missing = [k for k in SMPLX_REQUIRED_KEYS if k not in arrays]
+    if missing:
+        raise BodyModelUnavailable(f"{path}: not an SMPL-X model file: missing plain arrays {missing}"
+                                   + (f" (entries holding pickled objects were not read: {skipped})" if skipped else ""))
+    return arrays, skipped
+
+
 def _load_smplx_module(path: Path, num_betas: int = NUM_SMPLX_BETAS, dtype: torch.dtype = torch.float32):
+    """``smplx.SMPLX`` built without unpickling the user's file: smplx itself reads npz files with
+    ``allow_pickle=True`` and pkl files with pickle, so we read the arrays safely and hand smplx a copy that holds
+    nothing but plain arrays."""
+    import tempfile
+    import warnings
+
     import smplx  # imported lazily: only needed with a model file
 
-    ext = "pkl" if path.suffix == ".pkl" else "npz"
-    return smplx.SMPLX(
-        str(path), ext=ext, num_betas=num_betas, num_expression_coeffs=NUM_SMPLX_EXPRESSIONS, use_pca=False,
-        flat_hand_mean=False, use_face_contour=False, batch_size=1, dtype=dtype,
-    )
+    kwargs = dict(num_betas=num_betas, num_expression_coeffs=NUM_SMPLX_EXPRESSIONS, use_pca=False,
+                  flat_hand_mean=False, use_face_contour=False, batch_size=1, dtype=dtype)  # fmt: skip
+    if path.suffix == ".pkl":
+        if not _TRUST_PICKLE:
+            raise BodyModelUnavailable(
+                f"{path}: a .pkl model is read with pickle, which can run code stored in the file; use the .npz "
+                "release (SMPLX_NEUTRAL_2020.npz), or pass --trust-pickle if you trust this file"
+            )
+        warnings.warn(f"unpickling the SMPL-X model {path} (--trust-pickle)", stacklevel=2)
+        return smplx.SMPLX(str(path), ext="pkl", **kwargs)
+    arrays, _ = read_model_npz(path)
+    with tempfile.TemporaryDirectory(prefix="smplx_") as tmp:
+        clean = Path(tmp) / "SMPLX_NEUTRAL.npz"
+        np.savez(clean, **arrays)
+        return smplx.SMPLX(str(clean), ext="npz", **kwargs)
 
 
 class _LinearSkeleton:

@@ -62,6 +62,7 @@ def build_generator_from_config(cfg: DictConfig, load_init: bool = True) -> Late
     params = dict(node["params"])
     me = dict(params.get("modality_encoder") or {})
     me_params = dict(me.get("params") or {})
+    check_unwired_options(cfg, me_params, dict((params.get("denoiser") or {}).get("params") or {}))
     if "word_weights" not in me_params and "vocab_size" not in me_params:
         mode = str(cfg.model.get("word_table", "vocab"))
         vocab = get_vocab(cfg.data, data_root(cfg.data))
@@ -86,6 +87,21 @@ def build_generator_from_config(cfg: DictConfig, load_init: bool = True) -> Late
     if load_init and init:
         load_generator_checkpoint(gen, resolve_checkpoint_path(str(init), "model.init_from"))
     return gen
+
+
+def check_unwired_options(cfg: DictConfig, encoder: dict, denoiser: dict) -> None:
+    """Options that exist in the configs but that nothing consumes yet are errors at load time, never no-ops."""
+    rep = str((cfg.get("data") or {}).get("audio_rep", "onset+amplitude"))
+    if rep != "onset+amplitude":
+        raise ConfigError(f"data.audio_rep={rep!r}: the generators consume only onset+amplitude audio today; mel and "
+                          "WavLM features reach the cache but no generator input (issue 18 wires them)")  # fmt: skip
+    if encoder.get("raw_audio"):
+        raise ConfigError("model.generator.params.modality_encoder.params.raw_audio=true: the WavLM branch is not "
+                          "fed by any data path yet (issue 18); set it to false")  # fmt: skip
+    for where, node in (("modality_encoder", encoder), ("denoiser", denoiser)):
+        if node.get("use_exp"):
+            raise ConfigError(f"model.generator.params.{where}.params.use_exp=true: the face part needs a 4-part "
+                              "codec, and the codec has 3 parts (upper, hands, lower_trans) today (issue 18)")
 
 
 def load_trained_generator(cfg: DictConfig, ckpt_path: str | os.PathLike, device: torch.device) -> LatentGenerator:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +13,7 @@ from geometry.body_model import (
     find_smplx_model,
     get_fk,
     get_vertex_model,
+    read_model_npz,
     write_toy_smplx_model,
 )
 from geometry.skeleton import PARENTS
@@ -144,3 +147,49 @@ def test_vertices_on_toy_model(toy_model):
     np.testing.assert_allclose(face.numpy(), vm.vertices(only_jaw, None, expr).numpy(), atol=1e-6)
     # expressions move vertices
     assert (vm.face_vertices(poses, None) - face).abs().max() > 1e-4
+
+
+class _Payload:
+    """Unpickling this object writes a marker file: proof that code from a model file ran."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.marker), "pwned"))
+
+
+def test_model_npz_with_pickled_objects_runs_no_code(toy_model, tmp_path):
+    marker = tmp_path / "marker.txt"
+    with np.load(toy_model) as z:
+        arrays = {k: z[k] for k in z.files}
+    evil = tmp_path / "evil" / "SMPLX_NEUTRAL.npz"
+    evil.parent.mkdir()
+    obj = np.empty(1, dtype=object)
+    obj[0] = _Payload(str(marker))
+    np.savez(evil, **arrays, joint2num=obj)  # like the official files' dict entries, but hostile
+    arrays_read, skipped = read_model_npz(evil)
+    assert skipped == ["joint2num"] and set(arrays_read) == set(arrays)
+    poses = np.random.default_rng(0).normal(0, 0.3, (5, 165)).astype(np.float32)
+    j_evil = get_fk(evil)(torch.from_numpy(poses)).numpy()
+    j_clean = get_fk(toy_model)(torch.from_numpy(poses)).numpy()
+    verts = get_vertex_model(evil).vertices(poses[:2])
+    assert not marker.exists(), "a pickled object in the model file was executed"
+    np.testing.assert_allclose(j_evil, j_clean, atol=1e-10)
+    assert verts.shape == (2, 9930, 3)
+
+
+def test_pkl_model_needs_trust_pickle(tmp_path, monkeypatch):
+    pkl = tmp_path / "SMPLX_NEUTRAL.pkl"
+    pkl.write_bytes(b"\x80\x04K\x01.")  # any pickle: it must not even be opened
+    with pytest.raises(BodyModelUnavailable, match="--trust-pickle"):
+        get_fk(pkl)
+    with pytest.raises(BodyModelUnavailable, match="--trust-pickle"):
+        get_vertex_model(tmp_path)
+
+
+def test_model_npz_missing_arrays_is_a_clear_error(tmp_path):
+    bad = tmp_path / "SMPLX_NEUTRAL.npz"
+    np.savez(bad, v_template=np.zeros((3, 3)))
+    with pytest.raises(BodyModelUnavailable, match=r"SMPLX_NEUTRAL\.npz: not an SMPL-X model file.*J_regressor"):
+        get_fk(bad)
