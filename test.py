@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     both.add_argument("--fgd-ckpt", help="FGD autoencoder weights (AESKConv_240_100.bin); without it FGD is null")
     both.add_argument("--body-model", help="SMPL-X model file or folder (else $SMPLX_MODEL_PATH, else mannequin-x)")
     both.add_argument("--trust-pickle", action="store_true",
-                      help="allow a .pkl SMPL-X model file (unpickling can run code from the file; .npz needs no trust)")
+                      help="allow a .pkl SMPL-X model (unpickling can run code from the file; .npz needs no trust)")
     both.add_argument("--mean-vel", help="per-joint mean speed .npy for BC (mean_vel_smplxflame_30.npy)")
     both.add_argument("--out", help="folder for metrics.json (default: --pred-dir, or next to the checkpoint)")
     both.add_argument("--bootstrap", type=int, help="bootstrap resamples for 95%% CIs (default 1000; 0: none)")

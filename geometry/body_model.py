@@ -117,8 +117,8 @@ def read_model_npz(path: Path) -> tuple[dict[str, np.ndarray], list[str]]:
         raise BodyModelUnavailable(f"{path}: cannot read the SMPL-X model npz ({e})") from e
     missing = [k for k in SMPLX_REQUIRED_KEYS if k not in arrays]
     if missing:
-        raise BodyModelUnavailable(f"{path}: not an SMPL-X model file: missing plain arrays {missing}"
-                                   + (f" (entries holding pickled objects were not read: {skipped})" if skipped else ""))
+        note = f" (entries holding pickled objects were not read: {skipped})" if skipped else ""
+        raise BodyModelUnavailable(f"{path}: not an SMPL-X model file: missing plain arrays {missing}{note}")
     return arrays, skipped
 
 
