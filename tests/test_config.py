@@ -15,7 +15,7 @@ def _write(p, text):
 
 @pytest.fixture
 def cfg_tree(tmp_path):
-    _write(tmp_path / "base.yaml", "seed: 1\nlr: 0.1\nmodel:\n  width: 8\n  depth: 2\nlist: [1, 2]\n")
+    _write(tmp_path / "base.yaml", "seed: 1\nlr: 0.1\nmodel:\n  width: 8\n  depth: 2\nlist: [1, 2]\nname: null\n")
     _write(tmp_path / "mid.yaml", "bases: [base.yaml]\nlr: 0.2\nmodel:\n  depth: 3\n")
     _write(tmp_path / "exp.yaml", "bases: mid.yaml\nmodel:\n  width: 16\nname: ${model.width}\n")
     return tmp_path
@@ -45,8 +45,10 @@ def test_unknown_override_key_is_an_error(cfg_tree):
 
 
 def test_override_value_is_never_evaluated(cfg_tree):
-    cfg = load_config(cfg_tree / "exp.yaml", ["lr=__import__('os').getcwd()"])
-    assert cfg.lr == "__import__('os').getcwd()"
+    cfg = load_config(cfg_tree / "exp.yaml", ["+note=__import__('os').getcwd()"])
+    assert cfg.note == "__import__('os').getcwd()"
+    with pytest.raises(ConfigError, match="expected a number"):  # and a number setting refuses the string
+        load_config(cfg_tree / "exp.yaml", ["lr=__import__('os').getcwd()"])
 
 
 def test_missing_base_and_cycle(tmp_path):
@@ -95,3 +97,51 @@ def test_run_dir_has_resolved_config_and_provenance(tmp_path):
     assert info["seed"] == 7 and "commit" in info["git"] and info["versions"]["torch"]
     run2 = create_run_dir(cfg, timestamp="20260101_000000")
     assert run2 != run and run2.exists()
+
+
+def test_misspelt_key_in_a_file_is_an_error_with_a_suggestion(cfg_tree):
+    _write(cfg_tree / "typo.yaml", "bases: [base.yaml]\nmodel:\n  depht: 4\n")
+    with pytest.raises(ConfigError, match=r"typo\.yaml: unknown config key 'model\.depht' \(did you mean 'depth'\?\)"):
+        load_config(cfg_tree / "typo.yaml")
+    # a later base is checked against the bases before it, too
+    _write(cfg_tree / "over.yaml", "lr: 0.3\nsed: 4\n")
+    _write(cfg_tree / "uses.yaml", "bases: [base.yaml, over.yaml]\n")
+    with pytest.raises(ConfigError, match=r"over\.yaml: unknown config key 'sed' \(did you mean 'seed'\?\)"):
+        load_config(cfg_tree / "uses.yaml")
+
+
+def test_defines_keys_and_free_form_overrides(cfg_tree):
+    _write(cfg_tree / "stage.yaml", "defines_keys: true\nbases: [base.yaml]\nsolver: {iterations: 10}\n"
+                                    "overrides: {anything: {goes: 1}}\n")  # fmt: skip
+    _write(cfg_tree / "child.yaml", "bases: [stage.yaml]\nsolver: {iterations: 20}\noverrides: {other: 2}\n")
+    cfg = load_config(cfg_tree / "child.yaml")
+    assert cfg.solver.iterations == 20 and cfg.overrides.other == 2 and "defines_keys" not in cfg
+    _write(cfg_tree / "child2.yaml", "bases: [stage.yaml]\nsolver: {iteratons: 20}\n")
+    with pytest.raises(ConfigError, match=r"'solver\.iteratons' \(did you mean 'iterations'\?\)"):
+        load_config(cfg_tree / "child2.yaml")
+
+
+def test_wrong_types_name_the_key(cfg_tree):
+    with pytest.raises(ConfigError, match=r"lr: expected a number \(like 0\.1\), got 'abc'"):
+        load_config(cfg_tree / "base.yaml", ["lr=abc"])
+    with pytest.raises(ConfigError, match=r"model\.width: expected an integer \(like 8\), got 'sixteen'"):
+        load_config(cfg_tree / "base.yaml", ["model.width=sixteen"])
+    _write(cfg_tree / "bad_type.yaml", "bases: [base.yaml]\nseed: seven\n")
+    with pytest.raises(ConfigError, match=r"bad_type\.yaml: seed: expected an integer"):
+        load_config(cfg_tree / "bad_type.yaml")
+    assert load_config(cfg_tree / "base.yaml", ["lr=1", "seed=null"]).lr == 1  # int for float, null: fine
+
+
+def test_unknown_override_suggests_the_close_key(cfg_tree):
+    with pytest.raises(ConfigError, match=r"'model\.widht'.*did you mean 'width'"):
+        load_config(cfg_tree / "exp.yaml", ["model.widht=3"])
+
+
+def test_every_shipped_config_passes_the_key_check():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "configs"
+    standalone = [p for p in root.rglob("*.yaml") if p.name not in ("base.yaml", "tiny_overrides.yaml")]
+    assert len(standalone) > 10
+    for p in standalone:
+        load_config(p)

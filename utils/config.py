@@ -3,11 +3,14 @@
 An experiment YAML may name base YAMLs under ``bases:`` (paths relative to that YAML's folder); they are merged
 in order, then the file itself on top. CLI overrides are ``key=value`` (dotted keys walk into nodes); values are
 parsed as YAML scalars by OmegaConf, never by Python ``eval``. Overriding a key that does not exist is an error;
-``+key=value`` adds a new key on purpose.
+``+key=value`` adds a new key on purpose. The same holds inside files: a file may only set keys its bases define
+(a misspelt key is an error with the closest known key), unless it declares ``defines_keys: true``; a number or
+boolean setting given a string is an error naming the key and the expected type.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
 from collections.abc import Iterable
@@ -20,13 +23,59 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 from utils.paths import REPO_ROOT, resolve_path
 
 BASES_KEY = "bases"
+DEFINES_KEY = "defines_keys"  # a file that introduces new top-level settings (a stage's base config)
 
 
 class ConfigError(ValueError):
     """A configuration problem, with the file or node it comes from in the message."""
 
 
+def _close(key: str, known: Iterable[str]) -> str:
+    match = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def _type_error(key: str, base: Any, value: Any) -> str | None:
+    """A message when ``value`` cannot stand where ``base`` had a number or a boolean, else None."""
+    if isinstance(base, bool):
+        return None if isinstance(value, bool) or value is None else f"{key}: expected true/false, got {value!r}"
+    if isinstance(base, (int, float)) and not isinstance(base, bool):
+        if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+            return None
+        if isinstance(value, str) and value.startswith("${"):
+            return None  # an interpolation, checked when resolved
+        kind = "an integer" if isinstance(base, int) else "a number"
+        return f"{key}: expected {kind} (like {base!r}), got {value!r}"
+    return None
+
+
+def check_known_keys(child: DictConfig, base: DictConfig, where: str, prefix: str = "") -> None:
+    """Every key ``child`` sets must exist in ``base`` (a misspelt key would otherwise be silently ignored), with a
+    value of a compatible type. Below a key whose base value is a leaf or ``???`` anything goes (the child replaces
+    it whole); ``overrides`` nodes are free-form (they are checked when applied to their stage's config)."""
+    base_keys = list(base.keys())
+    for k in child.keys():
+        key = f"{prefix}{k}"
+        if k not in base_keys:
+            raise ConfigError(f"{where}: unknown config key {key!r}{_close(str(k), base_keys)}; known keys here: "
+                              f"{sorted(map(str, base_keys))}")  # fmt: skip
+        if k == "overrides":
+            continue
+        bnode, cnode = base._get_node(k), child._get_node(k)
+        if isinstance(bnode, DictConfig) and isinstance(cnode, DictConfig):
+            if not bnode._is_missing() and not bnode._is_none():
+                check_known_keys(cnode, bnode, where, f"{key}.")
+            continue
+        if bnode._is_missing() or bnode._is_interpolation() or cnode._is_interpolation():
+            continue
+        msg = _type_error(key, bnode._value(), cnode._value())
+        if msg:
+            raise ConfigError(f"{where}: {msg}")
+
+
 def _load_yaml(path: Path, _stack: tuple[Path, ...] = ()) -> DictConfig:
+    """A YAML merged over its ``bases``. Each file after the first base may only set keys the files before it
+    define, unless it says ``defines_keys: true`` (a stage's base config that introduces its settings)."""
     path = path.resolve()
     if path in _stack:
         chain = " -> ".join(str(p) for p in (*_stack, path))
@@ -42,9 +91,19 @@ def _load_yaml(path: Path, _stack: tuple[Path, ...] = ()) -> DictConfig:
     bases = node.pop(BASES_KEY, None) or []
     if isinstance(bases, str):
         bases = [bases]
-    merged = OmegaConf.create({})
+    merged: DictConfig | None = None
     for b in bases:
-        merged = OmegaConf.merge(merged, _load_yaml(path.parent / str(b), (*_stack, path)))
+        base_path = path.parent / str(b)
+        base = _load_yaml(base_path, (*_stack, path))
+        defines = bool(base.pop(DEFINES_KEY, False))
+        if merged is not None and not defines:
+            check_known_keys(base, merged, str(base_path.resolve()))
+        merged = base if merged is None else OmegaConf.merge(merged, base)
+    if merged is None:
+        return node
+    if not node.get(DEFINES_KEY, False):
+        check_known_keys(node, merged, str(path))
+    node.pop(DEFINES_KEY, None)
     return OmegaConf.merge(merged, node)
 
 
@@ -58,9 +117,18 @@ def apply_overrides(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
         key = key.lstrip("+").strip()
         if not key:
             raise ConfigError(f"override {item!r} has an empty key")
-        if not add and OmegaConf.select(cfg, key, default=_MISSING, throw_on_missing=False) is _MISSING:
-            raise ConfigError(f"unknown config key {key!r} in override {item!r} (use +{key}=... to add a new key)")
+        current = OmegaConf.select(cfg, key, default=_MISSING, throw_on_missing=False)
+        if not add and current is _MISSING:
+            parent, _, leaf = key.rpartition(".")
+            node = OmegaConf.select(cfg, parent, default=None) if parent else cfg
+            hint = _close(leaf, node.keys()) if isinstance(node, DictConfig) else ""
+            raise ConfigError(f"unknown config key {key!r} in override {item!r}{hint} (use +{key}=... to add a new "
+                              "key)")  # fmt: skip
         parsed = OmegaConf.from_dotlist([f"{key}={value}"])
+        if not add and not isinstance(current, (DictConfig, ListConfig)):
+            msg = _type_error(key, current, OmegaConf.select(parsed, key))
+            if msg:
+                raise ConfigError(f"override {item!r}: {msg}")
         OmegaConf.set_struct(cfg, False)
         cfg = OmegaConf.merge(cfg, parsed)
     return cfg
