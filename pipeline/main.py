@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shlex
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ from omegaconf import DictConfig
 
 from pipeline import stages
 from pipeline.learning_check import learning_check_stage
+from pipeline.provenance import fingerprints
 from pipeline.report import load_json, plot_speed_vs_onsets, plot_training_curves, write_report
 from pipeline.runner import StageError, banner, record_path, run_stage, stage_names
 from utils.config import load_config, to_container
@@ -77,6 +80,33 @@ def report_stage(cfg: DictConfig, command: str, stage_log: list[dict[str, Any]])
     return {"paths": all_paths, "commit": commit}
 
 
+class PipelineBusy(RuntimeError):
+    """Another pipeline writes into the same output folder."""
+
+
+@contextlib.contextmanager
+def output_lock(out: Path) -> Iterator[None]:
+    """One pipeline per output folder at a time: two would overwrite each other's stages."""
+    import fcntl
+
+    path = out / ".pipeline.lock"
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as e:
+            f.seek(0)
+            raise PipelineBusy(f"another pipeline is running into {out} ({f.read().strip() or 'pid unknown'}); "
+                               "wait for it or choose another output_dir=") from e  # fmt: skip
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def run(cfg: DictConfig, command: str) -> dict[str, Any]:
     """Run every enabled stage in order; raises StageError naming the failed stage."""
     out = stages.out_dir(cfg)
@@ -94,14 +124,16 @@ def run(cfg: DictConfig, command: str) -> dict[str, Any]:
         fns[f"gen_{g}"] = lambda g=g: stages.generator(cfg, g)
     for r in cfg.test.runs:
         fns[f"test_{r}"] = lambda r=r: stages.test_run(cfg, r)
+    fps = fingerprints(cfg)
     t0 = time.time()
-    for name in enabled:
-        if name == "report":
-            # the report is always rebuilt (cheap) so it shows this invocation's stage log
-            log.append({"stage": "report", "seconds": None, "skipped": False})
-            run_stage("report", lambda: report_stage(cfg, command, log), out, force=True)
-            continue
-        run_stage(name, fns[name], out, force, log)
+    with output_lock(out):
+        for name in enabled:
+            if name == "report":
+                # the report is always rebuilt (cheap) so it shows this invocation's stage log
+                log.append({"stage": "report", "seconds": None, "skipped": False})
+                run_stage("report", lambda: report_stage(cfg, command, log), out, force=True)
+                continue
+            run_stage(name, fns[name], out, force, log, fingerprint=fps[name])
     total = time.time() - t0
     print(f"[pipeline] finished in {total / 60:.1f} min; report: {out / 'report' / 'report.md'}")
     return {"seconds": total, "stages": log, "output_dir": str(out)}
@@ -123,6 +155,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     banner(f"pipeline {cfg.exp_name}: output_dir {stages.out_dir(cfg)}")
     try:
         run(cfg, command)
+    except PipelineBusy as e:
+        print(f"[pipeline] {e}", file=sys.stderr)
+        return 1
     except StageError as e:
         print(f"\n[pipeline] FAILED at stage '{e.stage}': {type(e.error).__name__}: {e.error}", file=sys.stderr)
         print(f"[pipeline] completed stages are kept (records in {record_path(stages.out_dir(cfg), '*')}); "

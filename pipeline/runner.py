@@ -1,8 +1,9 @@
 """Stage runner: banners, skip-when-complete, ``force``, and failures that name their stage.
 
 Every stage writes ``<output_dir>/stages/<name>.json`` when it finishes: ``{"outputs": {...}, "seconds": ...}``.
-A stage is *complete* when that record exists and every path listed in ``outputs`` (values that are strings naming
-files/folders, under the key ``paths``) exists; complete stages are skipped unless forced.
+A stage is *complete* when that record exists, every path listed in ``outputs`` (values that are strings naming
+files/folders, under the key ``paths``) exists, and its ``fingerprint`` (pipeline.provenance) equals the current
+one; complete stages are skipped unless forced, stale ones rerun.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ def record_path(out_dir: Path, name: str) -> Path:
     return Path(out_dir) / "stages" / f"{name}.json"
 
 
-def load_record(out_dir: Path, name: str) -> dict[str, Any] | None:
-    """The stage's record when the stage is complete (record present, all its ``paths`` exist), else None."""
+def load_record(out_dir: Path, name: str, fingerprint: str | None = None) -> dict[str, Any] | None:
+    """The stage's record when the stage is complete (record present, all its ``paths`` exist, and the same
+    ``fingerprint`` when one is given), else None."""
     import json
 
     p = record_path(out_dir, name)
@@ -43,7 +45,22 @@ def load_record(out_dir: Path, name: str) -> dict[str, Any] | None:
     paths = rec.get("paths", {})
     if not all(Path(v).exists() for v in _flat_paths(paths)):
         return None
+    if fingerprint is not None and rec.get("fingerprint") != fingerprint:
+        return None
     return rec
+
+
+def is_stale(out_dir: Path, name: str, fingerprint: str) -> bool:
+    """A record exists but was made with other settings (or before fingerprints were recorded)."""
+    p = record_path(out_dir, name)
+    if not p.is_file():
+        return False
+    try:
+        import json
+
+        return json.loads(p.read_text()).get("fingerprint") != fingerprint
+    except ValueError:
+        return True
 
 
 def _flat_paths(node: Any) -> list[str]:
@@ -76,9 +93,13 @@ def run_stage(
     out_dir: Path,
     force: Any = False,
     log: list[dict[str, Any]] | None = None,
+    fingerprint: str | None = None,
 ) -> dict[str, Any]:
     """Run ``fn`` (returns ``{"paths": {...}, ...}``) unless the stage is complete; save and return its record."""
-    rec = None if is_forced(name, force) else load_record(out_dir, name)
+    rec = None if is_forced(name, force) else load_record(out_dir, name, fingerprint)
+    if rec is None and fingerprint is not None and not is_forced(name, force) and is_stale(out_dir, name, fingerprint):
+        print(f"[pipeline] stage {name}: its outputs were made with other settings or inputs (fingerprint "
+              f"{fingerprint} now): rerunning it and every stage downstream", flush=True)  # fmt: skip
     if rec is not None:
         print(f"[pipeline] stage {name}: complete, skipped (force={name} reruns it)", flush=True)
         rec["skipped"] = True
@@ -93,6 +114,8 @@ def run_stage(
             traceback.print_exc()
             raise StageError(name, e) from e
         rec["seconds"] = round(time.time() - t0, 2)
+        if fingerprint is not None:
+            rec["fingerprint"] = fingerprint
         rec["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
         save_json(rec, record_path(out_dir, name))
         print(f"[pipeline] stage {name}: done in {rec['seconds']:.1f} s", flush=True)

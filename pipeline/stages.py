@@ -51,9 +51,14 @@ def out_dir(cfg: DictConfig) -> Path:
 
 
 def record(cfg: DictConfig, name: str) -> dict[str, Any]:
-    rec = load_record(out_dir(cfg), name)
+    """A finished stage's record, made with this pipeline config's settings (never a stale one)."""
+    from pipeline.provenance import fingerprints
+
+    rec = load_record(out_dir(cfg), name, fingerprints(cfg)[name])
     if rec is None:
-        raise RuntimeError(f"stage '{name}' has not completed (no valid {record_path(out_dir(cfg), name)})")
+        raise RuntimeError(f"stage '{name}' has no complete record for these settings "
+                           f"({record_path(out_dir(cfg), name)} missing, incomplete or made with other settings); "
+                           f"run it (stages=[..., {name}] or no stages= at all)")  # fmt: skip
     return rec
 
 

@@ -200,6 +200,55 @@ def test_ci_pipeline_artefacts_and_skip(tmp_path: Path, capsys: pytest.CaptureFi
     assert main(["-c", str(REPO / "configs/pipeline/ci_tiny.yaml"), f"output_dir={out}"]) == 0
     printed = capsys.readouterr().out
     assert "stage gen_shortcut: complete, skipped" in printed and "stage rvq_hands: complete, skipped" in printed
+    # changed settings never reuse old numbers: the learning check reruns, its upstream stages are skipped
+    before = json.loads((out / "learning_check.json").read_text())
+    assert main(["-c", str(REPO / "configs/pipeline/ci_tiny.yaml"), f"output_dir={out}", "learning_check.seeds=3"]) == 0
+    printed = capsys.readouterr().out
+    assert "stage learning_check: its outputs were made with other settings" in printed
+    assert "stage gen_shortcut: complete, skipped" in printed
+    after = json.loads((out / "learning_check.json").read_text())
+    assert before["n_seeds"] == 2 and after["n_seeds"] == 3
+
+
+def test_fingerprints_follow_the_dependencies() -> None:
+    from pipeline.provenance import fingerprints
+    from utils.config import load_config
+
+    path = REPO / "configs/pipeline/ci_tiny.yaml"
+    base = fingerprints(load_config(path))
+    changed = fingerprints(load_config(path, ["rvq.overrides.solver.iterations=60"]))
+    same = {n for n in base if base[n] == changed[n]}
+    assert same == {"corpus", "cache", "fgd_ae"}  # RVQs, generators, tests and the check depend on the RVQ settings
+    lc = fingerprints(load_config(path, ["learning_check.seeds=5"]))
+    assert {n for n in base if base[n] != lc[n]} == {"learning_check"}
+    seed = fingerprints(load_config(path, ["seed=7"]))
+    assert {n for n in base if base[n] != seed[n]} == set(base) - {"corpus", "cache"}
+
+
+def test_stale_record_is_not_used(tmp_path: Path) -> None:
+    calls = []
+
+    def fn() -> dict:
+        calls.append(1)
+        return {"paths": {"f": str(tmp_path)}}
+
+    run_stage("s1", fn, tmp_path, fingerprint="aaa")
+    run_stage("s1", fn, tmp_path, fingerprint="aaa")
+    assert len(calls) == 1 and load_record(tmp_path, "s1", "aaa") is not None
+    assert load_record(tmp_path, "s1", "bbb") is None
+    run_stage("s1", fn, tmp_path, fingerprint="bbb")
+    assert len(calls) == 2
+
+
+def test_two_pipelines_into_one_folder_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from pipeline.main import main, output_lock
+
+    out = tmp_path / "busy"
+    out.mkdir()
+    with output_lock(out):
+        rc = main(["-c", str(REPO / "configs/pipeline/ci_tiny.yaml"), f"output_dir={out}", "stages=[corpus]"])
+    assert rc == 1 and "another pipeline is running into" in capsys.readouterr().err
+    assert not (out / "stages").exists()
 
 
 @pytest.mark.slow
