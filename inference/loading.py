@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import os
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,8 +17,8 @@ from omegaconf import DictConfig
 from dataloaders.cache import data_root, get_vocab
 from dataloaders.stats import Stats
 from inference.windowed import WindowOptions
-from models.checkpoints import TRAINER_CHECKPOINT_FORMAT, load_generator_checkpoint
-from models.generators import LatentGenerator, build_generator
+from models.checkpoints import TRAINER_CHECKPOINT_FORMAT, CheckpointError, load_generator_checkpoint
+from models.generators import GENERATORS, LatentGenerator, build_generator
 from models.motion_codec import MotionCodec
 from utils.config import ConfigError, instantiate_from_config, to_container
 from utils.io import load_torch
@@ -104,12 +105,38 @@ def check_unwired_options(cfg: DictConfig, encoder: dict, denoiser: dict) -> Non
                               "codec, and the codec has 3 parts (upper, hands, lower_trans) today (issue 18)")
 
 
+def generator_kind(node: Any) -> str | None:
+    """The class a ``model.generator`` node builds (a short name is mapped through the registry)."""
+    node = to_container(node) or {}
+    if not isinstance(node, dict):
+        return None
+    if node.get("name"):
+        return GENERATORS.get(str(node["name"]), str(node["name"]))
+    return str(node["target"]) if node.get("target") else None
+
+
 def load_trained_generator(cfg: DictConfig, ckpt_path: str | os.PathLike, device: torch.device) -> LatentGenerator:
-    """The configured generator with weights from one of our trainer checkpoints or a released upstream file."""
+    """The configured generator with weights from one of our trainer checkpoints or a released upstream file.
+
+    Our checkpoints carry the config they were trained with: a checkpoint of another generator (a DDIM checkpoint
+    under a shortcut config) is refused with both names, so no result is ever labelled with the wrong method."""
     model = build_generator_from_config(cfg, load_init=False)
     obj = load_torch(ckpt_path, map_location="cpu")
     if isinstance(obj, dict) and obj.get("format") == TRAINER_CHECKPOINT_FORMAT:
-        model.load_state_dict(obj["model"], strict=True)
+        saved = (obj.get("config") or {}).get("model", {}).get("generator")
+        have, want = generator_kind(saved), generator_kind(cfg.model.generator)
+        if have is not None and have != want:
+            raise CheckpointError(f"{ckpt_path}: a checkpoint of {have}, but the config builds {want}; evaluate it "
+                                  "with the config it was trained with (its run folder's config.yaml)")  # fmt: skip
+        try:
+            model.load_state_dict(obj["model"], strict=True)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[:4]
+            raise CheckpointError(f"{ckpt_path}: its weights do not fit the configured generator (other sizes or "
+                                  f"parts): {' '.join(first)}") from e  # fmt: skip
+    elif isinstance(obj, dict) and "net" in obj:
+        raise CheckpointError(f"{ckpt_path}: an RVQ-VAE checkpoint ('net' entry), not a generator; pass it as "
+                              "rvq.<part>=... and the generator's checkpoint as --ckpt")  # fmt: skip
     else:
         load_generator_checkpoint(model, ckpt_path)
     return model.to(device).eval()
@@ -130,6 +157,7 @@ __all__ = [
     "RVQ_PARTS",
     "build_codec",
     "build_generator_from_config",
+    "generator_kind",
     "load_trained_generator",
     "resolve_checkpoint_path",
     "window_options",

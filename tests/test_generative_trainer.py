@@ -41,6 +41,10 @@ def assets(tmp_path_factory):
 
 
 def make_cfg(assets, name: str = "shortcut_tiny", **over):
+    return load_config(f"configs/{name}.yaml", cfg_overrides(assets, **over))
+
+
+def cfg_overrides(assets, **over) -> list[str]:
     o = {
         "data.root": str(assets["corpus"]), "data.cache_dir": str(assets["root"] / "cache"),
         "data.training_speakers": "[1]", "output_dir": str(assets["root"] / "out"),
@@ -49,7 +53,7 @@ def make_cfg(assets, name: str = "shortcut_tiny", **over):
         "logging": "[jsonl]", "val.max_files": 1, "test.n_boot": 10, "solver.lr": 2e-3,
     }  # fmt: skip
     o.update({k: str(v) for k, v in over.items()})
-    return load_config(f"configs/{name}.yaml", [f"{k}={v}" for k, v in o.items()])
+    return [f"{k}={v}" for k, v in o.items()]
 
 
 def _fixed_batch_loss(tr: GenerativeTrainer) -> float:
@@ -150,6 +154,38 @@ def test_run_test_writes_outputs_and_metrics(trained, tmp_path):
     t = m["timing"]
     assert t["motion_seconds"] == pytest.approx(8.0) and t["real_time_factor"] > 0
     assert rep["timing"]["generation_seconds"] == pytest.approx(t["generation_seconds"])
+
+
+def test_checkpoint_of_another_generator_is_refused(assets, trained, tmp_path):
+    from inference.loading import load_trained_generator
+    from models.checkpoints import CheckpointError
+
+    ckpt = trained["run"] / "checkpoints" / "last.pt"
+    with pytest.raises(CheckpointError, match=r"last\.pt: a checkpoint of .*ShortcutGenerator, but the config builds "
+                                              r".*DiffusionGenerator"):
+        load_trained_generator(make_cfg(assets, "diffuser_tiny"), ckpt, torch.device("cpu"))
+    with pytest.raises(CheckpointError, match=r"do not fit the configured generator"):
+        load_trained_generator(make_cfg(assets, **{"denoiser.params.num_layers": 3}), ckpt, torch.device("cpu"))
+    with pytest.raises(CheckpointError, match="an RVQ-VAE checkpoint"):
+        load_trained_generator(trained["cfg"], assets["rvq"]["upper"], torch.device("cpu"))
+    # the sampler's settings are free to change: same generator, other steps
+    m = load_trained_generator(make_cfg(assets, **{"model.generator.params.sampler.n_steps": 5}), ckpt,
+                               torch.device("cpu"))  # fmt: skip
+    assert m.sampler.settings()["n_steps"] == 5
+
+
+def test_test_py_model_mode_passes_evaluation_flags(assets, trained, tmp_path, capsys):
+    import test as test_entry
+
+    ckpt = trained["run"] / "checkpoints" / "last.pt"
+    overrides = cfg_overrides(assets)
+    rc = test_entry.main(["-c", "configs/shortcut_tiny.yaml", "--ckpt", str(ckpt), "--out", str(tmp_path / "t"),
+                          "--protocol", "corrected", "--bootstrap", "7", "--seed", "3", "--no-face", *overrides])
+    assert rc == 0, capsys.readouterr().err
+    m = json.loads((tmp_path / "t" / "metrics.json").read_text())
+    assert m["protocol"]["id"] == "corrected" and m["bootstrap"] == {"n": 7, "seed": 3, "unit": "sequence"}
+    rc = test_entry.main(["-c", "configs/shortcut_tiny.yaml", "--ckpt", str(ckpt), "--pred-dir", "x", *overrides])
+    assert rc == 2 and "folder mode only" in capsys.readouterr().err
 
 
 def test_diffusion_generator_from_config_trains(assets, tmp_path):
