@@ -145,3 +145,18 @@ def test_every_shipped_config_passes_the_key_check():
     assert len(standalone) > 10
     for p in standalone:
         load_config(p)
+
+
+def test_run_dirs_started_together_are_distinct(tmp_path):
+    """Processes started in the same second race for one timestamped name; each must get its own folder."""
+    import multiprocessing as mp
+
+    cfg = OmegaConf.create({"output_dir": str(tmp_path), "exp_name": "race", "seed": 0})
+    ctx = mp.get_context("fork")
+    with ctx.Pool(4) as pool:
+        runs = pool.starmap(_make_run, [(cfg, "20260101_000000")] * 8)
+    assert len(set(runs)) == 8 and all((tmp_path / "race" / r / "config.yaml").is_file() for r in runs)
+
+
+def _make_run(cfg, ts):
+    return create_run_dir(cfg, timestamp=ts).name

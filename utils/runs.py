@@ -62,12 +62,15 @@ def create_run_dir(cfg: DictConfig, timestamp: str | None = None, **extra: Any) 
     out_root = resolve_path(cfg.get("output_dir", "outputs"))
     exp = str(cfg.get("exp_name", "exp"))
     ts = timestamp or _dt.datetime.now().strftime("%Y%m%d_%H%M%S")
-    run_dir = out_root / exp / ts
-    suffix = 1
-    while run_dir.exists():  # two runs started in the same second keep separate folders
-        run_dir = out_root / exp / f"{ts}_{suffix}"
-        suffix += 1
-    run_dir.mkdir(parents=True)
+    (out_root / exp).mkdir(parents=True, exist_ok=True)
+    suffix = 0
+    while True:  # two runs started in the same second (even in two processes) get separate folders
+        run_dir = out_root / exp / (ts if suffix == 0 else f"{ts}_{suffix}")
+        try:
+            run_dir.mkdir()  # atomic: exactly one process creates a given name
+            break
+        except FileExistsError:
+            suffix += 1
     save_text(OmegaConf.to_yaml(cfg, resolve=True), run_dir / "config.yaml")
     save_json(provenance(cfg, run_dir=str(run_dir), **extra), run_dir / "run_info.json")
     return run_dir
