@@ -114,7 +114,7 @@ def test_table_and_curves(tmp_path: Path) -> None:
            "ci95": {"fgd": [0.4, 0.6], "bc": [0.5, 0.7]}, "generation": {"nfe_per_window": 2},
            "timing": {"real_time_factor": 0.05}}  # fmt: skip
     check = {"generator": "shortcut", "n_steps": 2, "nfe_per_window": 2, "real_time_factor": 0.05,
-             "ci_method": "t-interval over 3 sampling seeds",
+             "bc_protocol": "corrected", "ci_method": "t-interval over 3 sampling seeds",
              "results": {"control": {k: {"mean": 1.0, "ci95": [0.9, 1.1]} for k in ("fgd", "bc", "l1div")}}}
     rows = table_rows({"sc": rep}, {"sc": "shortcut (n=2)"}, check)
     assert [r["name"] for r in rows][:2] == ["GT", "shortcut (n=2)"] and rows[2]["name"].startswith("control")
