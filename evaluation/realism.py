@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 # The upper-body BC joints (SMPL-X indices: spine1-3, neck, collars, head, shoulders, elbows, wrists); the same
-# tuple as utils.skeleton.BC_JOINTS (a test checks it), kept literal so this module imports nothing from the repo.
+# tuple as geometry.skeleton.BC_JOINTS (a test checks it), kept literal so this module imports nothing from the repo.
 REALISM_JOINTS: tuple[int, ...] = (3, 6, 9, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21)
 # Order of the finite difference behind each quantity (units: m/s, m/s^2, m/s^3).
 QUANTITIES: dict[str, int] = {"speed": 1, "acceleration": 2, "jerk": 3}
@@ -151,7 +151,7 @@ def beat_placement_score(
     Why: a BC that comes from strokes landing on the speech beats drops when the motion is moved off them; a BC that
     comes from velocity minima everywhere (jitter) does not. ``bc`` maps a joint sequence (the same array layout as
     ``joints``, e.g. FK positions (T, 55, 3)) to its BC against the file's own audio; with the evaluator's objects:
-    ``lambda j: bc.score(bc.motion_beats(j), onsets)`` for a ``utils.metrics.BeatConsistency(mean_vel,
+    ``lambda j: bc.score(bc.motion_beats(j), onsets)`` for a ``evaluation.metrics.BeatConsistency(mean_vel,
     protocol="corrected")`` and the file's ``bc.onsets(wav, T)``. Returns ``{bc_own, bc_delayed, score}``."""
     frames = int(round(float(delay_s) * float(fps)))
     if frames <= 0:

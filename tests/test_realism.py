@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-
 import numpy as np
 import pytest
 
@@ -30,14 +28,9 @@ def _sine(fps: float, f: float, amp: float, seconds: float, joints: int = 55) ->
 
 
 def test_joints_are_the_bc_joints():
-    for mod in ("utils.skeleton", "geometry.skeleton"):  # geometry/: after the package move
-        try:
-            skel = importlib.import_module(mod)
-        except ImportError:
-            continue
-        assert tuple(skel.BC_JOINTS) == REALISM_JOINTS
-        return
-    pytest.skip("no skeleton module")
+    from geometry.skeleton import BC_JOINTS
+
+    assert tuple(BC_JOINTS) == REALISM_JOINTS
 
 
 @pytest.mark.parametrize("f,amp", [(1.0, 0.2), (2.5, 0.05)])
@@ -154,8 +147,9 @@ def _stroke_motion(period_s: float, seconds: float, fps: float = 30.0) -> tuple[
 def test_beat_placement_with_beat_consistency():
     """Strokes whose speed minima sit on the onsets: high own BC; 0.5 s late they miss -> a large positive score.
     A BC that ignores timing scores 0."""
-    metrics = pytest.importorskip("utils.metrics")
-    bc = metrics.BeatConsistency(np.full(55, 0.1), protocol="corrected")
+    from evaluation.metrics import BeatConsistency
+
+    bc = BeatConsistency(np.full(55, 0.1), protocol="corrected")
     x, onsets_abs = _stroke_motion(period_s=1.5, seconds=20.0)
     onsets = onsets_abs[(onsets_abs > 2.0) & (onsets_abs < 18.0)] - 2.0  # relative to the evaluated window
     res = beat_placement_score(x, lambda j: bc.score(bc.motion_beats(j), onsets))
