@@ -1,59 +1,114 @@
-"""Learning check: does the trained generator use its audio?
+"""Learning check: does the trained generator gesture — smooth motion whose strokes land on its own speech beats?
 
-On the held-out test files the trained model is run twice with identical sampling seeds: with each file's own audio
-and words (``model``), and with another test file's audio and words (``control``: file i gets the audio and words of
-``donor_indices`` (a derangement that prefers a file of another speaker: offset n//2 in the speaker-sorted list),
-cropped or zero/pad-word padded to file i's length). Both are evaluated against file i's ground truth and file i's
-audio. The model passes when it beats the control with non-overlapping 95% CIs on
+The rule is pre-registered (issue 13; fixed before any result was seen, never to be loosened to pass). On the held-out
+test split (>= 12 files), with the same model and sampling seeds, every file is generated under four conditions:
 
-* BC (higher): beats of the generated motion vs the onsets of the file's own audio, under ``bc_protocol``
-  (default ``corrected``: the EMAGE-2024 protocol's threshold mask is offset by 2 s from the minima it filters, so
-  it keeps velocity minima regardless of speed and rewards any jitter; the other protocol is computed and reported
-  beside it as ``bc_<protocol>``, never silently dropped);
-* paired per-file FGD (lower, ``fgd_file``): for every file, the Fréchet distance between the FGD-autoencoder
-  tokens of that file's generated motion and of that same file's ground truth, averaged over files. The standard
-  pooled FGD (all generated tokens vs all GT tokens) is reported too, but it cannot tell the control apart: the
-  control only permutes which audio drives which file, so its pooled motion distribution is (nearly) the model's.
-  The per-file FGD asks whether each file's motion has *that file's* style (gesture size/tempo follow its audio).
+* ``own``           its own audio and words;
+* ``audio_swapped`` another file's audio (a file of another speaker where possible), its own words kept;
+* ``words_swapped`` its own audio, another file's words;
+* ``delayed``       its own audio and words delayed by 0.5 s (leading silence / PAD words, cropped to length),
+                    scored against the original audio;
 
-CIs: with at least ``min_sequences_for_bootstrap`` test files, a percentile bootstrap over sequences (seed 0 run);
-otherwise over ``seeds`` repeated sampling seeds: mean +- t(0.975, K-1) * sd / sqrt(K) of the test-set metric.
+and three references need no generation: ``gt`` (ground truth), ``rvq_roundtrip`` (ground truth encoded and decoded
+by the trained codec) and ``other_gt`` (another file's ground truth scored with this file's audio). Every condition
+and reference is scored against the file's own ground truth and audio: BC under the corrected protocol (EMAGE-2024 BC
+is reported beside it, never dropped), the paired per-file FGD (the file's generated vs its own GT FGD-autoencoder
+tokens), and the realism metrics of evaluation.realism (upper-body speed, acceleration and jerk, and the beat
+placement score: BC of the motion minus BC of the same motion 0.5 s late).
+
+Sampling seeds are averaged within each file; 95% CIs are percentile bootstraps over files. The check passes only if
+all of these hold, each with its CI on the right side of the boundary:
+
+(a) jerk ratio <= 1.5 and acceleration ratio <= 1.5 (generated own / GT, ratio of means over files), with the mean
+    speed ratio in [0.67, 1.5] (smoothing the motion into stillness is not a fix);
+(b) beat placement score of ``own`` >= 0.15, and BC(own) - BC(delayed condition) > 0;
+(c) paired per-file FGD: own < audio_swapped;
+(d) |BC(own) - BC(GT)| <= 0.1 (a BC far above GT's is a jitter signature).
 """
 
 from __future__ import annotations
 
-import math
+import json
 import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-METRICS = ("fgd", "fgd_file", "bc", "l1div", "bc_gt", "l1div_gt")
+CONDITIONS = ("own", "audio_swapped", "words_swapped", "delayed")
+REFERENCES = ("gt", "rvq_roundtrip", "other_gt")
+DELAY_S = 0.5
+CHECK_PROTOCOL = "corrected"  # BC in the rule; the EMAGE-2024 number is reported beside it
+REPORTED_PROTOCOL = "emage2024"
+PER_FILE_KEYS = ("bc", "bc_emage2024", "fgd_file", "speed", "acceleration", "jerk", "beat_placement")
 
 
-def mismatched_item(item: dict[str, Any], donor: dict[str, Any], pad_word: int = 0) -> dict[str, Any]:
-    """``item`` with ``donor``'s audio and words, cropped or padded (silence / ``pad_word``) to item's length."""
+@dataclass(frozen=True)
+class Rule:
+    """The pre-registered thresholds (issue 13, item 4). Changing them after seeing results is not allowed."""
+
+    max_jerk_ratio: float = 1.5
+    max_acceleration_ratio: float = 1.5
+    speed_ratio_range: tuple[float, float] = (0.67, 1.5)
+    min_beat_placement: float = 0.15
+    max_bc_gap_to_gt: float = 0.1
+    min_test_files: int = 12
+    level: float = 0.95
+
+
+RULE = Rule()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Conditions
+# ----------------------------------------------------------------------------------------------------------------
+def _fit(x: torch.Tensor, n: int, pad: float | int) -> torch.Tensor:
+    """``x`` cropped, or padded with ``pad`` along time, to ``n`` steps."""
+    if x.shape[0] >= n:
+        return x[:n].clone()
+    return torch.cat([x, torch.full((n - x.shape[0], *x.shape[1:]), pad, dtype=x.dtype)])
+
+
+def swap_audio(item: Mapping[str, Any], donor: Mapping[str, Any]) -> dict[str, Any]:
+    """``item`` with ``donor``'s audio features (cropped, or silence-padded, to item's length); words kept."""
     out = dict(item)
-    a, n_a = donor["audio"], item["audio"].shape[0]
-    if a.shape[0] >= n_a:
-        out["audio"] = a[:n_a].clone()
-    else:
-        out["audio"] = torch.cat([a, torch.zeros((n_a - a.shape[0], *a.shape[1:]), dtype=a.dtype)])
-    w, n_w = donor["word"], item["word"].shape[0]
-    if w.shape[0] >= n_w:
-        out["word"] = w[:n_w].clone()
-    else:
-        out["word"] = torch.cat([w, torch.full((n_w - w.shape[0],), pad_word, dtype=w.dtype)])
+    out["audio"] = _fit(donor["audio"], item["audio"].shape[0], 0.0)
     return out
 
 
-def donor_indices(speakers: list[Any]) -> list[int]:
-    """For each of n files (sorted by speaker) the index of its control donor: offsets n//2, n//2+1, ..., n-1,
-    1, ... tried in turn, the first with a different speaker taken (the first offset when all share a speaker)."""
+def swap_words(item: Mapping[str, Any], donor: Mapping[str, Any], pad_word: int = 0) -> dict[str, Any]:
+    """``item`` with ``donor``'s per-frame word ids (cropped, or PAD-padded); audio kept."""
+    out = dict(item)
+    out["word"] = _fit(donor["word"], item["word"].shape[0], pad_word)
+    return out
+
+
+def delay_inputs(item: Mapping[str, Any], seconds: float, audio_sr: int, fps: int, pad_word: int = 0) -> dict[str, Any]:
+    """Audio and words ``seconds`` late: leading silence / PAD words, cropped to the original lengths."""
+    out = dict(item)
+    a, w = item["audio"], item["word"]
+    na, nw = int(round(seconds * audio_sr)), int(round(seconds * fps))
+    out["audio"] = torch.cat([torch.zeros((na, *a.shape[1:]), dtype=a.dtype), a])[: a.shape[0]]
+    out["word"] = torch.cat([torch.full((nw,), pad_word, dtype=w.dtype), w])[: w.shape[0]]
+    return out
+
+
+def fit_motion(poses: np.ndarray, n: int) -> np.ndarray:
+    """A motion cropped to ``n`` frames, or held at its last frame up to ``n``."""
+    if poses.shape[0] >= n:
+        return poses[:n]
+    return np.concatenate([poses, np.repeat(poses[-1:], n - poses.shape[0], axis=0)])
+
+
+def donor_indices(speakers: Sequence[Any]) -> list[int]:
+    """For each of n files (sorted by speaker) the index of its donor: offsets n//2, n//2+1, ..., n-1, 1, ... tried
+    in turn, the first with a different speaker taken (the first offset when all share a speaker)."""
     n = len(speakers)
     if n < 2:
-        raise ValueError(f"the learning check needs >= 2 test files to swap audio between, got {n}")
+        raise ValueError(f"the learning check needs >= 2 test files to swap inputs between, got {n}")
     start = max(1, n // 2)
     offsets = [*range(start, n), *range(1, start)]
     out = []
@@ -63,6 +118,9 @@ def donor_indices(speakers: list[Any]) -> list[int]:
     return out
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# Statistics and the rule
+# ----------------------------------------------------------------------------------------------------------------
 def paired_file_fgd(fgd_moments: tuple[Any, ...]) -> float:
     """Fréchet distance between one file's generated and GT FGD tokens from the Evaluator's per-file sufficient
     statistics ``(count, sum, outer)`` of prediction then GT."""
@@ -76,34 +134,146 @@ def paired_file_fgd(fgd_moments: tuple[Any, ...]) -> float:
     return frechet_from_moments(mom[0][0], mom[0][1], mom[1][0], mom[1][1])
 
 
-def bootstrap_mean_interval(values: list[float], n_boot: int = 1000, seed: int = 0) -> list[float] | None:
-    """Percentile-bootstrap 95% interval of the mean of per-sequence values."""
-    v = np.asarray(values, np.float64)
-    if v.size < 2:
-        return None
+def bootstrap(
+    stat: Callable[[np.ndarray], float], n_files: int, n_boot: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, list[float]]:
+    """``stat(indices)`` on all files and its percentile-bootstrap CI over files (files resampled)."""
+    value = float(stat(np.arange(n_files)))
     rng = np.random.default_rng(seed)
-    means = v[rng.integers(0, v.size, (n_boot, v.size))].mean(1)
-    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
+    draws = np.array([stat(rng.integers(0, n_files, n_files)) for _ in range(int(n_boot))], np.float64)
+    draws = draws[np.isfinite(draws)]
+    lo, hi = 100 * (1 - level) / 2, 100 * (1 + level) / 2
+    ci = [float(np.percentile(draws, lo)), float(np.percentile(draws, hi))] if draws.size else [value, value]
+    return value, ci
 
 
-def seed_interval(values: list[float]) -> list[float] | None:
-    """95% t-interval of the mean of K >= 2 values (repeated sampling seeds)."""
-    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], np.float64)
-    if v.size < 2:
-        return None
-    from scipy.stats import t
+def judge(per_file: Mapping[str, Mapping[str, Sequence[float]]], rule: Rule = RULE, n_boot: int = 2000,
+          seed: int = 0) -> dict[str, Any]:  # fmt: skip
+    """Apply the rule to per-file values (seed-averaged): ``per_file[condition][key]`` is a list over files for
+    conditions ``own``, ``audio_swapped``, ``delayed`` and reference ``gt`` with keys bc, fgd_file, speed,
+    acceleration, jerk, beat_placement. Returns every statistic with its CI and each criterion's verdict."""
+    v = {c: {k: np.asarray(per_file[c][k], np.float64) for k in per_file[c]} for c in per_file}
+    n = len(v["own"]["bc"])
+    for c in ("own", "audio_swapped", "delayed", "gt"):
+        for k in v[c]:
+            if len(v[c][k]) != n:
+                raise ValueError(f"per_file[{c!r}][{k!r}] has {len(v[c][k])} files, expected {n}")
 
-    half = float(t.ppf(0.975, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
-    return [float(v.mean() - half), float(v.mean() + half)]
+    def ratio(q: str) -> Callable[[np.ndarray], float]:
+        return lambda i: v["own"][q][i].mean() / v["gt"][q][i].mean()
+
+    def mean_of(x: np.ndarray) -> Callable[[np.ndarray], float]:
+        return lambda i: x[i].mean()
+
+    stats: dict[str, dict[str, Any]] = {}
+    specs: dict[str, Callable[[np.ndarray], float]] = {
+        "jerk_ratio": ratio("jerk"),
+        "acceleration_ratio": ratio("acceleration"),
+        "speed_ratio": ratio("speed"),
+        "beat_placement": mean_of(v["own"]["beat_placement"]),
+        "bc_own_minus_delayed": mean_of(v["own"]["bc"] - v["delayed"]["bc"]),
+        "fgd_swapped_minus_own": mean_of(v["audio_swapped"]["fgd_file"] - v["own"]["fgd_file"]),
+        "bc_own_minus_gt": mean_of(v["own"]["bc"] - v["gt"]["bc"]),
+    }
+    for k, (name, fn) in enumerate(specs.items()):
+        value, ci = bootstrap(fn, n, n_boot, seed + k, rule.level)
+        stats[name] = {"value": value, "ci95": ci}
+    lo_s, hi_s = rule.speed_ratio_range
+    ci = {k: s["ci95"] for k, s in stats.items()}
+    criteria = {
+        "a_smooth_and_lively": {
+            "passed": bool(ci["jerk_ratio"][1] < rule.max_jerk_ratio
+                           and ci["acceleration_ratio"][1] < rule.max_acceleration_ratio
+                           and ci["speed_ratio"][0] > lo_s and ci["speed_ratio"][1] < hi_s),
+            "rule": f"CI of jerk ratio < {rule.max_jerk_ratio}, of acceleration ratio < "
+                    f"{rule.max_acceleration_ratio}, of speed ratio inside ({lo_s}, {hi_s})",
+        },
+        "b_on_the_beats": {
+            "passed": bool(ci["beat_placement"][0] > rule.min_beat_placement and ci["bc_own_minus_delayed"][0] > 0),
+            "rule": f"CI of beat placement > {rule.min_beat_placement} and of BC(own) - BC(delayed inputs) > 0",
+        },
+        "c_uses_its_audio": {
+            "passed": bool(ci["fgd_swapped_minus_own"][0] > 0),
+            "rule": "CI of paired per-file FGD(audio swapped) - FGD(own) > 0",
+        },
+        "d_bc_near_gt": {
+            "passed": bool(-rule.max_bc_gap_to_gt < ci["bc_own_minus_gt"][0]
+                           and ci["bc_own_minus_gt"][1] < rule.max_bc_gap_to_gt),
+            "rule": f"CI of BC(own) - BC(GT) inside (-{rule.max_bc_gap_to_gt}, {rule.max_bc_gap_to_gt})",
+        },
+    }  # fmt: skip
+    enough = n >= rule.min_test_files
+    return {
+        "passed": bool(enough and all(c["passed"] for c in criteria.values())),
+        "enough_files": enough,
+        "n_files": n,
+        "statistics": stats,
+        "criteria": criteria,
+        "rule": asdict(rule),
+        "ci_method": f"percentile bootstrap over the {n} test files ({n_boot} resamples), sampling seeds averaged "
+                     "within each file",
+    }  # fmt: skip
 
 
-def separated(model_ci: list[float] | None, control_ci: list[float] | None, higher_is_better: bool) -> bool:
-    """True when the two intervals do not overlap and the model's lies on the better side."""
-    if not model_ci or not control_ci:
-        return False
-    return model_ci[0] > control_ci[1] if higher_is_better else model_ci[1] < control_ci[0]
+# ----------------------------------------------------------------------------------------------------------------
+# Scoring one motion
+# ----------------------------------------------------------------------------------------------------------------
+class Scorer:
+    """Every per-file number of the check for one motion against a file's ground truth and audio."""
+
+    def __init__(self, fgd_model: Any, mean_vel: np.ndarray, fk: Any, fps: int = 30) -> None:
+        from evaluation.evaluator import Evaluator
+        from evaluation.metrics import BeatConsistency
+
+        self.fk, self.fps = fk, fps
+        self.ev = Evaluator(fgd_model, mean_vel=np.asarray(mean_vel), fk=fk, protocol=CHECK_PROTOCOL)
+        self.ev_reported = Evaluator(None, mean_vel=np.asarray(mean_vel), fk=fk, protocol=REPORTED_PROTOCOL)
+        self.bc = BeatConsistency(np.asarray(mean_vel), protocol=CHECK_PROTOCOL)
+        self._onsets: dict[tuple[str, int], np.ndarray] = {}
+
+    def onsets(self, wav: str, n: int) -> np.ndarray:
+        key = (wav, n)
+        if key not in self._onsets:
+            self._onsets[key] = self.bc.onsets(wav, n)
+        return self._onsets[key]
+
+    def joints(self, poses: np.ndarray, betas: np.ndarray) -> np.ndarray:
+        return self.fk.with_betas(betas)(torch.from_numpy(np.asarray(poses)).double()).numpy()
+
+    def score(self, poses: np.ndarray, ref: Mapping[str, Any]) -> dict[str, float]:
+        from evaluation.realism import beat_placement_score, realism_stats
+
+        n = poses.shape[0]
+        gt = ref["pose"][:n].numpy()
+        betas = ref["beta"][0].numpy()
+        seq = self.ev.add(poses, gt, betas=betas, audio=ref["wav_path"], id=ref["id"])
+        rep = self.ev_reported.add(poses, gt, betas=betas, audio=ref["wav_path"], id=ref["id"])
+        rec = self.ev.records[-1]
+        j = self.joints(poses, betas)
+        onsets = self.onsets(ref["wav_path"], n)
+        bp = beat_placement_score(j, lambda x: self.bc.score(self.bc.motion_beats(x), onsets), fps=self.fps,
+                                  delay_s=DELAY_S)  # fmt: skip
+        nan = float("nan")
+        return {"bc": nan if seq["bc"] is None else seq["bc"], "bc_emage2024": nan if rep["bc"] is None else rep["bc"],
+                "fgd_file": paired_file_fgd(rec.fgd) if rec.fgd is not None else float("nan"),
+                **realism_stats(j, fps=self.fps), "beat_placement": bp["score"]}  # fmt: skip
 
 
+def _save_motion(folder: Path, ref: Mapping[str, Any], poses: np.ndarray, copied: list[str]) -> None:
+    from utils.io import save_npz
+
+    n = poses.shape[0]
+    common = {"betas": ref["beta"][0].numpy(), "expressions": ref["facial"][:n].numpy(),
+              "trans": ref["trans"][:n].numpy(), "model": np.array("smplx2020"), "gender": np.array("neutral"),
+              "mocap_frame_rate": np.array(30)}  # fmt: skip
+    save_npz(folder / f"res_{ref['id']}.npz", poses=np.asarray(poses, np.float32),
+             gt_copied=np.array(copied, dtype=np.str_), **common)  # fmt: skip
+    save_npz(folder / f"gt_{ref['id']}.npz", poses=ref["pose"][:n].numpy(), **common)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The check
+# ----------------------------------------------------------------------------------------------------------------
 def run_learning_check(
     model: torch.nn.Module,
     codec: Any,
@@ -113,106 +283,104 @@ def run_learning_check(
     mean_vel: np.ndarray,
     fk: Any,
     device: torch.device,
-    seeds: int = 5,
-    min_sequences_for_bootstrap: int = 10,
-    n_boot: int = 1000,
-    protocol: str = "corrected",  # the check judges BC by the corrected protocol (see the module docstring)
+    seeds: int = 3,
     copy_gt_jaw: bool = True,
-    report_protocols: tuple[str, ...] = (),
+    out_dir: Path | None = None,
+    n_boot: int = 2000,
+    rule: Rule = RULE,
 ) -> dict[str, Any]:
-    """Model vs mismatched-audio control on ``items`` (WholeFileDataset items). Returns the result dict."""
-    from evaluation.evaluator import Evaluator
-    from inference.generate import generate_items
+    """Every condition and reference on ``items`` (WholeFileDataset items), then the rule. With ``out_dir`` every
+    motion is written as ``<out_dir>/<condition>/seed<k>/res_<id>.npz`` + ``gt_<id>.npz`` and ``wavs.json`` maps ids
+    to their audio, so the numbers can be recomputed with another evaluator."""
+    from inference.generate import generate_items, gt_copied_fields
 
-    n = len(items)
-    donor_idx = donor_indices([int(it["speaker"]) for it in items])
-    donors = [mismatched_item(items[i], items[donor_idx[i]], opts.word_pad_id) for i in range(n)]
-    use_boot = n >= int(min_sequences_for_bootstrap)
-    n_seeds = 1 if use_boot else int(seeds)
-    if n_seeds < 2 and not use_boot:
-        raise ValueError("learning_check.seeds must be >= 2 for seed intervals with few test files")
-    per_seed: dict[str, list[dict[str, Any]]] = {"model": [], "control": []}
-    boot: dict[str, dict[str, Any]] = {}
-    per_file: dict[str, list[list[float]]] = {"model": [], "control": []}  # [seed][file] paired FGD
-    gen_s, motion_frames, nfe = 0.0, 0, 0
     t0 = time.time()
-    metrics = METRICS + tuple(f"{k}_{p}" for p in report_protocols for k in ("bc", "bc_gt"))
-    for cond, src in (("model", items), ("control", donors)):
-        for s in range(n_seeds):
-            ev = Evaluator(fgd_model, mean_vel=np.asarray(mean_vel), fk=fk, protocol=protocol)
-            extra = {p: Evaluator(None, mean_vel=np.asarray(mean_vel), fk=fk, protocol=p) for p in report_protocols}
-            file_fgd: list[float] = []
-            results = generate_items(model, codec, src, opts, device, seed=1000 * s, copy_gt_jaw=copy_gt_jaw,
-                                     evaluators=[ev, *extra.values()], references=items, keep=False)  # fmt: skip
-            for rec in ev.records:
-                if rec.fgd is not None:
-                    file_fgd.append(paired_file_fgd(rec.fgd))
-            if cond == "model":
+    n = len(items)
+    donor = donor_indices([int(it["speaker"]) for it in items])
+    fps, sr, pad = int(opts.fps), int(opts.audio_sr), int(opts.word_pad_id)
+    inputs = {
+        "own": items,
+        "audio_swapped": [swap_audio(items[i], items[donor[i]]) for i in range(n)],
+        "words_swapped": [swap_words(items[i], items[donor[i]], pad) for i in range(n)],
+        "delayed": [delay_inputs(it, DELAY_S, sr, fps, pad) for it in items],
+    }
+    scorer = Scorer(fgd_model, mean_vel, fk, fps)
+    copied = gt_copied_fields(opts, copy_gt_jaw)
+    raw: dict[str, list[list[dict[str, float]]]] = {}  # condition -> file -> seeds
+    gen_s, motion_frames, nfe, windows = 0.0, 0, 0, 0
+    for cond in CONDITIONS:
+        raw[cond] = [[] for _ in range(n)]
+        for s in range(int(seeds)):
+            folder = None if out_dir is None else Path(out_dir) / cond / f"seed{s}"
+
+            def on_file(i: int, ref: Mapping[str, Any], res: dict[str, Any], cond=cond, folder=folder) -> None:
+                raw[cond][i].append(scorer.score(res["poses"], ref))
+                if folder is not None:
+                    _save_motion(folder, ref, res["poses"], copied)
+
+            results = generate_items(model, codec, inputs[cond], opts, device, seed=1000 * s, copy_gt_jaw=copy_gt_jaw,
+                                     references=items, on_file=on_file, keep=False)  # fmt: skip
+            if cond == "own":
                 gen_s += sum(r["seconds"] for r in results)
                 motion_frames += sum(r["n_frames"] for r in results)
-                nfe = results[-1]["nfe"] // max(1, results[-1]["n_windows"])
-            res_all = ev.compute(n_boot=n_boot if use_boot else 0, seed=0)
-            res_all["fgd_file"] = float(np.mean(file_fgd)) if file_fgd else None
-            for p, e in extra.items():
-                r = e.compute(n_boot=n_boot if use_boot else 0, seed=0)
-                res_all[f"bc_{p}"], res_all[f"bc_gt_{p}"] = r.get("bc"), r.get("bc_gt")
-                res_all.setdefault("ci95", {}).update({f"bc_{p}": r.get("ci95", {}).get("bc")})
-            per_file[cond].append(file_fgd)
-            per_seed[cond].append({k: res_all.get(k) for k in metrics})
-            if use_boot:
-                boot[cond] = dict(res_all.get("ci95", {}))
-                boot[cond]["fgd_file"] = bootstrap_mean_interval(file_fgd, n_boot, 0)
-            print(f"[learning_check] {cond} seed {s}: " +
-                  "  ".join(f"{k}={v:.4f}" for k, v in per_seed[cond][-1].items() if v is not None), flush=True)
-    summary: dict[str, Any] = {}
-    for cond in ("model", "control"):
-        rows = per_seed[cond]
-        summary[cond] = {}
-        for k in metrics:
-            vals = [r[k] for r in rows if r.get(k) is not None]
-            mean = float(np.mean(vals)) if vals else None
-            ci = boot.get(cond, {}).get(k) if use_boot else seed_interval(vals)
-            summary[cond][k] = {"mean": mean, "ci95": ci, "values": vals}
-    passed_bc = separated(summary["model"]["bc"]["ci95"], summary["control"]["bc"]["ci95"], True)
-    separated_other = {
-        p: bool(separated(summary["model"][f"bc_{p}"]["ci95"], summary["control"][f"bc_{p}"]["ci95"], True))
-        for p in report_protocols
-    }
-    passed_fgd = separated(summary["model"]["fgd_file"]["ci95"], summary["control"]["fgd_file"]["ci95"], False)
+                nfe += sum(r["nfe"] for r in results)
+                windows += sum(r["n_windows"] for r in results)
+            print(f"[learning_check] {cond} seed {s}: " + "  ".join(
+                f"{k}={np.nanmean([f[-1][k] for f in raw[cond]]):.4f}" for k in PER_FILE_KEYS), flush=True)  # fmt: skip
+    # references: no generation, no seeds
+    for ref_name in REFERENCES:
+        raw[ref_name] = []
+        folder = None if out_dir is None else Path(out_dir) / ref_name
+        for i, it in enumerate(items):
+            poses = it["pose"].numpy()
+            if ref_name == "rvq_roundtrip":
+                dev = next(codec.parameters()).device
+                n_enc = poses.shape[0] - poses.shape[0] % 4
+                with torch.no_grad():
+                    z = codec.encode(it["pose"][None, :n_enc].to(dev), it["trans_v"][None, :n_enc].to(dev))
+                    dec = codec.decode(z, jaw=it["pose"][None, :n_enc, 66:69].to(dev))
+                poses = dec["poses"][0].float().cpu().numpy()
+            elif ref_name == "other_gt":
+                poses = fit_motion(items[donor[i]]["pose"].numpy(), poses.shape[0])
+            raw[ref_name].append([scorer.score(poses, it)])
+            if folder is not None:
+                _save_motion(folder, it, poses, ["all"] if ref_name == "gt" else [])
+    if out_dir is not None:
+        from utils.io import save_json
+
+        save_json({it["id"]: it["wav_path"] for it in items}, Path(out_dir) / "wavs.json")
+    per_file = {c: {k: [float(np.mean([s[k] for s in f])) for f in raw[c]] for k in PER_FILE_KEYS} for c in raw}
+    verdict = judge(per_file, rule, n_boot=n_boot)
+    summary = {c: {k: float(np.nanmean(per_file[c][k])) for k in PER_FILE_KEYS} for c in per_file}
+    realism = {}
+    for c in (*CONDITIONS, "rvq_roundtrip", "other_gt"):
+        realism[c] = {q: summary[c][q] / summary["gt"][q] for q in ("speed", "acceleration", "jerk")}
     return {
-        "passed": bool(passed_bc and passed_fgd),
-        "passed_bc": bool(passed_bc),
-        "passed_fgd": bool(passed_fgd),
-        "bc_protocol": protocol,
-        "bc_separated_other_protocols": separated_other,
-        "ci_method": ("percentile bootstrap over test sequences (1000 resamples)" if use_boot else
-                      f"t-interval over {n_seeds} sampling seeds (only {n} test files; the interval covers sampling "
-                      "noise for these files, not file-to-file variation)"),  # fmt: skip
-        "n_test_files": n,
-        "n_seeds": n_seeds,
-        "control": ("the same model and sampling seeds, each test file fed another test file's audio and words (a "
-                    "file of a different speaker where possible), cropped or silence/pad-word padded to its length; "
-                    "scored against its own ground truth and audio"),
-        "fgd_check": ("paired per-file FGD (fgd_file): per test file, generated vs that file's GT FGD-AE tokens, "
-                      "mean over files; pooled FGD is reported but not used (invariant to permuting audio)"),
+        **verdict,
+        "conditions": list(CONDITIONS),
+        "references": list(REFERENCES),
+        "bc_protocol": CHECK_PROTOCOL,
+        "reported_protocol": REPORTED_PROTOCOL,
+        "n_seeds": int(seeds),
+        "delay_s": DELAY_S,
         "test_ids": [it["id"] for it in items],
-        "donor_ids": [items[j]["id"] for j in donor_idx],
-        "per_file_fgd": {c: [[float(x) for x in row] for row in per_file[c]] for c in per_file},
-        **model.sampler.settings(),
-        "nfe_per_window": nfe,
+        "donor_ids": [items[j]["id"] for j in donor],
+        "per_file": per_file,
+        "summary": summary,
+        "realism_ratios_vs_gt": realism,
+        "nfe_per_window": nfe / windows if windows else None,
         "generation_seconds": gen_s,
-        "real_time_factor": gen_s / (motion_frames / 30.0) if motion_frames else None,
+        "real_time_factor": gen_s / (motion_frames / fps) if motion_frames else None,
         "seconds": round(time.time() - t0, 2),
-        "results": summary,
+        "gt_copied": copied,
     }
 
 
 def learning_check_stage(cfg: Any) -> dict[str, Any]:
-    """Pipeline stage: load the trained generator and run the check; writes learning_check.json."""
+    """Pipeline stage: load the trained generator and run the check; writes learning_check.json and the motions."""
     from dataloaders.datasets import WholeFileDataset
     from dataloaders.stats import load_stats
     from evaluation.fgd_autoencoder import load_fgd_autoencoder
-    from evaluation.protocols import PROTOCOL_NAMES, check_protocol
     from geometry.body_model import get_fk
     from inference.loading import build_codec, load_trained_generator, window_options
     from pipeline.stages import flatten_overrides, generator_config, out_dir, record
@@ -230,17 +398,18 @@ def learning_check_stage(cfg: Any) -> dict[str, Any]:
     ds = WholeFileDataset(scfg.data, "test")
     items = [ds[i] for i in range(len(ds))]
     inf = scfg.get("inference") or {}
-    bc_protocol = check_protocol(str(lc.get("bc_protocol", "corrected")))
+    motions = out_dir(cfg) / "report" / "learning_check"
     result = run_learning_check(
         model, codec, items, window_options(scfg), fgd_model, stats.mean_vel, get_fk(scfg.test.get("body_model")),
-        device, int(lc.seeds), int(lc.min_sequences_for_bootstrap),
-        protocol=bc_protocol, copy_gt_jaw=bool(inf.get("copy_gt_jaw", True)),
-        report_protocols=tuple(p for p in PROTOCOL_NAMES if p != bc_protocol),
+        device, int(lc.seeds), copy_gt_jaw=bool(inf.get("copy_gt_jaw", True)), out_dir=motions,
+        n_boot=int(lc.get("n_boot", 2000)),
     )  # fmt: skip
     result["generator"] = gen
+    result["sampler"] = model.sampler.settings()
     path = out_dir(cfg) / "learning_check.json"
     save_json(result, path)
     verdict = "PASSED" if result["passed"] else "FAILED"
-    print(f"[learning_check] {verdict}: BC separated={result['passed_bc']}, FGD separated={result['passed_fgd']} "
-          f"({result['ci_method']})")
-    return {"paths": {"json": str(path)}, "passed": result["passed"]}
+    crit = ", ".join(f"{k}={'pass' if c['passed'] else 'FAIL'}" for k, c in result["criteria"].items())
+    print(f"[learning_check] {verdict} ({crit}; {result['n_files']} test files)")
+    print(json.dumps(result["statistics"], indent=1))
+    return {"paths": {"json": str(path), "motions": str(motions)}, "passed": result["passed"]}
