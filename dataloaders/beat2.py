@@ -29,6 +29,16 @@ from dataloaders.features.audio import AudioError, check_wav
 REQUIRED_KEYS = {"poses": 2, "trans": 2, "betas": 1, "expressions": 2}
 SPLITS = ("train", "val", "test", "additional")
 
+# Plausibility thresholds (issue 14 item 8).
+# Error: a joint rotation whose axis-angle norm exceeds 4*pi rad. Any rotation is expressible with norm <= pi, and
+# real BEAT2 stays below ~2.5 rad (speaker-2 sample: max 2.45); 4*pi leaves room for unwrapped angles, while poses
+# written in degrees (90 deg -> 90 "rad", up to ~132 in probes) are far above it.
+MAX_AXIS_ANGLE = 4.0 * math.pi
+# Warning (listed in the cache manifest): a joint angle above 1.5*pi rad is legal but not how BEAT2 writes poses.
+WARN_AXIS_ANGLE = 1.5 * math.pi
+# Warning: a root translation farther than 100 m from the origin (BEAT2 uses metres; millimetres look like this).
+WARN_TRANS_M = 100.0
+
 
 class BeatDataError(ValueError):
     """A problem with a BEAT2 input file or folder; the message names the file."""
@@ -72,13 +82,51 @@ def read_split(
     path = Path(root) / split_csv
     if not path.is_file():
         raise BeatDataError(f"split file not found: {path} (is data.root a beat_english_v2.0.0 folder?)")
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or not {"id", "type"} <= set(reader.fieldnames):
-            raise BeatDataError(f"{path}: expected columns 'id' and 'type', got {reader.fieldnames}")
-        rows = [(r["id"].strip(), r["type"].strip()) for r in reader]
     want = None if speakers is None else {int(s) for s in speakers}
-    return [i for i, t in rows if t == split and (want is None or speaker_of(i) in want)]
+    return [i for i, t in read_split_csv(path).items() if t == split and (want is None or speaker_of(i) in want)]
+
+
+def read_split_csv(path: str | Path) -> dict[str, str]:
+    """The validated split table of a BEAT2 ``train_test_split.csv``: id -> type, in file order.
+
+    Raises :class:`BeatDataError` naming the file for a missing column, an unknown type, an empty id, or an id
+    listed twice (see :func:`check_split_rows`)."""
+    path = Path(path)
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames or not {"id", "type"} <= set(reader.fieldnames):
+                raise BeatDataError(f"{path}: expected columns 'id' and 'type', got {reader.fieldnames}")
+            rows = [((r["id"] or "").strip(), (r["type"] or "").strip()) for r in reader]
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise BeatDataError(f"unreadable split file {path}: {type(e).__name__}: {e}") from e
+    check_split_rows(rows, path)
+    return dict(rows)
+
+
+def check_split_rows(rows: list[tuple[str, str]], path: str | Path) -> None:
+    """Reject a split csv that would silently leak or drop files: unknown types (``Train``), empty ids, and ids
+    listed twice (in two splits: a test leak; twice in one split: double-counted in the statistics)."""
+    unknown = sorted({t for _, t in rows if t not in SPLITS})
+    if unknown:
+        raise BeatDataError(f"{path}: unknown split type(s) {unknown}; allowed (lower case): {list(SPLITS)}")
+    empty = [n + 2 for n, (i, _) in enumerate(rows) if not i]  # csv line numbers (line 1 is the header)
+    if empty:
+        raise BeatDataError(f"{path}: empty id on line(s) {empty[:10]}")
+    types: dict[str, list[str]] = {}
+    for i, t in rows:
+        types.setdefault(i, []).append(t)
+    leaks = {i: ts for i, ts in types.items() if len(set(ts)) > 1}
+    dups = {i: ts for i, ts in types.items() if len(ts) > 1 and i not in leaks}
+    problems = []
+    if leaks:
+        problems.append("id(s) listed in more than one split: "
+                        + ", ".join(f"{i} ({'/'.join(ts)})" for i, ts in sorted(leaks.items())))  # fmt: skip
+    if dups:
+        problems.append("id(s) listed twice in the same split: "
+                        + ", ".join(f"{i} ({ts[0]} x{len(ts)})" for i, ts in sorted(dups.items())))  # fmt: skip
+    if problems:
+        raise BeatDataError(f"{path}: " + "; ".join(problems) + " (each id must appear exactly once)")
 
 
 def load_motion(path: str | Path) -> dict[str, np.ndarray]:
@@ -120,8 +168,30 @@ def load_motion(path: str | Path) -> dict[str, np.ndarray]:
             raise BeatDataError(f"{path}: key {k!r} holds NaN/inf (first at index {tuple(int(x) for x in bad)})")
     if abs(fps - 30.0) > 1e-6:
         raise BeatDataError(f"{path}: mocap_frame_rate {fps}, expected 30")
+    angles = np.linalg.norm(poses.reshape(t, 55, 3).astype(np.float64), axis=-1)
+    if angles.max() > MAX_AXIS_ANGLE:
+        f, j = np.unravel_index(int(np.argmax(angles)), angles.shape)
+        raise BeatDataError(
+            f"{path}: joint {j} at frame {f} has |axis-angle| {angles[f, j]:.1f} rad > 4*pi ({MAX_AXIS_ANGLE:.2f}); "
+            "poses must be axis-angle in radians (are they in degrees?)"
+        )
     return {"poses": poses.astype(np.float32), "trans": trans.astype(np.float64), "betas": betas.astype(np.float32),
             "expressions": expr.astype(np.float64)}  # fmt: skip
+
+
+def motion_warnings(poses: np.ndarray, trans: np.ndarray) -> list[str]:
+    """Suspicious but not impossible motion (thresholds at the top of this module): messages, empty when fine."""
+    out = []
+    angles = np.linalg.norm(np.asarray(poses, np.float64).reshape(len(poses), 55, 3), axis=-1)
+    if angles.max() > WARN_AXIS_ANGLE:
+        f, j = np.unravel_index(int(np.argmax(angles)), angles.shape)
+        out.append(f"joint {j} at frame {f} has |axis-angle| {angles[f, j]:.2f} rad > 1.5*pi")
+    far = float(np.abs(trans).max())
+    if far > WARN_TRANS_M:
+        out.append(f"root translation reaches {far:.1f} m (> {WARN_TRANS_M:.0f} m; BEAT2 trans is in metres)")
+    if float(np.ptp(poses, axis=0).max()) == 0.0:
+        out.append("the pose never changes (frozen motion)")
+    return out
 
 
 def process_trans(trans: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,9 @@
-"""Per-file feature cache for BEAT2-format folders: built on first use, CPU only, resumable, no pickle.
+"""Per-file feature cache for BEAT2-format folders: built by an explicit step, CPU only, resumable, no pickle.
+
+Steps (explicit, e.g. ``python -m dataloaders.prepare -c CONFIG``): :func:`prepare_corpus` (generates a synthetic
+corpus), :func:`build_cache` (vocabulary + arrays of one split). Getters (:func:`data_root`, :func:`get_vocab`,
+:func:`open_cache`) only read: a missing or stale corpus/cache raises :class:`DataNotPreparedError` naming the
+path and the command that builds it.
 
 Layout under ``data.cache_dir``::
 
@@ -26,7 +31,7 @@ import os
 import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -79,20 +84,51 @@ def cfg_get(cfg: Any, key: str, default: Any = None) -> Any:
     return val
 
 
+PREPARE_COMMAND = "python -m dataloaders.prepare -c CONFIG [key=value ...]"
+PIPELINE_COMMAND = "python run_pipeline.py -c PIPELINE_CONFIG stages=[corpus,cache]"
+
+
+class DataNotPreparedError(beat2.BeatDataError):
+    """A corpus, cache, vocabulary or statistics file that a getter needs is missing or stale.
+
+    Getters never build: the message names the missing path and the command that builds it."""
+
+
+def _how_to_build() -> str:
+    return f"build it with `{PREPARE_COMMAND}` (the data config of your run) or `{PIPELINE_COMMAND}`"
+
+
+class EmptySplitError(beat2.BeatDataError):
+    """A split has no files for the configured speakers."""
+
+
 def data_root(cfg: Any) -> Path:
-    """``data.root`` resolved; a missing synthetic corpus is generated when ``data.synthetic`` is set."""
+    """``data.root`` resolved and checked. Never generates anything: see :func:`prepare_corpus`."""
     root = resolve_path(cfg_get(cfg, "root"))
     if root is None:
         raise beat2.BeatDataError("data.root is not set")
     syn = cfg_get(cfg, "synthetic")
-    if syn and not (root / "train_test_split.csv").is_file():
+    if syn and not (root / cfg_get(cfg, "split_csv")).is_file():
+        raise DataNotPreparedError(
+            f"synthetic corpus not found at data.root={root} (no {cfg_get(cfg, 'split_csv')}): {_how_to_build()}, "
+            f"or `python -m dataloaders.synthetic --out {root}`"
+        )
+    if not root.is_dir():
+        raise beat2.BeatDataError(f"data.root {root} does not exist (set BEAT2_ROOT or data.root)")
+    return root
+
+
+def prepare_corpus(cfg: Any) -> Path:
+    """Explicit step: generate the synthetic corpus at ``data.root`` when ``data.synthetic`` is set and the corpus
+    (its split csv) is missing; then return :func:`data_root`. A given BEAT2 folder is only checked."""
+    root = resolve_path(cfg_get(cfg, "root"))
+    syn = cfg_get(cfg, "synthetic")
+    if root is not None and syn and not (root / cfg_get(cfg, "split_csv")).is_file():
         from dataloaders.synthetic import generate_corpus
 
         print(f"[data] generating the synthetic corpus at {root}")
         generate_corpus(root, **{k: syn[k] for k in ("speakers", "files_per_speaker", "seconds", "seed") if k in syn})
-    if not root.is_dir():
-        raise beat2.BeatDataError(f"data.root {root} does not exist (set BEAT2_ROOT or data.root)")
-    return root
+    return data_root(cfg)
 
 
 def cache_root(cfg: Any) -> Path:
@@ -120,39 +156,66 @@ def _sources(ref: beat2.FileRef, use_text: bool) -> list[Path]:
     return [ref.npz, ref.wav] + ([ref.textgrid] if use_text else [])
 
 
-def get_vocab(cfg: Any, root: Path) -> text_feat.Vocab | None:
-    """The vocabulary: ``data.vocab`` (a folder with vocab.json, or an upstream vocab.pkl converted once), else
-    built from every TextGrid listed in the split csv (all speakers, all splits) and stored under cache_dir/vocab."""
-    if cfg_get(cfg, "word_rep") == "none":
-        return None
+def _vocab_plan(cfg: Any, root: Path) -> tuple[Path, dict[str, Any] | None, list[Path]]:
+    """(folder the vocabulary is read from, the source record it must match or None, TextGrids to build from)."""
     given = cfg_get(cfg, "vocab")
-    croot = cache_root(cfg)
     if given:
         p = resolve_path(given)
         if p.suffix == ".pkl":
-            out = croot / f"vocab_converted_{hashlib.sha256(str(p).encode()).hexdigest()[:8]}"
-            if not (out / "vocab.json").is_file():
-                text_feat.convert_vocab_pkl(p, out)
-            return text_feat.Vocab.load(out)
-        return text_feat.Vocab.load(p)
-    import csv
-
-    with open(root / cfg_get(cfg, "split_csv"), newline="") as f:
-        ids = [r["id"].strip() for r in csv.DictReader(f)]
+            return cache_root(cfg) / f"vocab_converted_{hashlib.sha256(str(p).encode()).hexdigest()[:8]}", None, []
+        return p, None, []
+    ids = list(beat2.read_split_csv(root / cfg_get(cfg, "split_csv")))
     grids = [root / "textgrid" / f"{i}.TextGrid" for i in ids]
     grids = [g for g in grids if g.is_file()]
     ft = cfg_get(cfg, "fasttext_model")
     source = {"textgrids": fingerprint(grids), "fasttext_model": str(ft) if ft else None}
-    out = croot / "vocab"
-    src_json = out / "source.json"
-    if src_json.is_file() and (out / "vocab.json").is_file() and json.loads(src_json.read_text()) == source:
-        return text_feat.Vocab.load(out)
-    vocab = text_feat.build_vocab(grids)
-    sentences = [" ".join(m for _, _, m in text_feat.read_textgrid_words(g) if m.strip()) for g in sorted(grids)]
-    text_feat.attach_embeddings(vocab, sentences, resolve_path(ft) if ft else None)
-    vocab.save(out)
-    save_json(source, src_json)
-    return vocab
+    return cache_root(cfg) / "vocab", source, grids
+
+
+def _vocab_current(folder: Path, source: dict[str, Any] | None) -> bool:
+    if not (folder / "vocab.json").is_file():
+        return False
+    src_json = folder / "source.json"
+    return source is None or (src_json.is_file() and json.loads(src_json.read_text()) == source)
+
+
+def get_vocab(cfg: Any, root: Path) -> text_feat.Vocab | None:
+    """The vocabulary (None with ``word_rep: none``): ``data.vocab`` (a folder with vocab.json; an upstream
+    vocab.pkl once converted), else the one built from the corpus TextGrids under cache_dir/vocab.
+
+    A getter: a missing or stale vocabulary raises :class:`DataNotPreparedError`; :func:`prepare_vocab` builds it."""
+    if cfg_get(cfg, "word_rep") == "none":
+        return None
+    folder, source, _ = _vocab_plan(cfg, root)
+    given = cfg_get(cfg, "vocab")
+    if given and source is None and resolve_path(given).suffix != ".pkl" and not _vocab_current(folder, None):
+        raise beat2.BeatDataError(f"data.vocab={given}: {folder / 'vocab.json'} not found (a vocabulary folder)")
+    if not _vocab_current(folder, source):
+        state = "is out of date with the TextGrids" if (folder / "vocab.json").is_file() else "not found"
+        raise DataNotPreparedError(f"vocabulary {folder / 'vocab.json'} {state}: {_how_to_build()}")
+    return text_feat.Vocab.load(folder)
+
+
+def prepare_vocab(cfg: Any, root: Path) -> text_feat.Vocab | None:
+    """Explicit step: convert ``data.vocab`` (.pkl) once, or build the vocabulary from every TextGrid listed in the
+    split csv (all speakers, all splits) with its embeddings; then return :func:`get_vocab`."""
+    if cfg_get(cfg, "word_rep") == "none":
+        return None
+    folder, source, grids = _vocab_plan(cfg, root)
+    if not _vocab_current(folder, source):
+        given = cfg_get(cfg, "vocab")
+        if given and source is None and resolve_path(given).suffix == ".pkl":
+            text_feat.convert_vocab_pkl(resolve_path(given), folder)
+        elif source is not None:
+            ft = cfg_get(cfg, "fasttext_model")
+            vocab = text_feat.build_vocab(grids)
+            sentences = [
+                " ".join(m for _, _, m in text_feat.read_textgrid_words(g) if m.strip()) for g in sorted(grids)
+            ]
+            text_feat.attach_embeddings(vocab, sentences, resolve_path(ft) if ft else None)
+            vocab.save(folder)
+            save_json(source, folder / "source.json")
+    return get_vocab(cfg, root)
 
 
 def settings(cfg: Any, root: Path, vocab: text_feat.Vocab | None) -> dict[str, Any]:
@@ -201,9 +264,19 @@ def _worker_vocab(vocab_dir: str | None) -> text_feat.Vocab | None:
     return _WORKER_STATE["vocab"]
 
 
-def compute_file(ref: beat2.FileRef, s: dict[str, Any], vocab: text_feat.Vocab | None) -> dict[str, np.ndarray]:
-    """All cached arrays of one file (no disk writes). Raises BeatDataError naming the file on bad input."""
+# Audio plausibility (warnings in the manifest): a peak below -60 dBFS is near-silent; an all-zero file has no onsets
+# at all, so BC has nothing to align to.
+SILENT_PEAK = 1e-3
+
+
+def compute_file(
+    ref: beat2.FileRef, s: dict[str, Any], vocab: text_feat.Vocab | None, notes: list[str] | None = None
+) -> dict[str, np.ndarray]:
+    """All cached arrays of one file (no disk writes). Raises BeatDataError naming the file on bad input;
+    suspicious but usable input (silent audio, no onsets, odd motion) is appended to ``notes``."""
+    notes = [] if notes is None else notes
     m = beat2.load_motion(ref.npz)
+    notes += [f"{ref.npz.name}: {w}" for w in beat2.motion_warnings(m["poses"], m["trans"])]
     audio_s = beat2.audio_duration(ref.wav, s["audio_sr"])
     secs = beat2.whole_seconds(ref, m["poses"].shape[0], m["expressions"].shape[0], audio_s, s["max_length_mismatch_s"])
     n = secs * s["pose_fps"]
@@ -212,11 +285,18 @@ def compute_file(ref: beat2.FileRef, s: dict[str, Any], vocab: text_feat.Vocab |
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the sample-rate warning was already given in the main process
         y = audio_feat.load_audio(ref.wav, s["audio_sr"], s["audio_load"])
+    peak = float(np.abs(y).max()) if y.size else 0.0
+    if peak == 0.0:
+        notes.append(f"{ref.wav.name}: the audio is all zeros (silent)")
+    elif peak < SILENT_PEAK:
+        notes.append(f"{ref.wav.name}: near-silent audio (peak {peak:.1e} < {SILENT_PEAK:g})")
     if s["audio_rep"] == "onset+amplitude":
         # Features on the whole recording, then cut (as upstream): onsets near the cut are unaffected by it.
         feat = audio_feat.onset_amplitude(y, s["audio_sr"], s["onset_mode"])[:n_samples].astype(np.float32)
         if feat.shape[0] < n_samples:
             feat = np.pad(feat, ((0, n_samples - feat.shape[0]), (0, 0)), mode="edge")
+        if not feat[:, 1].any():
+            notes.append(f"{ref.wav.name}: no audio onsets detected (BC has no beats to score against)")
     elif s["audio_rep"] == "mel":
         feat = audio_feat.mel_features(y[:n_samples], s["audio_sr"], s["pose_fps"])[:n]
     else:
@@ -253,7 +333,8 @@ def _build_one(args: tuple) -> tuple[str, str, dict[str, Any] | str]:
     """Worker: compute and write one file's arrays. Never raises: returns ("ok"|"error", id, meta|message)."""
     ref, s, vocab_dir, out_dir = args
     try:
-        arrays = compute_file(ref, s, _worker_vocab(vocab_dir))
+        notes: list[str] = []
+        arrays = compute_file(ref, s, _worker_vocab(vocab_dir), notes)
         for name, arr in arrays.items():
             save_npy(arr, Path(out_dir) / f"{name}.npy")
         meta = {
@@ -261,6 +342,7 @@ def _build_one(args: tuple) -> tuple[str, str, dict[str, Any] | str]:
             "n_frames": int(arrays["pose"].shape[0]),
             "arrays": {k: [list(v.shape), str(v.dtype)] for k, v in arrays.items()},
             "wav": str(ref.wav),
+            "warnings": notes,
         }
         return "ok", ref.id, meta
     except beat2.BeatDataError as e:
@@ -300,6 +382,7 @@ class CacheIndex:
     settings: dict[str, Any]
     built: list[str]  # ids (re)built by this call
     skipped: list[str]
+    warnings: dict[str, list[str]] = field(default_factory=dict)  # id -> plausibility warnings (from the manifest)
 
 
 def _entry_ok(folder: Path, meta: dict[str, Any]) -> bool:
@@ -315,11 +398,7 @@ def _entry_ok(folder: Path, meta: dict[str, Any]) -> bool:
     return bool(meta.get("arrays"))
 
 
-def build_cache(cfg: Any, split: str, ids: list[str] | None = None, progress: bool = True) -> CacheIndex:
-    """Make sure every file of ``split`` (for ``training_speakers``) is cached and current; return the index.
-
-    ``ids`` overrides the split's file list. ``data.max_files`` keeps only the first N ids (sorted)."""
-    root = data_root(cfg)
+def _split_ids(cfg: Any, root: Path, split: str, ids: list[str] | None) -> list[str]:
     speakers = cfg_get(cfg, "training_speakers")
     if ids is None:
         ids = sorted(beat2.read_split(root, split, speakers, cfg_get(cfg, "split_csv")))
@@ -327,8 +406,75 @@ def build_cache(cfg: Any, split: str, ids: list[str] | None = None, progress: bo
     if max_files:
         ids = ids[: int(max_files)]
     if not ids:
-        raise beat2.BeatDataError(f"no '{split}' files for speakers {speakers} in {root / cfg_get(cfg, 'split_csv')}")
+        raise EmptySplitError(f"no '{split}' files for speakers {speakers} in {root / cfg_get(cfg, 'split_csv')}")
+    return ids
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError) as e:
+        raise beat2.BeatDataError(f"unreadable cache manifest {path} ({e}): delete it and rebuild the cache") from e
+
+
+def _file_warnings(files: dict[str, Any], ids: list[str]) -> dict[str, list[str]]:
+    return {i: list(files[i]["warnings"]) for i in ids if i in files and files[i].get("warnings")}
+
+
+def open_cache(cfg: Any, split: str, ids: list[str] | None = None) -> CacheIndex:
+    """The cache index of ``split`` (a getter: reads, never builds).
+
+    Every file of the split must be cached with its current sources (fingerprint) and complete arrays; otherwise
+    :class:`DataNotPreparedError` names the cache folder, the missing/stale ids and the command that builds them
+    (:func:`build_cache`, or ``python -m dataloaders.prepare``). Files skipped as bad under ``on_bad_file: skip``
+    are left out, as :func:`build_cache` left them out."""
+    root = data_root(cfg)
+    ids = _split_ids(cfg, root, split, ids)
     vocab = get_vocab(cfg, root)
+    s = settings(cfg, root, vocab)
+    key = cache_key(s)
+    folder = cache_root(cfg) / key
+    manifest_path = folder / "manifest.json"
+    manifest = _read_manifest(manifest_path)
+    if manifest.get("key") != key:
+        raise DataNotPreparedError(f"no cache for split '{split}' at {manifest_path}: {_how_to_build()}")
+    files = manifest.get("files", {})
+    bad = manifest.get("skipped", {})
+    skip_bad = cfg_get(cfg, "on_bad_file") == "skip"
+    use_text = s["word_rep"] == "textgrid"
+    mode = cfg_get(cfg, "fingerprint")
+    entries, skipped, missing, stale = [], [], [], []
+    for i in ids:
+        r = beat2.file_ref(root, i)
+        meta = files.get(i)
+        if meta is None:
+            (skipped if (skip_bad and i in bad) else missing).append(i)
+        elif meta.get("fingerprint") != fingerprint(_sources(r, use_text), mode) or not _entry_ok(
+            folder / "files" / i, meta
+        ):
+            stale.append(i)
+        else:
+            entries.append(CacheEntry(i, int(meta["speaker"]), int(meta["n_frames"]), folder / "files" / i, r.wav))
+    if missing or stale:
+        parts = [f"not cached: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"] if missing else []
+        parts += [f"sources changed: {', '.join(stale[:5])}{' ...' if len(stale) > 5 else ''}"] if stale else []
+        why = [f"{i} was skipped as bad: {bad[i]}" for i in missing if i in bad][:3]
+        raise DataNotPreparedError(
+            f"cache {folder} is incomplete for split '{split}' ({len(missing) + len(stale)} of {len(ids)} files; "
+            f"{'; '.join(parts + why)}): {_how_to_build()}"
+        )
+    return CacheIndex(folder, split, entries, s, [], skipped, _file_warnings(files, [e.id for e in entries]))
+
+
+def build_cache(cfg: Any, split: str, ids: list[str] | None = None, progress: bool = True) -> CacheIndex:
+    """Explicit step: make sure every file of ``split`` (for ``training_speakers``) is cached and current (building
+    the vocabulary first); return the index. The corpus must exist (:func:`prepare_corpus`).
+
+    ``ids`` overrides the split's file list. ``data.max_files`` keeps only the first N ids (sorted). Plausibility
+    warnings (silent audio, no onsets, odd motion) are stored per file in the manifest and shown once."""
+    root = data_root(cfg)
+    ids = _split_ids(cfg, root, split, ids)
+    vocab = prepare_vocab(cfg, root)
     s = settings(cfg, root, vocab)
     key = cache_key(s)
     folder = cache_root(cfg) / key
@@ -337,7 +483,7 @@ def build_cache(cfg: Any, split: str, ids: list[str] | None = None, progress: bo
     skip_bad = cfg_get(cfg, "on_bad_file") == "skip"
     refs = [beat2.file_ref(root, i) for i in ids]
     refs, skipped_msgs = beat2.validate_files(refs, need_text, skip_bad)
-    skipped = [m.split(":", 1)[0] for m in skipped_msgs]
+    bad_now = {m.split(":", 1)[0]: m for m in skipped_msgs}
     # Cheap up-front audio checks in this process (warnings for resampling; clear errors for stereo etc.).
     for r in list(refs):
         try:
@@ -347,11 +493,11 @@ def build_cache(cfg: Any, split: str, ids: list[str] | None = None, progress: bo
                 raise beat2.BeatDataError(str(e)) from e
             warnings.warn(f"skipping {r.id}: {e}", stacklevel=2)
             refs.remove(r)
-            skipped.append(r.id)
+            bad_now[r.id] = f"{r.id}: {e}"
     mode = cfg_get(cfg, "fingerprint")
     with _locked(folder / ".lock"):
         manifest_path = folder / "manifest.json"
-        manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+        manifest = _read_manifest(manifest_path)
         if manifest.get("key") != key:
             manifest = {"key": key, "settings": s, "files": {}}
         files = manifest["files"]
@@ -394,17 +540,31 @@ def build_cache(cfg: Any, split: str, ids: list[str] | None = None, progress: bo
                 raise beat2.BeatDataError(f"{len(errors)} file(s) failed while caching: {messages}")
             if errors:
                 warnings.warn(f"skipped {len(errors)} bad file(s): {messages}", stacklevel=2)
-                skipped += [fid for fid, _ in errors]
+                bad_now.update(dict(errors))
             manifest["in_progress"] = []
-            save_json(manifest, manifest_path)
             if progress:
                 print(f"[data] cached {len(built)} file(s) in {time.time() - t0:.1f} s -> {folder}")
+        # Which ids were left out as bad, and why: open_cache leaves the same ones out (never silently).
+        recorded = {i: m for i, m in manifest.get("skipped", {}).items() if i not in files or i in bad_now}
+        recorded.update(bad_now)
+        for i in bad_now:
+            files.pop(i, None)
+        if todo or recorded != manifest.get("skipped", {}):
+            manifest["skipped"] = recorded
+            save_json(manifest, manifest_path)
+    noted = _file_warnings(files, built)
+    if noted:
+        warnings.warn(
+            f"{len(noted)} file(s) look implausible (listed in {folder / 'manifest.json'}): "
+            + " | ".join(f"{i}: {'; '.join(w)}" for i, w in noted.items()),
+            stacklevel=2,
+        )
     entries = [
         CacheEntry(r.id, int(files[r.id]["speaker"]), int(files[r.id]["n_frames"]), folder / "files" / r.id, r.wav)
         for r in refs
-        if r.id in files and r.id not in skipped
+        if r.id in files and r.id not in bad_now
     ]
-    return CacheIndex(folder, split, entries, s, built, skipped)
+    return CacheIndex(folder, split, entries, s, built, sorted(bad_now), _file_warnings(files, [e.id for e in entries]))
 
 
 def _warm_up() -> None:

@@ -1,4 +1,5 @@
-"""PyTorch datasets over the per-file cache (built on first use).
+"""PyTorch datasets over the per-file cache. They only read: build the cache and statistics first
+(``python -m dataloaders.prepare -c CONFIG``, or :func:`dataloaders.prepare.prepare_data`).
 
 * :class:`GeneratorWindowDataset`: windows of ``gen_window.length`` (128) frames at stride ``gen_window.stride``
   (20); window i of a file starts at frame i*stride, its audio at sample floor(i*stride*sr/fps) with length
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from dataloaders.cache import CacheEntry, build_cache, cfg_get
+from dataloaders.cache import CacheEntry, cfg_get, open_cache
 from dataloaders.stats import Stats, frame_vector, load_stats
 
 
@@ -55,7 +56,7 @@ class _Windows(Dataset):
     def __init__(self, data_cfg: Any, split: str, window_key: str, default: tuple[int, int]) -> None:
         self.cfg = data_cfg
         self.split = split
-        self.index = build_cache(data_cfg, split)
+        self.index = open_cache(data_cfg, split)
         self.length, self.stride = _window_cfg(data_cfg, window_key, default)
         self.fps = int(cfg_get(data_cfg, "pose_fps"))
         self.sr = int(cfg_get(data_cfg, "audio_sr"))
@@ -111,7 +112,7 @@ class WholeFileDataset(Dataset):
     def __init__(self, data_cfg: Any, split: str = "test") -> None:
         self.cfg = data_cfg
         self.split = split
-        self.index = build_cache(data_cfg, split)
+        self.index = open_cache(data_cfg, split)
         self.frame_audio = self.index.settings["audio_rep"] != "onset+amplitude"
 
     @property

@@ -1,8 +1,9 @@
 """Normalisation statistics and the 433-D frame vector.
 
-``load_stats(data_cfg)``: with ``data.stats_dir`` the official speaker-2 files are read
+``load_stats(data_cfg)`` (a getter): with ``data.stats_dir`` the official speaker-2 files are read
 (``beatx_2_330_{mean,std}.npy``, ``beatx_2_trans_{mean,std}.npy``, ``mean_vel_smplxflame_30.npy``); otherwise the
-statistics are computed from the cached training split and stored (atomically, .npy) under the cache folder:
+statistics that ``compute_and_save_stats(data_cfg)`` (an explicit step) computed from the cached training split and
+stored (atomically, .npy) under the cache folder:
 * rot6d (330): mean/std over all training frames of the 55-joint rot6d (first two rows of each rotation matrix);
 * trans_v (3): mean/std of trans_v (x,z deltas, absolute y);
 * mean_vel (55): mean joint speed in m/s (central differences x 30) of FK joint positions *with* world
@@ -11,6 +12,7 @@ statistics are computed from the cached training split and stored (atomically, .
 Tiny std: upstream divides by the std with no epsilon (its smallest used std is ~1.4e-3; jaw and eyes, down to
 1.5e-5, are never normalised by any part). ``min_std`` (default 1e-8) only replaces a std below it by 1, so the
 official statistics behave exactly as upstream and a constant dimension of a synthetic corpus cannot divide by 0.
+The arithmetic lives in :mod:`geometry.normalisation`, shared with ``models/motion_codec.py``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from geometry.normalisation import DEFAULT_MIN_STD, denormalise, normalise, safe_std
 from geometry.rotations import np_poses_to_rot6d, poses_to_rot6d, rot6d_to_poses
 from geometry.skeleton import EXPR_SLICE, FRAME_DIM, ROT6D_SLICE, TRANS_V_SLICE
 from utils.io import save_npy
@@ -45,10 +48,10 @@ class Stats:
     trans_v_std: np.ndarray
     mean_vel: np.ndarray  # (55,)
     source: str = ""
-    min_std: float = 1e-8
+    min_std: float = DEFAULT_MIN_STD
 
     def safe(self, std: np.ndarray) -> np.ndarray:
-        return np.where(np.asarray(std) < self.min_std, 1.0, std)
+        return safe_std(std, self.min_std)
 
     def save(self, folder: str | Path) -> Path:
         for k, name in OFFICIAL_FILES.items():
@@ -122,43 +125,62 @@ def compute_stats(entries: list[Any]) -> Stats:
     )
 
 
-def load_stats(data_cfg: Any, recompute: bool = False) -> Stats:
-    """Official files from ``data.stats_dir`` when set, else computed from the training split (and cached)."""
-    from dataloaders.cache import build_cache, cfg_get
+def stats_folder(index: Any) -> Path:
+    """Where statistics computed from a training-split cache index live (``<cache>/stats/train_<n files>``)."""
+    return Path(index.folder) / "stats" / f"train_{len(index.entries)}"
+
+
+def load_stats(data_cfg: Any) -> Stats:
+    """Official files from ``data.stats_dir`` when set, else the statistics computed from the cached training split.
+
+    A getter: statistics that were never computed raise ``DataNotPreparedError`` naming the folder and the command;
+    :func:`compute_and_save_stats` (or ``python -m dataloaders.prepare``) computes them."""
+    from dataloaders.cache import DataNotPreparedError, _how_to_build, cfg_get, open_cache
 
     stats_dir = cfg_get(data_cfg, "stats_dir")
     if stats_dir:
         return load_stats_dir(resolve_path(stats_dir))
-    index = build_cache(data_cfg, "train")
-    folder = index.folder / "stats" / f"train_{len(index.entries)}"
+    folder = stats_folder(open_cache(data_cfg, "train"))
+    if not all((folder / f).is_file() for f in OFFICIAL_FILES.values()):
+        raise DataNotPreparedError(f"normalisation statistics not found in {folder}: {_how_to_build()}")
+    st = load_stats_dir(folder)
+    st.source = f"computed ({folder})"
+    return st
+
+
+def compute_and_save_stats(data_cfg: Any, recompute: bool = False) -> Stats:
+    """Explicit step: compute the statistics from the cached training split (which must be built) and store them
+    atomically; kept when present unless ``recompute``. With ``data.stats_dir`` the official files are only read."""
+    from dataloaders.cache import cfg_get, open_cache
+
+    if cfg_get(data_cfg, "stats_dir"):
+        return load_stats(data_cfg)
+    index = open_cache(data_cfg, "train")
+    folder = stats_folder(index)
     if not recompute and all((folder / f).is_file() for f in OFFICIAL_FILES.values()):
-        st = load_stats_dir(folder)
-        st.source = f"computed ({folder})"
-        return st
+        return load_stats(data_cfg)
+    print(f"[data] computing normalisation statistics from {len(index.entries)} training files -> {folder}")
     st = compute_stats(index.entries)
     st.save(folder)
     return st
 
 
 # ----------------------------------------------------------------------------------------------------------------
-def _t(x: Any, like: Any) -> Any:
-    return torch.as_tensor(x, dtype=like.dtype, device=like.device) if isinstance(like, torch.Tensor) else x
-
-
+# Thin wrappers over geometry.normalisation (the one implementation models/motion_codec.py uses too).
 def normalise_rot6d(r6: Any, stats: Stats) -> Any:
-    return (r6 - _t(stats.rot6d_mean, r6)) / _t(stats.safe(stats.rot6d_std), r6)
+    return normalise(r6, stats.rot6d_mean, stats.safe(stats.rot6d_std))
 
 
 def denormalise_rot6d(r6n: Any, stats: Stats) -> Any:
-    return r6n * _t(stats.safe(stats.rot6d_std), r6n) + _t(stats.rot6d_mean, r6n)
+    return denormalise(r6n, stats.rot6d_mean, stats.safe(stats.rot6d_std))
 
 
 def normalise_trans_v(tv: Any, stats: Stats) -> Any:
-    return (tv - _t(stats.trans_v_mean, tv)) / _t(stats.safe(stats.trans_v_std), tv)
+    return normalise(tv, stats.trans_v_mean, stats.safe(stats.trans_v_std))
 
 
 def denormalise_trans_v(tvn: Any, stats: Stats) -> Any:
-    return tvn * _t(stats.safe(stats.trans_v_std), tvn) + _t(stats.trans_v_mean, tvn)
+    return denormalise(tvn, stats.trans_v_mean, stats.safe(stats.trans_v_std))
 
 
 def frame_vector(pose: Any, trans_v: Any, expressions: Any, stats: Stats) -> Any:

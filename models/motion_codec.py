@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from geometry.normalisation import DEFAULT_MIN_STD, denormalise, normalise, safe_std
 from geometry.rotations import poses_to_rot6d, rot6d_to_poses
 from geometry.skeleton import (
     GENERATOR_PARTS,
@@ -117,11 +118,11 @@ class MotionCodec(nn.Module):
             if not os.path.isfile(paths[p]):
                 raise FileNotFoundError(f"RVQ-VAE checkpoint for {p!r} not found: {paths[p]}")
             vqs[p] = load_rvqvae(paths[p], part=p, map_location=map_location)
-        # Stats.safe: std below stats.min_std (constant dims, e.g. in a synthetic corpus) -> 1, never a division by 0;
+        # safe_std: std below stats.min_std (constant dims, e.g. in a synthetic corpus) -> 1, never a division by 0;
         # the official speaker-2 files have no such dims (smallest used std ~1.4e-3), so they pass unchanged.
-        safe = getattr(stats, "safe", lambda s: s)
-        return cls(vqs, stats.rot6d_mean, safe(stats.rot6d_std), stats.trans_v_mean, safe(stats.trans_v_std),
-                   latent_scale)
+        min_std = float(getattr(stats, "min_std", DEFAULT_MIN_STD))
+        return cls(vqs, stats.rot6d_mean, safe_std(stats.rot6d_std, min_std), stats.trans_v_mean,
+                   safe_std(stats.trans_v_std, min_std), latent_scale)
 
     def train(self, mode: bool = True) -> MotionCodec:
         # Always eval: the RVQ-VAEs are frozen (no quantiser dropout / EMA updates), whatever the caller's mode.
@@ -135,9 +136,9 @@ class MotionCodec(nn.Module):
         if trans_v.shape[:-1] != poses.shape[:-1] or trans_v.shape[-1] != 3:
             raise ValueError(f"trans_v must be (B,T,3) matching poses {tuple(poses.shape)}, got {tuple(trans_v.shape)}")
         r6 = poses_to_rot6d(poses.float())
-        r6n = (r6 - self.rot6d_mean) / self.rot6d_std
+        r6n = normalise(r6, self.rot6d_mean, self.rot6d_std)
         out = {p: r6n[..., self._r6[p].to(r6n.device)] for p in GENERATOR_PARTS}
-        tv = (trans_v.float() - self.trans_v_mean) / self.trans_v_std
+        tv = normalise(trans_v.float(), self.trans_v_mean, self.trans_v_std)
         out["lower_trans"] = torch.cat([out["lower_trans"], tv], dim=-1)
         return out
 
@@ -173,9 +174,9 @@ class MotionCodec(nn.Module):
             start += cd
             idx = self._r6[p].to(rec.device)
             n = idx.numel()
-            out[p] = rec[..., :n] * self.rot6d_std[idx] + self.rot6d_mean[idx]
+            out[p] = denormalise(rec[..., :n], self.rot6d_mean[idx], self.rot6d_std[idx])
             if p == "lower_trans":
-                out["trans_v"] = rec[..., n:] * self.trans_v_std + self.trans_v_mean
+                out["trans_v"] = denormalise(rec[..., n:], self.trans_v_mean, self.trans_v_std)
         return out
 
     @torch.no_grad()

@@ -84,7 +84,7 @@ def corpus(cfg: DictConfig) -> dict[str, Any]:
 def cache(cfg: DictConfig) -> dict[str, Any]:
     """Per-file cache of every split and the normalisation statistics (incl. BC's mean velocity)."""
     from dataloaders.cache import build_cache, cfg_get
-    from dataloaders.stats import OFFICIAL_FILES, load_stats
+    from dataloaders.stats import OFFICIAL_FILES, compute_and_save_stats
 
     counts = {}
     folder = None
@@ -93,7 +93,7 @@ def cache(cfg: DictConfig) -> dict[str, Any]:
         counts[split] = len(idx.entries)
         folder = idx.folder
         print(f"[cache] {split}: {len(idx.entries)} files")
-    stats = load_stats(cfg.data)
+    stats = compute_and_save_stats(cfg.data)  # the explicit step; later stages only read them
     stats_dir = cfg_get(cfg.data, "stats_dir")
     sdir = resolve_path(stats_dir) if stats_dir else folder / "stats" / f"train_{counts['train']}"
     print(f"[cache] statistics: {stats.source or sdir}")

@@ -13,6 +13,7 @@ import torch
 from omegaconf import OmegaConf
 
 from dataloaders import beat2, cache, datasets, stats
+from dataloaders.prepare import prepare_data
 from dataloaders.synthetic import generate_corpus
 from tests.conftest import BEAT2_SAMPLE, REPO_ROOT, need
 from utils.config import load_config
@@ -54,6 +55,7 @@ def test_window_count_rule():
 
 def test_datasets_shapes_and_windows(corpus, tmp_path):
     cfg = make_cfg(corpus, tmp_path / "cache")
+    prepare_data(cfg.data, progress=False)
     gen = datasets.GeneratorWindowDataset(cfg, "train")
     n_train = sum(1 for line in open(corpus / "train_test_split.csv") if line.strip().endswith("train"))
     assert len(gen.entries) == n_train and all(e.n_frames == 360 for e in gen.entries)
@@ -233,12 +235,63 @@ def test_real_sample_read_and_cached(tmp_path):
     assert x.shape == (64, 433) and np.isfinite(x).all() and np.abs(x[:, 330:333]).max() < 50
 
 
-def test_synthetic_config_generates_corpus_on_first_use(tmp_path):
+def test_getters_never_build_and_name_the_command(tmp_path):
+    """data_root/open_cache/load_stats/datasets only read; the explicit step (prepare_data) builds everything."""
     cfg = load_config(REPO_ROOT / "configs/data/synthetic.yaml",
                       [f"data.root={tmp_path / 'auto'}", f"data.cache_dir={tmp_path / 'cache'}",
                        "data.synthetic.files_per_speaker=3", "data.synthetic.seconds=6"])  # fmt: skip
     assert cfg.data.onset_mode == "corrected" and list(cfg.data.training_speakers) == [1, 2]
+    with pytest.raises(cache.DataNotPreparedError, match="dataloaders.prepare") as err:
+        datasets.WholeFileDataset(cfg, "test")
+    assert str(tmp_path / "auto") in str(err.value)
+    assert not (tmp_path / "auto").exists() and not (tmp_path / "cache").exists()  # nothing was generated
+    # corpus present, cache missing: the getter names the cache's manifest path
+    cache.prepare_corpus(cfg.data)
+    assert (tmp_path / "auto" / "train_test_split.csv").is_file()
+    with pytest.raises(cache.DataNotPreparedError, match="vocab.json"):
+        cache.open_cache(cfg.data, "test")
+    cache.build_cache(cfg.data, "train", progress=False)
+    with pytest.raises(cache.DataNotPreparedError, match=r"manifest\.json|incomplete") as err:
+        cache.open_cache(cfg.data, "test")
+    assert "dataloaders.prepare" in str(err.value)
+    with pytest.raises(cache.DataNotPreparedError, match="statistics not found"):
+        stats.load_stats(cfg.data)
+    out = prepare_data(cfg.data, progress=False)
+    assert out["files"] == {"train": 2, "val": 2, "test": 2}
     ds = datasets.WholeFileDataset(cfg, "test")
-    assert len(ds) == 2 and (tmp_path / "auto" / "train_test_split.csv").is_file()
+    assert len(ds) == 2 and ds.entries[0].load("pose").shape[1] == 165
+    st = stats.load_stats(cfg.data)
+    np.testing.assert_array_equal(st.rot6d_mean, out["stats"].rot6d_mean)
+    # a changed source makes the cache stale for the getter (which says so) until the step reruns
+    wav = tmp_path / "auto" / "wave16k" / f"{ds.entries[0].id}.wav"
+    os.utime(wav, ns=(wav.stat().st_atime_ns, wav.stat().st_mtime_ns + 10**9))
+    with pytest.raises(cache.DataNotPreparedError, match=f"sources changed: {ds.entries[0].id}"):
+        cache.open_cache(cfg.data, "test")
+    assert prepare_data(cfg.data, ["test"], progress=False)["files"]["test"] == 2
+    assert len(cache.open_cache(cfg.data, "test").entries) == 2
+
+
+def test_prepare_command_line(tmp_path):
+    """``python -m dataloaders.prepare -c CONFIG`` builds corpus, caches and statistics in a fresh process."""
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [sys.executable, "-m", "dataloaders.prepare", "-c", str(REPO_ROOT / "configs/data/synthetic.yaml"),
+         "--splits", "train", f"data.root={tmp_path / 'c'}", f"data.cache_dir={tmp_path / 'k'}",
+         "data.synthetic.files_per_speaker=3", "data.synthetic.seconds=6", "data.training_speakers=[1]"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "[data] ready" in r.stdout
+    cfg = load_config(REPO_ROOT / "configs/data/synthetic.yaml",
+                      [f"data.root={tmp_path / 'c'}", f"data.cache_dir={tmp_path / 'k'}", "data.training_speakers=[1]"])
+    assert len(cache.open_cache(cfg.data, "train").entries) == 1
+    assert stats.load_stats(cfg.data).mean_vel.shape == (55,)
+    with pytest.raises(cache.DataNotPreparedError):  # only the requested split was built
+        cache.open_cache(cfg.data, "test")
+
+
+def test_synthetic_and_real_data_configs():
     real = load_config(REPO_ROOT / "configs/data/beat2_speaker2.yaml")
     assert real.data.onset_mode == "reference" and list(real.data.training_speakers) == [2]

@@ -120,7 +120,6 @@ def test_short_training_reduces_loss_and_checkpoint_reloads(tmp_path):
 
 @pytest.mark.slow
 def test_tiny_config_on_synthetic_corpus(tmp_path):
-    pytest.importorskip("dataloaders.synthetic")
     summary = main(["-c", str(REPO_ROOT / "configs/fgd_ae_tiny.yaml"), f"output_dir={tmp_path}",
                     f"data.root={tmp_path / 'corpus'}"])  # fmt: skip
     assert summary["history"][-1]["train_loss"] < 0.3 * summary["first_loss"]

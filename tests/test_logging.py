@@ -112,15 +112,20 @@ def test_progress_disabled_off_rank0_and_off_tty():
 
 
 def test_wandb_offline_needs_no_account(tmp_path, monkeypatch):
-    pytest.importorskip("wandb")
+    wandb = pytest.importorskip("wandb")  # third-party, optional logging backend
     from utils.logging import WandbLogger
 
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    # Only wandb's documented "no wandb-core binary for this platform" error is environmental; any other failure
+    # (our arguments, a wandb API change) fails the test.
+    not_available = getattr(wandb.errors, "WandbCoreNotAvailableError", None)
     try:
         lg = WandbLogger(tmp_path, project="test", mode="offline", config={"seed": 1})
-    except Exception as e:  # an environment where wandb cannot start at all (sandboxed service process)
-        pytest.skip(f"wandb offline could not start here: {e}")
+    except Exception as e:
+        if not_available is not None and isinstance(e, not_available):
+            pytest.skip(f"wandb-core is not available on this platform: {e}")
+        raise
     lg.log_scalars({"loss": 1.0}, 1)
     lg.log_scalars({"loss": 0.5}, 2)
     lg.close()

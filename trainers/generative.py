@@ -46,6 +46,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from dataloaders.datasets import GeneratorWindowDataset, WholeFileDataset
+from dataloaders.prepare import prepare_data
 from dataloaders.stats import load_stats
 from evaluation.evaluator import Evaluator
 from evaluation.fgd_autoencoder import load_fgd_autoencoder
@@ -95,6 +96,9 @@ class GenerativeTrainer(BaseTrainer):
 
     # -- hooks ---------------------------------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
+        # Training owns the data step (corpus, caches of every split, statistics; reused when current), so
+        # train.py and test.py after it need no separate command. build_model runs first, so it goes here.
+        prepare_data(self.cfg.data)
         self.stats = load_stats(self.cfg.data)
         self.codec = build_codec(self.cfg, self.stats, self.device)  # frozen, outside self.model
         self.pre_frames = int(self.cfg.get("pre_frames", 4))

@@ -108,7 +108,9 @@ def build_window_dataset(cfg: DictConfig, split: str) -> Dataset:
     if cfg.get("data") is None:
         raise ConfigError("config has neither 'data' (configs/data/*.yaml) nor 'dataset'")
     from dataloaders.datasets import RVQWindowDataset
+    from dataloaders.prepare import prepare_data
 
+    prepare_data(cfg.data)  # training owns the data step (corpus, caches, statistics; reused when current)
     return RVQWindowDataset(cfg.data, split)
 
 
