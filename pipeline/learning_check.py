@@ -65,7 +65,7 @@ def donor_indices(speakers: list[Any]) -> list[int]:
 
 def paired_file_fgd(fgd_moments: tuple[Any, ...]) -> float:
     """Fréchet distance between one file's generated and GT FGD tokens from the Evaluator's per-file sufficient
-    statistics ``(count, sum, outer)`` of prediction then GT."""
+    statistics ``(count, sum, outer)`` of prediction then GT (``SequenceResult.fgd_moments``)."""
     from evaluation.metrics import frechet_from_moments
 
     mom = []
@@ -144,9 +144,9 @@ def run_learning_check(
             file_fgd: list[float] = []
             results = generate_items(model, codec, src, opts, device, seed=1000 * s, copy_gt_jaw=copy_gt_jaw,
                                      evaluators=[ev, *extra.values()], references=items, keep=False)  # fmt: skip
-            for rec in ev.records:
-                if rec.fgd is not None:
-                    file_fgd.append(paired_file_fgd(rec.fgd))
+            for seq in ev.sequences:
+                if seq.fgd_moments is not None:
+                    file_fgd.append(paired_file_fgd(seq.fgd_moments))
             if cond == "model":
                 gen_s += sum(r["seconds"] for r in results)
                 motion_frames += sum(r["n_frames"] for r in results)
