@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     folder.add_argument("--gt-dir", help="ground truth: gt_<id>.npz (or <id>.npz); may equal --pred-dir")
     folder.add_argument("--audio-dir", help="<id>.wav per sequence (BC); without it BC is not computed")
     folder.add_argument("--skip-missing-audio", action="store_true", default=None,
-                        help="exclude ids without audio from BC")  # fmt: skip
+                        help="exclude ids without audio, or with audio > 1 s shorter than the motion, from BC "
+                             "(listed in metrics.json)")  # fmt: skip
     both = p.add_argument_group("both modes (in model mode each sets the config's test.<key>)")
     both.add_argument("--protocol", choices=PROTOCOL_NAMES,
                       help=f"evaluation protocol (default {DEFAULT_PROTOCOL}; model mode: test.protocol)")
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.pred_dir or not args.gt_dir:
         print("test.py: folder mode needs --pred-dir and --gt-dir (see --help)", file=sys.stderr)
         return 2
-    from evaluation.evaluator import EvaluationError, evaluate_folder, format_table
+    from evaluation.evaluator import EvaluationError, MetricsWriteError, evaluate_folder, format_table
     from evaluation.protocols import DEFAULT_PROTOCOL
     from utils.device import get_device
 
@@ -83,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed or 0, device=str(get_device(args.device or "cpu")),
             skip_missing_audio=bool(args.skip_missing_audio), face=not args.no_face,
         )  # fmt: skip
+    except MetricsWriteError as e:  # the evaluation finished: show the numbers even though they were not saved
+        print(format_table(e.report))
+        print(f"test.py: error: {e}", file=sys.stderr)
+        return 1
     except (EvaluationError, FileNotFoundError) as e:
         print(f"test.py: error: {e}", file=sys.stderr)
         return 1

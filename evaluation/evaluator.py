@@ -9,6 +9,14 @@ Per sequence (whole files, batch 1, 30 fps), following ../shared/spec/protocol.m
   Both are also reported for GT (``bc_gt``, ``l1div_gt``) as the reference table does.
 - Face MSE / LVD (only with an SMPL-X model file): vertices with only jaw + expressions, GT betas.
 95% CIs: percentile bootstrap over sequences (seeded); FGD is re-pooled exactly from per-sequence sums.
+
+Motion dtype: FK runs in float32 when the protocol's ``BCOptions.float32_motion`` is set (emage2024: the reference
+runs SMPL-X in float32), else in float64; BC and L1div both use these joints (L1div sums in float64).
+
+Nothing is dropped silently: a sequence left out of a metric is listed in ``SequenceResult.excluded`` (folder mode:
+metrics.json ``excluded`` and the console); audio shorter than the motion by more than
+``AUDIO_SHORTFALL_TOLERANCE_S`` is an error, or an exclusion from BC when asked (``short_audio="exclude"``,
+test.py ``--skip-missing-audio``); a multi-channel wav is averaged to mono with a note.
 """
 
 from __future__ import annotations
@@ -17,7 +25,10 @@ import contextlib
 import math
 import os
 import platform
-from dataclasses import dataclass, field
+import tempfile
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,19 +37,25 @@ import torch
 
 from evaluation.metrics import (
     BeatConsistency,
+    L1Diversity,
     face_mse,
     frechet_from_moments,
+    load_bc_audio,
+    load_mean_vel,
     lvd_emage2024,
     lvd_evaltools,
 )
-from evaluation.protocols import DEFAULT_PROTOCOL, check_protocol
+from evaluation.protocols import DEFAULT_PROTOCOL, bc_options, check_protocol
 from geometry.body_model import JointsFK, SMPLXVertices, get_fk
 from geometry.rotations import poses_to_rot6d, reortho_6d
-from utils.io import save_json, sha256_file
+from utils.io import load_torch, save_json, sha256_file
 
 __all__ = [
     "Evaluator",
     "EvaluationError",
+    "MetricsWriteError",
+    "SequenceResult",
+    "AUDIO_SHORTFALL_TOLERANCE_S",
     "evaluate_folder",
     "discover_pairs",
     "load_motion_npz",
@@ -51,21 +68,61 @@ METRIC_SCALES = {"fgd": 10.0, "bc": 10.0, "bc_gt": 10.0, "l1div": 1.0, "l1div_gt
                  "face_mse": 1e8, "lvd_emage2024": 1e5, "lvd_evaltools": 1e5}  # fmt: skip
 
 
+# Audio may end this much before the motion (BEAT2 wavs and motion differ by a fraction of a second); beyond it BC
+# would score only the part of the motion the audio covers, so the sequence is an error or excluded from BC.
+AUDIO_SHORTFALL_TOLERANCE_S = 1.0
+SHORT_AUDIO_POLICIES = ("error", "exclude")
+
+
 class EvaluationError(ValueError):
     """Bad evaluation input (mismatched ids or lengths, NaN, missing audio, ...); the message names the file."""
 
 
-@dataclass
-class _Record:
+class MetricsWriteError(EvaluationError):
+    """The evaluation finished but metrics.json could not be written; ``report`` holds the results."""
+
+    def __init__(self, message: str, report: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+@dataclass(frozen=True)
+class SequenceResult:
+    """One evaluated sequence (``Evaluator.sequences``).
+
+    ``l1_sum``/``l1_sum_gt``: sum over frames and the 165 joint coordinates of |x - mean_t(x)| (prediction / GT);
+    ``l1div = l1_sum / frames``. ``fgd_moments``: the FGD tokens' sufficient statistics ``(count, sum, outer)`` of
+    the prediction then the GT (None when not computed). ``excluded``: ``(metric, reason)`` for each metric this
+    sequence was left out of; ``notes``: every message about it (exclusion reasons included)."""
+
     id: str
-    n: int
+    frames: int
+    l1_sum: float
+    l1_sum_gt: float
     bc: float | None = None
     bc_gt: float | None = None
-    l1_sum: float = 0.0
-    l1_gt_sum: float = 0.0
-    fgd: tuple[np.ndarray, ...] | None = None  # (count, sum, outer) pred then gt
-    face: dict[str, float] | None = None
-    notes: list[str] = field(default_factory=list)
+    fgd_moments: tuple[Any, ...] | None = None
+    face: Mapping[str, float] | None = None
+    notes: tuple[str, ...] = ()
+    excluded: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def l1div(self) -> float:
+        return self.l1_sum / self.frames
+
+    @property
+    def l1div_gt(self) -> float:
+        return self.l1_sum_gt / self.frames
+
+    def as_dict(self) -> dict[str, Any]:
+        """The per-sequence metrics as ``Evaluator.add`` returns them."""
+        out: dict[str, Any] = {"id": self.id, "frames": self.frames, "bc": self.bc, "bc_gt": self.bc_gt,
+                               "l1div": self.l1div, "l1div_gt": self.l1div_gt}  # fmt: skip
+        if self.face:
+            out.update(self.face)
+        if self.notes:
+            out["notes"] = list(self.notes)
+        return out
 
 
 @contextlib.contextmanager
@@ -91,6 +148,20 @@ def _blas_threads(n: int):
     return threadpool_limits(limits=n, user_api="blas")
 
 
+# metric keys of SequenceResult.excluded -> how the notes name them
+_METRIC_LABELS = {"bc": "BC", "fgd": "FGD", "face": "face metrics"}
+
+
+def _wav_channels(path: str | os.PathLike) -> int | None:
+    """Channel count of an audio file (None when soundfile cannot read its header; librosa then reports)."""
+    import soundfile
+
+    try:
+        return int(soundfile.info(str(path)).channels)
+    except (RuntimeError, OSError):  # soundfile.LibsndfileError is a RuntimeError
+        return None
+
+
 def _as_poses(x: Any, name: str) -> np.ndarray:
     a = np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float32)
     if a.ndim != 2 or a.shape[1] != 165:
@@ -101,13 +172,17 @@ def _as_poses(x: Any, name: str) -> np.ndarray:
 
 
 class Evaluator:
-    """Accumulates per-sequence metric state; ``compute()`` pools it.
+    """Accumulates per-sequence metric state; ``compute()`` pools it; ``sequences`` lists the per-sequence results.
 
     ``fgd_model``: an object with ``map2latent(x (B,T,330)) -> (B,T/16,240)`` (``evaluation.fgd_autoencoder``), or None
     (FGD not computed). ``mean_vel``: (55,) array or .npy path for BC, or None (BC not computed). ``fk``: a
     ``JointsFK`` (its skeleton source is used with each sequence's betas); default ``get_fk()``.
     ``face_model``: an ``SMPLXVertices`` to compute face MSE/LVD, or None. ``num_threads``: torch threads used
     inside ``add`` (default 1: the per-sequence ops are small; None leaves torch's setting alone).
+    ``short_audio``: what to do when a sequence's audio ends more than ``audio_tolerance_s`` seconds before its
+    motion: ``"error"`` (EvaluationError naming the sequence and file) or ``"exclude"`` (left out of BC, listed).
+    ``bc_kwargs``: BeatConsistency settings and protocol option overrides (e.g. ``threshold=0.3``,
+    ``float32_motion=False``).
     """
 
     def __init__(
@@ -119,20 +194,46 @@ class Evaluator:
         fgd_trim: int = 32,
         face_model: SMPLXVertices | None = None,
         num_threads: int | None = 1,
+        short_audio: str = "error",
+        audio_tolerance_s: float = AUDIO_SHORTFALL_TOLERANCE_S,
         **bc_kwargs: Any,
     ) -> None:
+        check_protocol(protocol)
+        if short_audio not in SHORT_AUDIO_POLICIES:
+            raise ValueError(f"short_audio must be one of {SHORT_AUDIO_POLICIES}, got {short_audio!r}")
         self.num_threads = num_threads
         self.fgd_model = fgd_model
         self.fk = fk if fk is not None else get_fk()
         self.protocol = protocol
         self.fgd_trim = int(fgd_trim)
         self.face_model = face_model
-        self.bc = BeatConsistency(mean_vel, protocol=protocol, **bc_kwargs) if mean_vel is not None else None
-        check_protocol(protocol)
-        self.records: list[_Record] = []
+        self.short_audio = short_audio
+        self.audio_tolerance_s = float(audio_tolerance_s)
+        option_names = set(bc_options(protocol).__dataclass_fields__)
+        options = bc_options(protocol, **{k: v for k, v in bc_kwargs.items() if k in option_names})
+        # one FK dtype for every motion metric: the protocol's (float32 under emage2024, as the reference)
+        self.motion_dtype = torch.float32 if options.float32_motion else torch.float64
+        self.bc: BeatConsistency | None = None
+        self.bc_gt: BeatConsistency | None = None
+        if mean_vel is not None:
+            try:
+                self.bc = BeatConsistency(mean_vel, protocol=protocol, **bc_kwargs)
+            except ValueError as e:
+                raise EvaluationError(str(e)) from e
+            self.bc_gt = BeatConsistency(self.bc.mean_vel, protocol=protocol, **bc_kwargs)
+        self.l1, self.l1_gt = L1Diversity(), L1Diversity()
+        self._seqs: list[SequenceResult] = []
+
+    @property
+    def sequences(self) -> tuple[SequenceResult, ...]:
+        """Every sequence added so far, in order (frozen results)."""
+        return tuple(self._seqs)
 
     def reset(self) -> None:
-        self.records.clear()
+        self._seqs.clear()
+        for m in (self.bc, self.bc_gt, self.l1, self.l1_gt):
+            if m is not None:
+                m.reset()
 
     # -- per sequence ------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -151,7 +252,8 @@ class Evaluator:
 
     def _joints(self, poses: np.ndarray, betas: np.ndarray | None) -> np.ndarray:
         fk = self.fk.with_betas(betas)
-        return fk(torch.from_numpy(poses).double()).numpy()  # translation zeroed: trans not passed
+        # FK output dtype follows the input: float32 poses give float32 joints (the reference's smplx dtype)
+        return fk(torch.from_numpy(poses).to(self.motion_dtype)).numpy()  # translation zeroed: trans not passed
 
     def add(
         self,
@@ -164,97 +266,129 @@ class Evaluator:
         gt_expressions: np.ndarray | None = None,
     ) -> dict[str, Any]:
         """Add one whole sequence (pred and GT (T,165) axis-angle at 30 fps, GT betas (300,), its audio: a wav
-        path or a 1-D 16 kHz array). Returns the sequence's own metrics."""
+        path or a 1-D 16 kHz array). Returns the sequence's own metrics (``SequenceResult.as_dict()``)."""
         with _torch_threads(self.num_threads):
-            return self._add(pred_poses, gt_poses, betas, audio, id, pred_expressions, gt_expressions)
+            seq = self._add(pred_poses, gt_poses, betas, audio, id, pred_expressions, gt_expressions)
+        self._seqs.append(seq)
+        return seq.as_dict()
 
-    def _add(self, pred_poses, gt_poses, betas, audio, id, pred_expressions, gt_expressions) -> dict[str, Any]:  # noqa: A002
-        sid = id if id is not None else f"seq{len(self.records)}"
+    def _bc_audio(self, sid: str, n: int, audio: str | os.PathLike | np.ndarray,
+                  notes: list[str]) -> tuple[np.ndarray | None, str | None]:
+        """(16 kHz mono audio, None) or (None, reason to exclude the sequence from BC)."""
+        assert self.bc is not None
+        label = "audio array"
+        if isinstance(audio, (str, os.PathLike)):
+            label = str(audio)
+            channels = _wav_channels(audio)
+            if channels is not None and channels > 1:
+                notes.append(f"audio {label} has {channels} channels: averaged to mono for BC")
+        y = load_bc_audio(audio, via_22k=self.bc.options.audio_via_22k, sr=self.bc.audio_sr)
+        audio_s, motion_s = len(y) / self.bc.audio_sr, n / self.bc.pose_fps
+        if motion_s - audio_s > self.audio_tolerance_s:
+            what = (f"audio {label} lasts {audio_s:.2f} s but the motion {motion_s:.2f} s (shorter by more than "
+                    f"{self.audio_tolerance_s:g} s): BC would score only the covered part")  # fmt: skip
+            if self.short_audio == "error":
+                raise EvaluationError(f"{sid}: {what}; fix the audio, or exclude such sequences from BC "
+                                      "(Evaluator(short_audio='exclude'), test.py --skip-missing-audio)")  # fmt: skip
+            return None, what
+        return y, None
+
+    def _add(self, pred_poses, gt_poses, betas, audio, id, pred_expressions, gt_expressions) -> SequenceResult:  # noqa: A002
+        sid = id if id is not None else f"seq{len(self._seqs)}"
         pred = _as_poses(pred_poses, f"{sid} (prediction)")
         gt = _as_poses(gt_poses, f"{sid} (ground truth)")
-        if pred.shape[0] != gt.shape[0]:
-            raise EvaluationError(f"{sid}: prediction has {pred.shape[0]} frames, ground truth {gt.shape[0]}")
+        n = pred.shape[0]
+        if n != gt.shape[0]:
+            raise EvaluationError(f"{sid}: prediction has {n} frames, ground truth {gt.shape[0]}")
         if betas is not None:
             betas = np.asarray(betas, np.float64).reshape(-1)
             if not np.all(np.isfinite(betas)):
                 raise EvaluationError(f"{sid}: betas contain NaN/inf")
-        rec = _Record(sid, pred.shape[0])
+        notes: list[str] = []
+        excluded: list[tuple[str, str]] = []
+
+        def exclude(metric: str, reason: str) -> None:
+            excluded.append((metric, reason))
+            notes.append(f"{reason}: excluded from {_METRIC_LABELS[metric]}")
+
         jp, jg = self._joints(pred, betas), self._joints(gt, betas)
-        rec.l1_sum = float(np.abs(jp - jp.mean(0)).sum())
-        rec.l1_gt_sum = float(np.abs(jg - jg.mean(0)).sum())
+        res: dict[str, Any] = {}
+        onsets = None
         if self.bc is not None:
             if audio is None:
-                rec.notes.append("no audio: excluded from BC")
-            elif rec.n <= 2 * self.bc.align_mask:
-                rec.notes.append(f"{rec.n} frames <= {2 * self.bc.align_mask}: excluded from BC")
+                exclude("bc", "no audio")
+            elif n <= 2 * self.bc.align_mask:
+                exclude("bc", f"{n} frames <= {2 * self.bc.align_mask}")
             else:
-                onsets = self.bc.onsets(audio, rec.n)
-                if onsets.size == 0:
-                    rec.notes.append("no audio onsets in the evaluated window: excluded from BC")
+                y, why = self._bc_audio(sid, n, audio, notes)
+                if why is not None:
+                    exclude("bc", why)
                 else:
-                    rec.bc = self.bc.score(self.bc.motion_beats(jp), onsets)
-                    rec.bc_gt = self.bc.score(self.bc.motion_beats(jg), onsets)
+                    onsets = self.bc.onsets(y, n)
+                    if onsets.size == 0:
+                        onsets = None
+                        exclude("bc", "no audio onsets in the evaluated window")
         if self.fgd_model is not None:
             sp, sg = self._fgd_stats(pred), self._fgd_stats(gt)
             if sp is None:
-                rec.notes.append(f"{rec.n} frames < {self.fgd_trim}: excluded from FGD")
+                exclude("fgd", f"{n} frames < {self.fgd_trim}")
             else:
-                rec.fgd = (*sp, *sg)
+                res["fgd_moments"] = (*sp, *sg)
         if self.face_model is not None:
             if pred_expressions is None or gt_expressions is None:
-                rec.notes.append("no expressions: excluded from face metrics")
+                exclude("face", "no expressions")
             else:
                 vr = self.face_model.face_vertices(pred, pred_expressions, betas).cpu().numpy()
                 vt = self.face_model.face_vertices(gt, gt_expressions, betas).cpu().numpy()
-                rec.face = {"face_mse": face_mse(vr, vt), "lvd_emage2024": lvd_emage2024(vr, vt),
-                            "lvd_evaltools": lvd_evaltools(vr, vt)}  # fmt: skip
-        self.records.append(rec)
-        out = {"id": sid, "frames": rec.n, "bc": rec.bc, "bc_gt": rec.bc_gt,
-               "l1div": rec.l1_sum / rec.n, "l1div_gt": rec.l1_gt_sum / rec.n}  # fmt: skip
-        if rec.face:
-            out.update(rec.face)
-        if rec.notes:
-            out["notes"] = list(rec.notes)
-        return out
+                res["face"] = {"face_mse": face_mse(vr, vt), "lvd_emage2024": lvd_emage2024(vr, vt),
+                               "lvd_evaltools": lvd_evaltools(vr, vt)}  # fmt: skip
+        # the metric objects' state changes last, once nothing above can fail: a rejected sequence leaves no trace
+        self.l1.update(jp)
+        self.l1_gt.update(jg)
+        res["l1_sum"], res["l1_sum_gt"] = self.l1.sums[-1], self.l1_gt.sums[-1]  # exact sums, not per-frame x n
+        if onsets is not None and self.bc is not None and self.bc_gt is not None:
+            res["bc"] = self.bc.update(jp, onsets=onsets)
+            res["bc_gt"] = self.bc_gt.update(jg, onsets=onsets)
+        return SequenceResult(id=sid, frames=n, notes=tuple(notes), excluded=tuple(excluded), **res)
 
     # -- pooling -----------------------------------------------------------------------------------------------
     def _aggregate(self, w: np.ndarray, fast: bool = False) -> dict[str, float | None]:
-        """Metrics over the records with multiplicities ``w`` (ones = the plain test set)."""
-        recs = self.records
-        n = np.array([r.n for r in recs], np.float64)
+        """Metrics over the sequences with multiplicities ``w`` (ones = the plain test set)."""
+        seqs = self._seqs
+        n = np.array([r.frames for r in seqs], np.float64)
         out: dict[str, float | None] = {}
-        out["l1div"] = float((w * [r.l1_sum for r in recs]).sum() / (w * n).sum())
-        out["l1div_gt"] = float((w * [r.l1_gt_sum for r in recs]).sum() / (w * n).sum())
+        out["l1div"] = float((w * [r.l1_sum for r in seqs]).sum() / (w * n).sum())
+        out["l1div_gt"] = float((w * [r.l1_sum_gt for r in seqs]).sum() / (w * n).sum())
         if self.bc is not None:
-            m = np.array([r.bc is not None for r in recs])
+            m = np.array([r.bc is not None for r in seqs])
             bw = w * m * (n - 2 * self.bc.align_mask)
             if bw.sum() > 0:
-                out["bc"] = float(np.sum(bw * [r.bc or 0.0 for r in recs]) / bw.sum())
-                out["bc_gt"] = float(np.sum(bw * [r.bc_gt or 0.0 for r in recs]) / bw.sum())
+                out["bc"] = float(np.sum(bw * [r.bc or 0.0 for r in seqs]) / bw.sum())
+                out["bc_gt"] = float(np.sum(bw * [r.bc_gt or 0.0 for r in seqs]) / bw.sum())
             else:
                 out["bc"] = out["bc_gt"] = None
         if self.fgd_model is not None:
             out["fgd"] = self._fgd(w, fast)
         if self.face_model is not None:
-            fm = np.array([r.face is not None for r in recs])
+            fm = np.array([r.face is not None for r in seqs])
             fw = w * fm * n
             for k in ("face_mse", "lvd_emage2024", "lvd_evaltools"):
-                vals = [r.face[k] if r.face else 0.0 for r in recs]
+                vals = [r.face[k] if r.face else 0.0 for r in seqs]
                 out[k] = float(np.sum(fw * vals) / fw.sum()) if fw.sum() > 0 else None
         return out
 
     def _fgd(self, w: np.ndarray, fast: bool = False) -> float | None:
-        idx = [i for i, r in enumerate(self.records) if r.fgd is not None and w[i] > 0]
+        idx = [i for i, r in enumerate(self._seqs) if r.fgd_moments is not None and w[i] > 0]
         if not idx:
             return None
         ww = w[idx]
         moments = []
         for off in (0, 3):
-            cnt = sum(wi * self.records[i].fgd[off] for wi, i in zip(ww, idx))
+            cnt = sum(wi * self._seqs[i].fgd_moments[off] for wi, i in zip(ww, idx))
             if cnt < 2:
                 return None
-            s = sum(wi * self.records[i].fgd[off + 1] for wi, i in zip(ww, idx))
-            o = sum(wi * self.records[i].fgd[off + 2] for wi, i in zip(ww, idx))
+            s = sum(wi * self._seqs[i].fgd_moments[off + 1] for wi, i in zip(ww, idx))
+            o = sum(wi * self._seqs[i].fgd_moments[off + 2] for wi, i in zip(ww, idx))
             mu = s / cnt
             cov = (o - cnt * np.outer(mu, mu)) / (cnt - 1)  # == np.cov(rowvar=False) of the pooled tokens
             moments.append((mu, cov))
@@ -263,19 +397,19 @@ class Evaluator:
     def compute(self, n_boot: int = 0, seed: int = 0) -> dict[str, Any]:
         """Pooled metrics (None where not computable). With ``n_boot > 0`` also ``ci95``: percentile-bootstrap
         intervals over sequences (``seed`` fixes the resampling)."""
-        if not self.records:
+        if not self._seqs:
             raise EvaluationError("Evaluator.compute() before any add()")
-        s = len(self.records)
+        s = len(self._seqs)
         res: dict[str, Any] = dict(self._aggregate(np.ones(s)))
         res["n_sequences"] = s
-        res["n_frames"] = int(sum(r.n for r in self.records))
+        res["n_frames"] = int(sum(r.frames for r in self._seqs))
         if n_boot > 0:
             with _blas_threads(1):  # 240x240 linear algebra: single-threaded BLAS avoids oversubscription stalls
                 res.update(self._bootstrap(res, n_boot, seed))
         return res
 
     def _bootstrap(self, res: dict[str, Any], n_boot: int, seed: int) -> dict[str, Any]:
-        s = len(self.records)
+        s = len(self._seqs)
         rng = np.random.default_rng(seed)
         draws: dict[str, list[float]] = {k: [] for k, v in res.items() if k in METRIC_SCALES and v is not None}
         for _ in range(n_boot):
@@ -294,23 +428,23 @@ class Evaluator:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _ids_in(folder: Path, prefix: str, other_prefix: str) -> dict[str, Path]:
+def _ids_in(folder: Path, prefix: str, other_prefix: str) -> tuple[dict[str, Path], list[Path]]:
+    """(id -> file, plain files left out). With ``<prefix><id>.npz`` files present those are used and plain
+    ``<id>.npz`` files beside them are left out (reported by the caller, never dropped silently)."""
     files = sorted(folder.glob("*.npz"))
     pref = [f for f in files if f.name.startswith(prefix)]
     if pref:
-        return {f.stem[len(prefix) :]: f for f in pref}
-    return {f.stem: f for f in files if not f.name.startswith(other_prefix)}
+        plain = [f for f in files if not f.name.startswith((prefix, other_prefix))]
+        return {f.stem[len(prefix) :]: f for f in pref}, plain
+    return {f.stem: f for f in files if not f.name.startswith(other_prefix)}, []
 
 
-def discover_pairs(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike) -> list[tuple[str, Path, Path]]:
-    """(id, pred file, gt file) for ``res_<id>.npz`` / ``gt_<id>.npz`` (or plain ``<id>.npz``) in the folders.
-    Ids present on one side only are an error."""
-    pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
+def _discover(pred_dir: Path, gt_dir: Path) -> tuple[list[tuple[str, Path, Path]], list[Path]]:
     for d, what in ((pred_dir, "--pred-dir"), (gt_dir, "--gt-dir")):
         if not d.is_dir():
             raise EvaluationError(f"{what} {d} is not a folder")
-    preds = _ids_in(pred_dir, "res_", "gt_")
-    gts = _ids_in(gt_dir, "gt_", "res_")
+    preds, plain_p = _ids_in(pred_dir, "res_", "gt_")
+    gts, plain_g = _ids_in(gt_dir, "gt_", "res_")
     if not preds:
         raise EvaluationError(f"no prediction files (res_<id>.npz or <id>.npz) in {pred_dir}")
     only_pred, only_gt = sorted(set(preds) - set(gts)), sorted(set(gts) - set(preds))
@@ -320,7 +454,19 @@ def discover_pairs(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike) -> li
             f"{' ...' if len(only_pred) > 10 else ''}; without prediction in {pred_dir}: {only_gt[:10]}"
             f"{' ...' if len(only_gt) > 10 else ''}"
         )
-    return [(i, preds[i], gts[i]) for i in sorted(preds)]
+    ignored = sorted({f.resolve(): f for f in plain_p + plain_g}.values())  # one folder may be both
+    return [(i, preds[i], gts[i]) for i in sorted(preds)], ignored
+
+
+def discover_pairs(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike) -> list[tuple[str, Path, Path]]:
+    """(id, pred file, gt file) for ``res_<id>.npz`` / ``gt_<id>.npz`` (or plain ``<id>.npz``) in the folders.
+    Ids present on one side only are an error. Plain ``<id>.npz`` files beside ``res_``/``gt_`` files are not
+    paired: a warning names them (``evaluate_folder`` lists them in ``excluded``)."""
+    pairs, ignored = _discover(Path(pred_dir), Path(gt_dir))
+    if ignored:
+        warnings.warn(f"not evaluated (plain <id>.npz beside res_/gt_ files): {[str(f) for f in ignored]}",
+                      stacklevel=2)  # fmt: skip
+    return pairs
 
 
 def load_motion_npz(path: Path) -> dict[str, Any]:
@@ -392,12 +538,25 @@ def evaluate_folder(
     fgd_model: Any | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Evaluate a folder of predictions against a folder of ground truth; write ``out_dir/metrics.json``."""
+    """Evaluate a folder of predictions against a folder of ground truth; write ``out_dir/metrics.json``.
+
+    ``skip_missing_audio``: ids without a wav, or whose wav ends more than ``AUDIO_SHORTFALL_TOLERANCE_S`` before
+    the motion, are excluded from BC (listed in ``excluded``) instead of being an error. ``out_dir`` is checked for
+    writability before anything is evaluated; if writing metrics.json still fails at the end, MetricsWriteError
+    carries the finished report."""
     from geometry.body_model import find_smplx_model, get_vertex_model
 
-    pairs = discover_pairs(pred_dir, gt_dir)
+    if out_dir is not None:
+        _check_writable(Path(out_dir))
+    pairs, ignored = _discover(Path(pred_dir), Path(gt_dir))
     notes: list[str] = []
     excluded: list[dict[str, str]] = []
+    for f in ignored:
+        reason = (f"plain {f.name} beside res_/gt_ files in {f.parent}: not evaluated (name it res_<id>.npz / "
+                  "gt_<id>.npz to include it)")  # fmt: skip
+        excluded.append({"id": f.stem, "metric": "all", "reason": reason})
+    if ignored:
+        notes.append(f"{len(ignored)} plain <id>.npz file(s) beside res_/gt_ files not evaluated (see excluded)")
     # audio
     audio_paths: dict[str, Path | None] = {}
     if audio_dir is None:
@@ -417,13 +576,16 @@ def evaluate_folder(
         excluded += [{"id": s, "metric": "bc", "reason": f"no {s}.wav in {audio_dir}"} for s in missing]
     if mean_vel is None:
         notes.append("BC not computed: no --mean-vel given (mean_vel_smplxflame_30.npy; BC depends on it)")
+    else:
+        try:  # a bad file is reported now, not after the sequences are read
+            load_mean_vel(mean_vel)
+        except ValueError as e:
+            raise EvaluationError(str(e)) from e
     use_bc = audio_dir is not None and mean_vel is not None
     # FGD
     fgd_info: dict[str, Any] | None = None
     if fgd_model is None and fgd_ckpt is not None:
-        from evaluation.fgd_autoencoder import load_fgd_autoencoder
-
-        fgd_model = load_fgd_autoencoder(fgd_ckpt, map_location=device)
+        fgd_model = _load_fgd(Path(fgd_ckpt), device)
     if fgd_ckpt is not None:
         fgd_info = {"path": str(fgd_ckpt), "sha256": sha256_file(fgd_ckpt)}
     elif fgd_model is not None:
@@ -437,7 +599,8 @@ def evaluate_folder(
         face_model = get_vertex_model(body_model, device)
     else:
         notes.append("face MSE/LVD not computed: needs the SMPL-X model file (--body-model or SMPLX_MODEL_PATH)")
-    ev = Evaluator(fgd_model, mean_vel if use_bc else None, fk, protocol, face_model=face_model)
+    ev = Evaluator(fgd_model, mean_vel if use_bc else None, fk, protocol, face_model=face_model,
+                   short_audio="exclude" if skip_missing_audio else "error")  # fmt: skip
     files = []
     copied_all: set[str] = set()
     iterator = pairs
@@ -472,8 +635,17 @@ def evaluate_folder(
             raise
         except ValueError as e:
             raise EvaluationError(f"{sid}: {e}") from e
-        for note in seq.pop("notes", []):
-            excluded.append({"id": sid, "metric": note.split("excluded from ")[-1], "reason": note})
+        seq.pop("notes", None)
+        result = ev.sequences[-1]
+        already = {(e["id"], e["metric"]) for e in excluded}
+        for metric, reason in result.excluded:
+            if (sid, metric) not in already:  # e.g. a missing wav is already listed with its file name
+                excluded.append({"id": sid, "metric": metric, "reason": reason})
+        exclusion_notes = {f"{r}: excluded from {_METRIC_LABELS[m]}" for m, r in result.excluded}
+        other = [n for n in result.notes if n not in exclusion_notes]
+        if other:
+            info["notes"] = other
+            notes.extend(f"{sid}: {n}" for n in other)
         info.update({k: v for k, v in seq.items() if k not in ("id", "frames")})
         files.append(info)
     res = ev.compute(n_boot=n_boot, seed=seed)
@@ -490,9 +662,10 @@ def evaluate_folder(
             "bc": None if ev.bc is None else {
                 "variant": ev.bc.protocol, "options": ev.bc.options.__dict__, "sigma": ev.bc.sigma,
                 "order": ev.bc.order, "threshold": ev.bc.threshold, "joints": list(ev.bc.joints),
-                "align_mask": ev.bc.align_mask,
+                "align_mask": ev.bc.align_mask, "audio_shortfall_tolerance_s": ev.audio_tolerance_s,
             },
             "fgd_trim": ev.fgd_trim,
+            "motion_dtype": str(ev.motion_dtype).replace("torch.", ""),
         },
         "fgd_ae": fgd_info,
         "skeleton_source": fk.source,
@@ -508,8 +681,47 @@ def evaluate_folder(
         "versions": _versions(),
     }
     if out_dir is not None:
-        save_json(_json_clean(report), Path(out_dir) / "metrics.json")
+        path = Path(out_dir) / "metrics.json"
+        try:
+            save_json(_json_clean(report), path)
+        except OSError as e:
+            raise MetricsWriteError(f"could not write {path} ({e}); the results are printed but not saved",
+                                    report) from e  # fmt: skip
     return report
+
+
+def _check_writable(folder: Path) -> None:
+    """Create ``folder`` and a temporary file in it, now, so a read-only --out is found before the evaluation."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".write_check.", dir=folder)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise EvaluationError(f"output folder {folder} is not writable ({e}); pass a writable --out") from e
+
+
+def _load_fgd(path: Path, device: str) -> Any:
+    """The FGD autoencoder from ``path``, or one EvaluationError naming the file and what was expected."""
+    from evaluation.fgd_autoencoder import load_fgd_autoencoder
+
+    expected = ("expected the EMAGE FGD autoencoder weights (AESKConv_240_100.bin or one saved by this project: a "
+                "torch file holding {'model_state': VAESKConv state dict})")  # fmt: skip
+    if not path.is_file():
+        raise EvaluationError(f"FGD checkpoint {path}: not found; {expected}")
+    if path.stat().st_size == 0:
+        raise EvaluationError(f"FGD checkpoint {path}: the file is empty (0 bytes); {expected}")
+    try:
+        load_torch(path)  # probe (0.1 s for the 17 MB AE)
+    except Exception as e:  # the weights-only unpickler raises assorted types (KeyError, EOFError, ...) on bad bytes
+        detail = str(e).splitlines()[0] if str(e) else ""
+        raise EvaluationError(f"FGD checkpoint {path}: unreadable: truncated, corrupted or not a weights-only torch "
+                              f"file ({type(e).__name__}: {detail[:200]}); {expected}") from e  # fmt: skip
+    try:
+        return load_fgd_autoencoder(path, map_location=device)
+    except (ValueError, RuntimeError) as e:  # CheckpointError (RuntimeError) and the key check name the keys
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise EvaluationError(f"FGD checkpoint {path}: wrong contents: {detail}; {expected}") from e
 
 
 def _json_clean(o: Any) -> Any:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from scipy.signal import argrelextrema
 
-from evaluation.protocols import BC_PROTOCOLS, DEFAULT_PROTOCOL, BCOptions
+from evaluation.protocols import BC_PROTOCOLS, DEFAULT_PROTOCOL, BCOptions, bc_options
 from geometry.skeleton import BC_JOINTS, NUM_JOINTS
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "frechet_from_moments",
     "gaussian_moments",
     "load_bc_audio",
+    "load_mean_vel",
     "face_mse",
     "lvd_emage2024",
     "lvd_evaltools",
@@ -59,8 +60,8 @@ def load_bc_audio(audio: str | os.PathLike | np.ndarray, via_22k: bool = True, s
     return y.astype(np.float32, copy=False)
 
 
-def _as_joints(joints: np.ndarray, name: str = "joints") -> np.ndarray:
-    j = np.asarray(joints, dtype=np.float64)
+def _as_joints(joints: np.ndarray, name: str = "joints", dtype: type = np.float64) -> np.ndarray:
+    j = np.asarray(joints, dtype=dtype)
     if j.ndim == 2 and j.shape[1] == NUM_JOINTS * 3:
         j = j.reshape(j.shape[0], NUM_JOINTS, 3)
     if j.ndim != 3 or j.shape[1:] != (NUM_JOINTS, 3):
@@ -68,6 +69,42 @@ def _as_joints(joints: np.ndarray, name: str = "joints") -> np.ndarray:
     if not np.all(np.isfinite(j)):
         raise ValueError(f"{name} contain NaN/inf")
     return j
+
+
+def load_mean_vel(mean_vel: np.ndarray | str | os.PathLike) -> np.ndarray:
+    """BC's per-joint mean speed as a (55,) float64 array, from an array or a ``.npy`` file (no pickle).
+
+    Shape (55,) (the official file, float32) or with singleton axes ((1, 55), (55, 1)). Another shape, a
+    non-numeric file, NaN/inf or a value <= 0 (BC divides by it) is a ValueError that names the file and states
+    the actual shape or the offending joints."""
+    where = "mean_vel (array)"
+    if isinstance(mean_vel, (str, os.PathLike)):
+        where = f"mean_vel file {mean_vel}"
+        path = Path(mean_vel)
+        if not path.is_file():
+            raise FileNotFoundError(f"{where}: not found")
+        try:
+            raw = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise ValueError(f"{where}: cannot read it as a .npy array ({e})") from e
+        if not isinstance(raw, np.ndarray):  # an .npz archive
+            raw.close()
+            raise ValueError(f"{where}: expected a .npy array of 55 per-joint speeds, got an .npz archive")
+    else:
+        raw = np.asarray(mean_vel)
+    if raw.dtype.kind not in "iuf":
+        raise ValueError(f"{where}: expected 55 numeric per-joint speeds, got dtype {raw.dtype}, shape {raw.shape}")
+    if np.squeeze(raw).shape != (NUM_JOINTS,):
+        raise ValueError(f"{where}: expected 55 per-joint speeds (shape (55,)), got shape {raw.shape}")
+    mv = raw.astype(np.float64).reshape(-1)
+    bad = np.flatnonzero(~np.isfinite(mv))
+    if bad.size:
+        raise ValueError(f"{where}: NaN/inf at joints {bad.tolist()[:10]} (shape {raw.shape})")
+    bad = np.flatnonzero(mv <= 0)
+    if bad.size:
+        raise ValueError(f"{where}: {bad.size} speeds <= 0 at joints {bad.tolist()[:10]} (values "
+                         f"{mv[bad][:5].tolist()}); BC divides by them, every entry must be > 0")
+    return mv
 
 
 class BeatConsistency:
@@ -97,18 +134,12 @@ class BeatConsistency:
     ) -> None:
         if protocol not in BC_PROTOCOLS:
             raise ValueError(f"unknown BC protocol {protocol!r}; expected one of {sorted(BC_PROTOCOLS)}")
-        base = BC_PROTOCOLS[protocol]
-        unknown = set(overrides) - set(base.__dataclass_fields__)
-        if unknown:
-            raise TypeError(f"unknown BC options {sorted(unknown)}")
-        self.options = BCOptions(**{**base.__dict__, **overrides})
+        self.options = bc_options(protocol, **overrides)
         extra = ",".join(f"{k}={v}" for k, v in sorted(overrides.items()))
         self.protocol = f"{protocol}+{extra}" if overrides else protocol
-        if isinstance(mean_vel, (str, os.PathLike)):
-            mean_vel = np.load(mean_vel, allow_pickle=False)
-        self.mean_vel = np.asarray(mean_vel, dtype=np.float64).reshape(-1)
-        if self.mean_vel.shape != (NUM_JOINTS,) or not np.all(self.mean_vel > 0):
-            raise ValueError(f"mean_vel must be 55 positive per-joint speeds, got shape {self.mean_vel.shape}")
+        self.mean_vel = load_mean_vel(mean_vel)  # float64; cast to the motion dtype where it divides
+        # float32 under emage2024 (the reference's dtypes), float64 otherwise; see BCOptions.float32_motion
+        self.motion_dtype: type = np.float32 if self.options.float32_motion else np.float64
         self.sigma, self.order, self.threshold = float(sigma), int(order), float(threshold)
         self.joints = tuple(BC_JOINTS if joints is None else joints)
         self.align_mask, self.pose_fps, self.audio_sr, self.hop_length = align_mask, pose_fps, audio_sr, hop_length
@@ -137,13 +168,15 @@ class BeatConsistency:
 
     # -- motion --------------------------------------------------------------------------------------------------
     def normalised_speed(self, joints: np.ndarray) -> np.ndarray:
-        """(T,55) speed / mean_vel: central differences (one-sided at the ends) x fps, L2 over xyz."""
-        j = _as_joints(joints)
+        """(T,55) speed / mean_vel: central differences (one-sided at the ends) x fps, L2 over xyz, in
+        ``motion_dtype`` (float32 joints are not widened, float64 ones are rounded, under float32_motion)."""
+        j = _as_joints(joints, dtype=self.motion_dtype)
         if self.options.fold_l1div:
             # reference quirk: L1div.run() overwrote the joints with |x - mean_t(x)| before BC saw them
             j = np.abs(j - j.mean(axis=0, keepdims=True))
+        # a Python-float spacing keeps float32 input in float32 (NumPy 2 scalar promotion)
         vel = np.gradient(j, 1.0 / self.pose_fps, axis=0, edge_order=1)
-        return np.linalg.norm(vel, axis=-1) / self.mean_vel
+        return np.linalg.norm(vel, axis=-1) / self.mean_vel.astype(self.motion_dtype)
 
     def motion_beats(self, joints: np.ndarray) -> list[np.ndarray]:
         """Per BC joint, motion-beat times (s) relative to frame ``align_mask``."""
@@ -178,7 +211,7 @@ class BeatConsistency:
     ) -> float:
         """Score one sequence (joints (T,55,3) FK positions; audio a path or 1-D 16 kHz array, or precomputed
         ``onsets`` from :meth:`onsets`), record it for :meth:`compute`, return it."""
-        j = _as_joints(joints)
+        j = _as_joints(joints, dtype=self.motion_dtype)
         n = j.shape[0]
         if n <= 2 * self.align_mask:
             raise ValueError(f"sequence of {n} frames is too short for BC (needs > {2 * self.align_mask})")
@@ -206,14 +239,19 @@ class BeatConsistency:
 class L1Diversity:
     """Sum over frames and the 165 joint coordinates of |x - mean_t(x)|, divided by the total frame count.
 
-    Measures motion amplitude around each sequence's own mean (not cross-sample diversity). float64 sums."""
+    Measures motion amplitude around each sequence's own mean (not cross-sample diversity). float64 sums.
+    ``sums`` / ``lengths`` hold each sequence's sum and frame count (for re-weighting, e.g. bootstrap)."""
 
     def __init__(self) -> None:
         self.total = 0.0
         self.frames = 0
+        self.sums: list[float] = []
+        self.lengths: list[int] = []
 
     def reset(self) -> None:
         self.total, self.frames = 0.0, 0
+        self.sums.clear()
+        self.lengths.clear()
 
     def update(self, joints: np.ndarray) -> float:
         """Add one sequence; returns its own per-frame value."""
@@ -221,6 +259,8 @@ class L1Diversity:
         s = float(np.abs(j - j.mean(axis=0, keepdims=True)).sum())
         self.total += s
         self.frames += j.shape[0]
+        self.sums.append(s)
+        self.lengths.append(j.shape[0])
         return s / j.shape[0]
 
     def compute(self) -> float:

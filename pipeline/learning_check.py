@@ -123,7 +123,7 @@ def donor_indices(speakers: Sequence[Any]) -> list[int]:
 # ----------------------------------------------------------------------------------------------------------------
 def paired_file_fgd(fgd_moments: tuple[Any, ...]) -> float:
     """Fréchet distance between one file's generated and GT FGD tokens from the Evaluator's per-file sufficient
-    statistics ``(count, sum, outer)`` of prediction then GT."""
+    statistics ``(count, sum, outer)`` of prediction then GT (``SequenceResult.fgd_moments``)."""
     from evaluation.metrics import frechet_from_moments
 
     mom = []
@@ -248,14 +248,14 @@ class Scorer:
         betas = ref["beta"][0].numpy()
         seq = self.ev.add(poses, gt, betas=betas, audio=ref["wav_path"], id=ref["id"])
         rep = self.ev_reported.add(poses, gt, betas=betas, audio=ref["wav_path"], id=ref["id"])
-        rec = self.ev.records[-1]
+        moments = self.ev.sequences[-1].fgd_moments
         j = self.joints(poses, betas)
         onsets = self.onsets(ref["wav_path"], n)
         bp = beat_placement_score(j, lambda x: self.bc.score(self.bc.motion_beats(x), onsets), fps=self.fps,
                                   delay_s=DELAY_S)  # fmt: skip
         nan = float("nan")
         return {"bc": nan if seq["bc"] is None else seq["bc"], "bc_emage2024": nan if rep["bc"] is None else rep["bc"],
-                "fgd_file": paired_file_fgd(rec.fgd) if rec.fgd is not None else float("nan"),
+                "fgd_file": paired_file_fgd(moments) if moments is not None else nan,
                 **realism_stats(j, fps=self.fps), "beat_placement": bp["score"]}  # fmt: skip
 
 

@@ -102,8 +102,9 @@ def test_bc_emage2024_threshold_index_quirk_hand_case():
 def test_bc_emage2024_folds_positions_like_l1div():
     rng = np.random.default_rng(0)
     joints = np.cumsum(rng.normal(0, 0.01, (300, 55, 3)), axis=0)
-    ref = BeatConsistency(ONES, protocol="emage2024")
-    raw = BeatConsistency(ONES, protocol="emage2024", fold_l1div=False)
+    # float64 here so the fold is compared exactly (emage2024's float32 rounding is tested on the real sample)
+    ref = BeatConsistency(ONES, protocol="emage2024", float32_motion=False)
+    raw = BeatConsistency(ONES, protocol="emage2024", fold_l1div=False, float32_motion=False)
     folded = np.abs(joints - joints.mean(0))
     np.testing.assert_allclose(ref.normalised_speed(joints), raw.normalised_speed(folded))
     assert np.abs(ref.normalised_speed(joints) - raw.normalised_speed(joints)).max() > 1e-3
@@ -154,12 +155,23 @@ def test_bc_audio_window_emage2024_end_quirk_and_timing(tmp_path):
 
 
 def test_bc_bad_input():
-    with pytest.raises(ValueError, match="mean_vel"):
+    with pytest.raises(ValueError, match=r"mean_vel \(array\): expected 55 per-joint speeds .*got shape \(54,\)"):
         BeatConsistency(np.ones(54))
+    with pytest.raises(ValueError, match=r"got shape \(55, 3\)"):  # not reshaped before the message
+        BeatConsistency(np.ones((55, 3)))
+    with pytest.raises(ValueError, match=r"1 speeds <= 0 at joints \[4\]"):
+        BeatConsistency(np.where(np.arange(55) == 4, 0.0, 1.0))
+    with pytest.raises(ValueError, match=r"NaN/inf at joints \[0\]"):
+        BeatConsistency(np.where(np.arange(55) == 0, np.nan, 1.0))
+    assert BeatConsistency(np.ones((1, 55))).mean_vel.shape == (55,)
     with pytest.raises(ValueError, match="unknown BC protocol"):
         BeatConsistency(ONES, protocol="rag")
     with pytest.raises(TypeError, match="unknown BC options"):
         BeatConsistency(ONES, fold=False)
+    # the motion dtype comes from the protocol registry, and can be overridden like any option
+    assert BeatConsistency(ONES, protocol="emage2024").normalised_speed(np.zeros((5, 55, 3))).dtype == np.float32
+    assert BeatConsistency(ONES, protocol="corrected").normalised_speed(np.zeros((5, 55, 3))).dtype == np.float64
+    assert BeatConsistency(ONES, protocol="emage2024", float32_motion=False).motion_dtype is np.float64
     bc = BeatConsistency(ONES)
     with pytest.raises(ValueError, match="too short"):
         bc.update(np.zeros((100, 55, 3)), onsets=np.array([1.0]))
@@ -189,6 +201,11 @@ def test_l1div_hand_computed():
     assert l1.update(a) == pytest.approx(2 / 3)
     assert l1.update(b) == pytest.approx(2 / 2)
     assert l1.compute() == pytest.approx(4 / 5)
+    assert l1.sums == [2.0, 2.0] and l1.lengths == [3, 2]  # per sequence, for re-weighting (bootstrap)
+    l1.reset()
+    assert l1.sums == [] and l1.lengths == []
+    with pytest.raises(ValueError, match="before any update"):
+        l1.compute()
     with pytest.raises(ValueError):
         l1.update(np.zeros((3, 164)))
 
