@@ -329,14 +329,21 @@ def compute_file(
     }
 
 
+class CacheWriteError(OSError):
+    """The cache could not be written (disk full, permissions): an output problem, never a bad input file."""
+
+
 def _build_one(args: tuple) -> tuple[str, str, dict[str, Any] | str]:
     """Worker: compute and write one file's arrays. Never raises: returns ("ok"|"error", id, meta|message)."""
     ref, s, vocab_dir, out_dir = args
     try:
         notes: list[str] = []
         arrays = compute_file(ref, s, _worker_vocab(vocab_dir), notes)
-        for name, arr in arrays.items():
-            save_npy(arr, Path(out_dir) / f"{name}.npy")
+        try:
+            for name, arr in arrays.items():
+                save_npy(arr, Path(out_dir) / f"{name}.npy")
+        except OSError as e:  # the output side (disk full, read-only): never blamed on the input file
+            return "write_error", ref.id, f"cannot write the cache of {ref.id} to {out_dir}: {e}"
         meta = {
             "speaker": ref.speaker,
             "n_frames": int(arrays["pose"].shape[0]),
@@ -526,6 +533,11 @@ def build_cache(cfg: Any, split: str, ids: list[str] | None = None, progress: bo
                 results = pool.imap_unordered(_build_one, jobs) if pool is not None else map(_build_one, jobs)
                 for status, fid, meta in results:
                     bar.update(1)
+                    if status == "write_error":
+                        # stop at once: skipping files because the disk is full would lose the corpus silently,
+                        # and the manifest keeps them in_progress, so the cache is never read as complete
+                        raise CacheWriteError(f"{meta} (free space or permissions under {folder}; then rerun the "
+                                              "same command: finished files are kept)")  # fmt: skip
                     if status == "error":
                         errors.append((fid, meta if fid in meta else f"{fid}: {meta}"))
                         continue

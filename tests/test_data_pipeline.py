@@ -295,3 +295,27 @@ def test_prepare_command_line(tmp_path):
 def test_synthetic_and_real_data_configs():
     real = load_config(REPO_ROOT / "configs/data/beat2_speaker2.yaml")
     assert real.data.onset_mode == "reference" and list(real.data.training_speakers) == [2]
+
+
+def test_disk_full_is_an_output_error_never_a_skipped_input(corpus, tmp_path, monkeypatch):
+    """ENOSPC while writing the cache stops the build naming the output, even with on_bad_file=skip; the cache is
+    not complete afterwards, and a rerun with space finishes it."""
+    import errno
+
+    cfg = make_cfg(corpus, tmp_path / "cache", on_bad_file="skip", num_workers=0)
+    real, calls = cache.save_npy, []
+
+    def full_disk(arr, path):
+        calls.append(path)
+        if len(calls) > 9:  # the first file's arrays fit, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(arr, path)
+
+    monkeypatch.setattr(cache, "save_npy", full_disk)
+    with pytest.raises(cache.CacheWriteError, match=r"cannot write the cache of .*No space left"):
+        cache.build_cache(cfg, "train", progress=False)
+    with pytest.raises(cache.DataNotPreparedError, match="incomplete"):
+        cache.open_cache(cfg, "train")
+    monkeypatch.setattr(cache, "save_npy", real)
+    idx = cache.build_cache(cfg, "train", progress=False)
+    assert not idx.skipped and len(idx.entries) == len(cache.open_cache(cfg, "train").entries) >= 2
