@@ -120,11 +120,13 @@ def _model_mode(args: argparse.Namespace) -> int:
     from inference.test_split import run_test
     from models.checkpoints import CheckpointError
     from utils.config import ConfigError, load_config
+    from utils.io import CheckpointReadError
 
     try:
         cfg = load_config(args.config, [*args.overrides, *model_mode_overrides(args)])
         report = run_test(cfg, args.ckpt, out_dir=args.out)
-    except (CheckpointError, ConfigError, EvaluationError, FileNotFoundError, PermissionError) as e:
+    except (CheckpointError, CheckpointReadError, ConfigError, EvaluationError, FileNotFoundError,
+            PermissionError) as e:
         print(f"test.py: error: {e}", file=sys.stderr)
         return 1
     print(format_table(report))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -154,3 +155,29 @@ def test_clean_variants_share_the_key_list():
     ref = set(_small_container().state_dict())
     clean = set(_small_container(cross_attn_layout="per_frame", joint_residual="clean").state_dict())
     assert ref == clean
+
+
+class _Payload:
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.marker), "pwned"))
+
+
+def test_unreadable_checkpoints_are_clear_errors(tmp_path):
+    from utils.io import CheckpointReadError, load_torch, save_torch
+
+    good = save_torch({"model": {"w": torch.zeros(64, 64)}, "epoch": 1}, tmp_path / "good.pt")
+    data = good.read_bytes()
+    (tmp_path / "half.pt").write_bytes(data[: len(data) // 2])
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "text.pt").write_text("not a checkpoint")
+    marker = tmp_path / "marker.txt"
+    torch.save({"x": _Payload(str(marker))}, tmp_path / "evil.pt")
+    for name, match in (("half.pt", "truncated or another format"), ("empty.pt", "empty file"),
+                        ("text.pt", "truncated or another format"), ("evil.pt", "weights-only load refuses")):
+        with pytest.raises(CheckpointReadError, match=rf"{name}: .*{match}"):
+            load_torch(tmp_path / name)
+    assert not marker.exists()
+    assert load_torch(good)["epoch"] == 1

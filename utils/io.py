@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import pickle
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -52,7 +53,21 @@ def load_torch(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    if path.stat().st_size == 0:
+        raise CheckpointReadError(f"{path}: empty file (an interrupted copy or download?)")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        # weights_only refuses objects beyond tensors and containers: never run code from a checkpoint
+        raise CheckpointReadError(f"{path}: holds objects a weights-only load refuses (not a plain checkpoint; it "
+                                  f"is not unpickled): {str(e).splitlines()[0]}") from e  # fmt: skip
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise CheckpointReadError(f"{path}: not a readable torch checkpoint (truncated or another format): "
+                                  f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e  # fmt: skip
+
+
+class CheckpointReadError(ValueError):
+    """A checkpoint file that cannot be read (empty, truncated, another format); the message names the file."""
 
 
 def save_npy(arr: np.ndarray, path: str | os.PathLike) -> Path:
