@@ -59,8 +59,10 @@ def load_torch(path: str | os.PathLike, map_location: str | torch.device = "cpu"
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         # weights_only refuses objects beyond tensors and containers: never run code from a checkpoint
-        raise CheckpointReadError(f"{path}: holds objects a weights-only load refuses (not a plain checkpoint; it "
-                                  f"is not unpickled): {str(e).splitlines()[0]}") from e  # fmt: skip
+        # torch's own message advises unpickling; keep only its diagnosis ("Unsupported global: ...")
+        detail = next((ln.strip() for ln in str(e).splitlines() if ln.strip().startswith("Unsupported")), "")
+        raise CheckpointReadError(f"{path}: a weights-only load refuses its contents (another format, or pickled "
+                                  f"objects, which are never unpickled) {detail}".rstrip()) from e  # fmt: skip
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise CheckpointReadError(f"{path}: not a readable torch checkpoint (truncated or another format): "
                                   f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e  # fmt: skip
