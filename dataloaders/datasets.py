@@ -6,6 +6,8 @@
   floor(length/fps*sr) = 68266 samples. Files give n = floor((T-128)/20)+1 windows (none when T < 128).
 * :class:`RVQWindowDataset`: 64-frame windows (stride 20) of the 433-D frame vector (rot6d and trans_v normalised
   with :func:`dataloaders.stats.load_stats`, expressions raw), float32 (64, 433).
+* :class:`Rot6dWindowDataset`: 64-frame windows (stride 20, ``data.fgd_window``) of the raw, un-normalised 55-joint
+  rot6d, float32 (64, 330): the FGD autoencoder's input, as upstream trained AESKConv_240_100.bin.
 * :class:`WholeFileDataset`: one item per file covering the whole (whole-second-truncated) file, plus ``wav_path``.
 
 Items of the generator / whole-file datasets: pose (L,165) f32 axis-angle, trans (L,3), trans_v (L,3), facial
@@ -22,6 +24,7 @@ from torch.utils.data import Dataset
 
 from dataloaders.cache import CacheEntry, cfg_get, open_cache
 from dataloaders.stats import Stats, frame_vector, load_stats
+from geometry.rotations import np_poses_to_rot6d
 
 
 def window_count(n_frames: int, length: int, stride: int) -> int:
@@ -104,6 +107,19 @@ class RVQWindowDataset(_Windows):
         f1 = f0 + self.length
         x = frame_vector(e.load("pose")[f0:f1], e.load("trans_v")[f0:f1], e.load("facial")[f0:f1], self.stats)
         return torch.from_numpy(x)
+
+
+class Rot6dWindowDataset(_Windows):
+    """64-frame windows of the un-normalised 55-joint rot6d (float32 tensor (64, 330)); no statistics needed."""
+
+    def __init__(self, data_cfg: Any, split: str = "train") -> None:
+        super().__init__(data_cfg, split, "fgd_window", (64, 20))
+
+    def __getitem__(self, idx: int) -> torch.Tensor:
+        k, i = self.windows[idx]
+        f0 = i * self.stride
+        pose = np.array(self.entries[k].load("pose")[f0 : f0 + self.length], dtype=np.float32)  # off the read-only mmap
+        return torch.from_numpy(np_poses_to_rot6d(pose))
 
 
 class WholeFileDataset(Dataset):

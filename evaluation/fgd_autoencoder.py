@@ -7,7 +7,8 @@ tanh, skeleton distance 2, mean pooling (55 -> 35 -> 20 edges), channels per edg
 ``fc_mu``/``fc_logvar`` exist (they are in the released checkpoint) and are used only when ``variational``.
 
 FGD uses ``map2latent`` (= encoder) on un-normalised, re-orthonormalised 55-joint rot6d, T a multiple of 32.
-Released weights: ``AESKConv_240_100.bin`` = ``{'model_state': state_dict}`` -> ``load_fgd_autoencoder``.
+Released weights: ``AESKConv_240_100.bin`` = ``{'model_state': state_dict}`` -> ``load_fgd_autoencoder``, which
+also reads our trainer's checkpoints (trainers.fgd_ae: ``{'format': TRAINER_CHECKPOINT_FORMAT, 'model': sd, ...}``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from torch import nn
 
 from evaluation.skeleton_conv import SkeletonResidual, edge_neighbours, edges_from_parents, pooling_groups
 from geometry.skeleton import PARENTS
-from models.checkpoints import extract_state_dict, map_upstream_keys
+from models.checkpoints import TRAINER_CHECKPOINT_FORMAT, extract_state_dict, map_upstream_keys
 from utils.io import load_torch
 
 __all__ = [
@@ -238,12 +239,25 @@ def load_fgd_autoencoder(
     path: str | os.PathLike, map_location: str | torch.device = "cpu", **model_kwargs: Any
 ) -> VAESKConv:
     """Build ``VAESKConv(**model_kwargs)`` (FGD defaults), load ``path`` strictly, return it in eval mode on
-    ``map_location``. Raises a ValueError naming the file and the offending keys on any mismatch."""
+    ``map_location``. Raises a ValueError naming the file and the offending keys on any mismatch.
+
+    A trainer checkpoint (trainers.fgd_ae) gives its ``model`` entry and, under ``model_kwargs``, the architecture
+    of its ``config.model``."""
     path = Path(path)
-    # {'model_state': sd} (the released AESKConv_240_100.bin, our trainer), {'model_state_dict': sd} or bare
-    sd, _, _ = extract_state_dict(load_torch(path, map_location="cpu"), path)
+    obj = load_torch(path, map_location="cpu")
+    if isinstance(obj, dict) and obj.get("format") == TRAINER_CHECKPOINT_FORMAT:
+        if "model" not in obj:
+            raise ValueError(f"{path}: trainer checkpoint without a 'model' entry")
+        saved = (obj.get("config") or {}).get("model") or {}
+        model_kwargs = {**saved, **model_kwargs}
+        obj = obj["model"]
+    # {'model_state': sd} (the released AESKConv_240_100.bin), {'model_state_dict': sd} or bare
+    sd, _, _ = extract_state_dict(obj, path)
     sd, _, _ = map_upstream_keys(sd, path)
-    model = VAESKConv(**model_kwargs)
+    try:
+        model = VAESKConv(**model_kwargs)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: cannot build VAESKConv with {sorted(model_kwargs)}: {e}") from e
     own = model.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]

@@ -42,14 +42,12 @@ def report_stage(cfg: DictConfig, command: str, stage_log: list[dict[str, Any]])
     if (out / "learning_check.json").is_file() and "learning_check" in stage_names(cfg.get("stages"),
                                                                                     all_stage_names(cfg)):
         check = load_json(out / "learning_check.json")
-    runs = {f"rvq_{p}": Path(stages.record(cfg, f"rvq_{p}")["paths"]["metrics"]) for p in cfg.rvq.parts}
-    runs.update({f"gen_{g}": Path(stages.record(cfg, f"gen_{g}")["paths"]["metrics"]) for g in cfg.generators})
     fgd_rec = stages.record(cfg, "fgd_ae")
-    history = None
-    if fgd_rec.get("trained"):
-        summ = Path(fgd_rec["paths"]["run_dir"]) / "fgd_ae_summary.json"
-        history = load_json(summ).get("history") if summ.is_file() else None
-    plots = [plot_training_curves(runs, rdir / "training_curves.png", history)]
+    fgd_metrics = fgd_rec["paths"].get("metrics")  # absent when the AE was given (or in a pre-BaseTrainer record)
+    runs = {"fgd_ae": Path(fgd_metrics)} if fgd_metrics else {}
+    runs.update({f"rvq_{p}": Path(stages.record(cfg, f"rvq_{p}")["paths"]["metrics"]) for p in cfg.rvq.parts})
+    runs.update({f"gen_{g}": Path(stages.record(cfg, f"gen_{g}")["paths"]["metrics"]) for g in cfg.generators})
+    plots = [plot_training_curves(runs, rdir / "training_curves.png")]
     first = next(iter(cfg.test.runs))
     tdir = Path(stages.record(cfg, f"test_{first}")["paths"]["dir"])
     rep = tests[first]

@@ -122,18 +122,14 @@ def _curves_of(metrics_path: Path) -> dict[str, tuple[list[int], list[float]]]:
     return curves
 
 
-def plot_training_curves(runs: dict[str, Path], out_png: Path, fgd_history: list[dict] | None = None) -> Path:
-    """One panel per run: training loss and validation metrics (from metrics.jsonl; FGD AE from its history)."""
+def plot_training_curves(runs: dict[str, Path], out_png: Path) -> Path:
+    """One panel per run: training loss and validation metrics (from its metrics.jsonl)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     panels = [(name, _curves_of(p)) for name, p in runs.items() if Path(p).is_file()]
-    if fgd_history:
-        panels.insert(0, ("fgd_ae", {k: ([h["step"] for h in fgd_history if k in h], [h[k] for h in fgd_history
-                                                                                     if k in h])
-                                     for k in ("train_loss", "val_loss")}))  # fmt: skip
     if not panels:
         raise ValueError("no training metrics to plot")
     cols = min(3, len(panels))

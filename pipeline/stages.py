@@ -106,7 +106,9 @@ def cache(cfg: DictConfig) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------------------------- FGD autoencoder
 def fgd_ae(cfg: DictConfig) -> dict[str, Any]:
-    """Train the FGD autoencoder on the corpus, or take ``fgd_ae.checkpoint`` (AESKConv_240_100.bin) as given."""
+    """Train the FGD autoencoder on the corpus (trainers.fgd_ae.FGDAETrainer; the record points at its best, else
+    last, trainer checkpoint, which load_fgd_autoencoder reads), or take ``fgd_ae.checkpoint`` (AESKConv_240_100.bin)
+    as given."""
     from evaluation.fgd_autoencoder import load_fgd_autoencoder
     from utils.io import sha256_file
 
@@ -118,16 +120,13 @@ def fgd_ae(cfg: DictConfig) -> dict[str, Any]:
         load_fgd_autoencoder(ck)  # fail here, not in the test stage, when the file is wrong
         print(f"[fgd_ae] using the given FGD autoencoder {ck}; training skipped")
         return {"paths": {"checkpoint": str(ck)}, "trained": False, "sha256": sha256_file(ck)}
-    from trainers.fgd_ae import train_from_config
+    from trainers.fgd_ae import FGDAETrainer
 
-    root = record(cfg, "corpus")["paths"]["root"]
-    extra = [f"data.root={root}", "data.synthetic=null", f"output_dir={out_dir(cfg) / 'runs'}",
-             f"seed={int(cfg.seed)}", f"device={cfg.device}"]  # fmt: skip
-    scfg = stage_config(node.config, node.get("overrides"), extra)
-    summary = train_from_config(scfg)
-    ck = Path(summary["best_checkpoint"])
-    return {"paths": {"checkpoint": str(ck), "run_dir": summary["run_dir"]}, "trained": True,
-            "sha256": summary["best_sha256"], "steps": summary["steps"], "best_score": summary["best_score"]}
+    extra = [f"output_dir={out_dir(cfg) / 'runs'}", f"seed={int(cfg.seed)}", f"device={cfg.device}"]
+    scfg = with_data(stage_config(node.config, node.get("overrides"), extra), cfg.data)
+    rec = fit_and_record(FGDAETrainer(scfg))
+    rec.update(trained=True, sha256=sha256_file(rec["paths"]["checkpoint"]))
+    return rec
 
 
 # ----------------------------------------------------------------------------------------------- RVQ-VAEs

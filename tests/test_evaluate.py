@@ -15,6 +15,7 @@ from evaluation.evaluator import EvaluationError, Evaluator, discover_pairs, eva
 from evaluation.metrics import BeatConsistency, frechet_distance
 from geometry.body_model import get_fk
 from geometry.rotations import poses_to_rot6d, reortho_6d
+from tests.motion import smooth_random_motion
 
 SR = 16000
 
@@ -33,8 +34,7 @@ class StandInEncoder(nn.Module):
 
 
 def random_walk(t: int, seed: int, scale: float = 0.02) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return (np.cumsum(rng.normal(0, scale, (t, 165)), axis=0) + rng.normal(0, 0.1, 165)).astype(np.float32)
+    return smooth_random_motion((t, 165), seed, step=scale, offset=0.1).astype(np.float32)
 
 
 def click_audio(seconds: float, seed: int) -> np.ndarray:

@@ -12,7 +12,9 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.data import Dataset
 
-from trainers.base import CHECKPOINT_FORMAT, BaseTrainer, LRSchedule, ResumableSampler, build_optimizer
+from trainers.base import BaseTrainer
+from trainers.checkpointing import CHECKPOINT_FORMAT, ResumableSampler
+from trainers.optim import LRSchedule, build_optimizer
 from utils.config import ConfigError
 from utils.io import load_torch
 from utils.logging import read_metrics

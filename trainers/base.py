@@ -61,6 +61,9 @@ extra (subclass state), optimizer, scheduler, epoch, iteration, batch_in_epoch, 
 config, seed, world_size, metrics. ``resume(path)`` restores all of it; with the default loader the data order is a
 function of (seed, epoch) and the number of batches already done, so a resumed CPU run ends bit-identical to an
 uninterrupted one.
+
+The pieces live beside this loop: ``trainers.distributed`` (process group, DDP wrapping), ``trainers.optim``
+(``build_optimizer``, ``LRSchedule``) and ``trainers.checkpointing`` (format, atomic files, ``ResumableSampler``).
 """
 
 from __future__ import annotations
@@ -68,187 +71,32 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
-import os
 import time
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
-from models.checkpoints import TRAINER_CHECKPOINT_FORMAT
+from trainers import distributed
+from trainers.checkpointing import (
+    CHECKPOINT_FORMAT,
+    ResumableSampler,
+    load_trainer_checkpoint,
+    rng_state_for_rank,
+    write_checkpoint_files,
+)
+from trainers.optim import build_optimizer, build_scheduler
 from utils.config import ConfigError, to_container
-from utils.device import get_device, rng_state, seed_everything, set_rng_state
-from utils.io import load_torch, save_json, save_torch
+from utils.device import rng_state, seed_everything, set_rng_state
+from utils.io import save_json
 from utils.logging import Logger, build_logger, progress
 from utils.runs import create_run_dir
 
-CHECKPOINT_FORMAT = TRAINER_CHECKPOINT_FORMAT
-LR_POLICIES = ("constant", "step", "multistep")
 VAL_UNITS = ("epoch", "iter")
-
-
-# ----------------------------------------------------------------------------------------------- distributed
-@dataclass(frozen=True)
-class DistInfo:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    owns_group: bool = False  # True when this process created the group (and must destroy it)
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-
-def init_distributed(device_preference: str = "auto") -> DistInfo:
-    """Join the torchrun process group when ``WORLD_SIZE > 1`` (nccl on CUDA, gloo on CPU); a no-op otherwise."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo()
-    if "RANK" not in os.environ:
-        raise RuntimeError("WORLD_SIZE > 1 but RANK is not set; launch with torchrun")
-    rank = int(os.environ["RANK"])
-    local = int(os.environ.get("LOCAL_RANK", rank))
-    if dist.is_initialized():
-        return DistInfo(dist.get_rank(), dist.get_world_size(), local, owns_group=False)
-    on_cuda = get_device(device_preference).type == "cuda"
-    if on_cuda:
-        torch.cuda.set_device(local)
-    dist.init_process_group(backend="nccl" if on_cuda else "gloo", rank=rank, world_size=world)
-    return DistInfo(rank, world, local, owns_group=True)
-
-
-class ResumableSampler(DistributedSampler):
-    """DistributedSampler (also for one process) that can start part-way into an epoch.
-
-    The permutation is drawn from a generator seeded with ``seed + epoch`` (DistributedSampler's rule), so it never
-    touches the global RNG; ``set_start(k)`` drops the first ``k`` indices of this rank's share, which is how a
-    resumed run skips the batches it already trained on.
-    """
-
-    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 0):
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
-        self.start_index = 0
-
-    def set_start(self, index: int) -> None:
-        self.start_index = int(index)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(list(super().__iter__())[self.start_index :])
-
-    def __len__(self) -> int:
-        return max(0, self.num_samples - self.start_index)
-
-
-# ----------------------------------------------------------------------------------------------- optimisation
-def build_optimizer(params: Iterable[Any], solver: Mapping[str, Any]) -> torch.optim.Optimizer:
-    """Adam / AdamW from ``solver.{opt, lr, betas, eps, weight_decay}``."""
-    name = str(solver.get("opt", "adam")).lower()
-    if solver.get("lr") is None:
-        raise ConfigError("solver.lr is required (the upstream name lr_base is not read)")
-    kwargs = dict(
-        lr=float(solver["lr"]),
-        betas=tuple(float(b) for b in solver.get("betas", (0.9, 0.999))),
-        eps=float(solver.get("eps", 1e-8)),
-        weight_decay=float(solver.get("weight_decay", 0.0)),
-    )
-    if len(kwargs["betas"]) != 2:
-        raise ConfigError(f"solver.betas must have two values, got {solver.get('betas')}")
-    classes = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
-    if name not in classes:
-        raise ConfigError(f"solver.opt must be one of {sorted(classes)}, got {name!r}")
-    return classes[name](params, **kwargs)
-
-
-class LRSchedule:
-    """Learning rate as a pure function of (epoch, iteration); ``apply`` writes it into the optimiser.
-
-    Being a function of the counters (which the checkpoint holds) makes resume exact whatever the stepping unit.
-    Policies: ``constant``; ``step`` (per epoch, ``decay_rate ** (epoch // decay_epochs)``, like timm's StepLR used
-    upstream for the generators); ``multistep`` (per iteration, ``gamma ** #{m in milestones: m <= iteration}``,
-    like MultiStepLR stepped after every update, used upstream for the RVQ-VAEs). ``warmup_iters`` multiplies any
-    policy by ``(i + 1) / (warmup_iters + 1)`` for updates ``i < warmup_iters``.
-    """
-
-    def __init__(
-        self,
-        optimizer: torch.optim.Optimizer,
-        policy: str = "constant",
-        decay_epochs: int | None = None,
-        decay_rate: float = 0.1,
-        milestones: Iterable[int] = (),
-        gamma: float = 0.1,
-        warmup_iters: int = 0,
-    ) -> None:
-        if policy not in LR_POLICIES:
-            raise ConfigError(f"solver.lr_policy must be one of {list(LR_POLICIES)}, got {policy!r}")
-        if policy == "step" and (decay_epochs is None or int(decay_epochs) <= 0):
-            raise ConfigError("solver.lr_policy=step needs solver.decay_epochs > 0")
-        self.optimizer = optimizer
-        self.policy = policy
-        self.decay_epochs = int(decay_epochs) if decay_epochs is not None else None
-        self.decay_rate = float(decay_rate)
-        self.milestones = sorted(int(m) for m in milestones)
-        self.gamma = float(gamma)
-        self.warmup_iters = int(warmup_iters or 0)
-        for g in optimizer.param_groups:
-            g.setdefault("initial_lr", g["lr"])
-        self.base_lrs = [float(g["initial_lr"]) for g in optimizer.param_groups]
-        self._last_lr = list(self.base_lrs)
-
-    def factor(self, epoch: int, iteration: int) -> float:
-        f = 1.0
-        if self.policy == "step":
-            f = self.decay_rate ** (epoch // self.decay_epochs)
-        elif self.policy == "multistep":
-            f = self.gamma ** sum(iteration >= m for m in self.milestones)
-        if iteration < self.warmup_iters:
-            f *= (iteration + 1) / (self.warmup_iters + 1)
-        return f
-
-    def lr_at(self, epoch: int, iteration: int) -> list[float]:
-        f = self.factor(epoch, iteration)
-        return [b * f for b in self.base_lrs]
-
-    def apply(self, epoch: int, iteration: int) -> list[float]:
-        self._last_lr = self.lr_at(epoch, iteration)
-        for g, lr in zip(self.optimizer.param_groups, self._last_lr):
-            g["lr"] = lr
-        return self._last_lr
-
-    def get_last_lr(self) -> list[float]:
-        return list(self._last_lr)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "policy": self.policy, "decay_epochs": self.decay_epochs, "decay_rate": self.decay_rate,
-            "milestones": list(self.milestones), "gamma": self.gamma, "warmup_iters": self.warmup_iters,
-            "base_lrs": list(self.base_lrs), "last_lr": list(self._last_lr),
-        }  # fmt: skip
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.base_lrs = [float(x) for x in state["base_lrs"]]
-        self._last_lr = [float(x) for x in state.get("last_lr", self.base_lrs)]
-        # The policy itself (milestones, decay, warm-up) stays the one built from the current config, so a run can
-        # be resumed with a changed schedule on purpose; the base learning rates come from the checkpoint.
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, solver: Mapping[str, Any]) -> LRSchedule:
-    return LRSchedule(
-        optimizer,
-        policy=str(solver.get("lr_policy", "constant") or "constant"),
-        decay_epochs=solver.get("decay_epochs"),
-        decay_rate=float(solver.get("decay_rate", 0.1)),
-        milestones=list(solver.get("milestones") or []),
-        gamma=float(solver.get("gamma", 0.1)),
-        warmup_iters=int(solver.get("warmup_iters", 0) or 0),
-    )
 
 
 def move_to_device(obj: Any, device: torch.device, non_blocking: bool = False) -> Any:
@@ -263,17 +111,6 @@ def move_to_device(obj: Any, device: torch.device, non_blocking: bool = False) -
     return obj
 
 
-class _MethodCaller(nn.Module):
-    """Lets DDP wrap any method (e.g. a generator's ``loss``), since DDP only hooks ``forward``."""
-
-    def __init__(self, module: nn.Module) -> None:
-        super().__init__()
-        self.module = module
-
-    def forward(self, *args: Any, method: str = "forward", **kwargs: Any) -> Any:
-        return getattr(self.module, method)(*args, **kwargs)
-
-
 # ----------------------------------------------------------------------------------------------- trainer
 class BaseTrainer:
     """Shared loop; see the module docstring for the hooks and the config keys."""
@@ -285,13 +122,10 @@ class BaseTrainer:
         if "solver" not in cfg:
             raise ConfigError("config has no 'solver' node (opt, lr, epochs/iterations, ...)")
         self.solver = to_container(cfg.solver)
-        self.dist = init_distributed(str(cfg.get("device", "auto")))
+        self.dist = distributed.init_distributed(str(cfg.get("device", "auto")))
         self.rank, self.world_size = self.dist.rank, self.dist.world_size
-        self.is_main = self.rank == 0
-        device = get_device(str(cfg.get("device", "auto")))
-        if device.type == "cuda" and self.dist.enabled:
-            device = torch.device("cuda", self.dist.local_rank)
-        self.device = device
+        self.is_main = self.dist.is_main
+        self.device = distributed.process_device(self.dist, str(cfg.get("device", "auto")))
         self.seed = int(cfg.get("seed", 0))
 
         # Run folder and logger: rank 0 only writes.
@@ -322,17 +156,11 @@ class BaseTrainer:
         if not isinstance(model, nn.Module):
             raise TypeError(f"{type(self).__name__}.build_model() must return an nn.Module, got {type(model).__name__}")
         self.model = model.to(self.device)
+        self.ddp_model: nn.Module = distributed.wrap_model(
+            self.model, self.dist, self.device, bool(cfg.get("ddp_find_unused_parameters", False))
+        )
         if self.dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel
-
-            self.ddp_model: nn.Module = DistributedDataParallel(
-                _MethodCaller(self.model),
-                device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=bool(cfg.get("ddp_find_unused_parameters", False)),
-            )
             seed_everything(self.seed + self.rank)  # different noise/dropout per rank; weights came from rank 0
-        else:
-            self.ddp_model = _MethodCaller(self.model)
 
         datasets = self.build_datasets()
         if "test" in datasets:
@@ -412,8 +240,7 @@ class BaseTrainer:
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
     def barrier(self) -> None:
-        if self.dist.enabled and dist.is_initialized():
-            dist.barrier()
+        distributed.barrier(self.dist)
 
     @property
     def checkpoint_dir(self) -> Path | None:
@@ -575,13 +402,6 @@ class BaseTrainer:
         self.run_validation()
         self.save_checkpoint(best=self._improved)
 
-    def _all_rng_states(self) -> list[dict] | None:
-        if not self.dist.enabled:
-            return None
-        states: list[Any] = [None] * self.world_size
-        dist.all_gather_object(states, rng_state())
-        return states
-
     def checkpoint_state(self, rng_per_rank: list[dict] | None = None) -> dict[str, Any]:
         return {
             "format": CHECKPOINT_FORMAT,
@@ -604,30 +424,26 @@ class BaseTrainer:
     def save_checkpoint(self, best: bool = False) -> Path | None:
         """Write ``last.pt`` (and ``best.pt`` / a periodic copy when due). Call on every rank (RNG states are
         gathered); only rank 0 writes. Returns the path of ``last.pt`` on rank 0."""
-        rng_all = self._all_rng_states()
+        rng_all = distributed.gather_rng_states(self.dist)
         path = None
         if self.is_main:
             state = self.checkpoint_state(rng_all)
             ckdir = self.checkpoint_dir
-            path = save_torch(state, ckdir / "last.pt")
-            if best:
-                save_torch(state, ckdir / "best.pt")
-                save_json({**self.best, "checkpoint": str(ckdir / "best.pt")}, self.run_dir / "best.json")
-                self.logger.log_text(f"new best {self.best_metric}={self.best['value']:.6g} -> {ckdir / 'best.pt'}")
             n = self.epoch if self.val_unit == "epoch" else self.iteration
             boundary = self.val_unit == "iter" or self.batch_in_epoch == 0
-            if self.save_period > 0 and n > 0 and n % self.save_period == 0 and boundary:
-                save_torch(state, ckdir / f"{self.val_unit}_{n:07d}.pt")
+            periodic = self.save_period > 0 and n > 0 and n % self.save_period == 0 and boundary
+            path = write_checkpoint_files(state, ckdir, best=best,
+                                          periodic_name=f"{self.val_unit}_{n:07d}" if periodic else None)
+            if best:
+                save_json({**self.best, "checkpoint": str(ckdir / "best.pt")}, self.run_dir / "best.json")
+                self.logger.log_text(f"new best {self.best_metric}={self.best['value']:.6g} -> {ckdir / 'best.pt'}")
         self._last_saved_iteration = self.iteration
         self.barrier()
         return path
 
     def resume(self, path: str | Path) -> None:
         """Restore model, optimiser, scheduler, counters, best metric and RNG from a checkpoint of this trainer."""
-        ckpt = load_torch(path, map_location="cpu")
-        if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{path}: not a trainer checkpoint (format {CHECKPOINT_FORMAT!r}); "
-                             "to start from released weights load them in build_model instead")  # fmt: skip
+        ckpt = load_trainer_checkpoint(path)
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -641,14 +457,11 @@ class BaseTrainer:
         if int(ckpt.get("seed", self.seed)) != self.seed:
             self.logger.log_text(f"resume: checkpoint seed {ckpt['seed']} != config seed {self.seed}; the data "
                                  "order follows the config seed")  # fmt: skip
-        per_rank = ckpt.get("rng_per_rank")
-        if self.dist.enabled and per_rank is not None and len(per_rank) == self.world_size:
-            set_rng_state(per_rank[self.rank])
-        else:
-            if int(ckpt.get("world_size", 1)) != self.world_size:
-                self.logger.log_text(f"resume: world size changed {ckpt.get('world_size')} -> {self.world_size}; "
-                                     "the run continues but is not bit-identical")  # fmt: skip
-            set_rng_state(ckpt["rng"])
+        state, exact = rng_state_for_rank(ckpt, self.rank, self.world_size)
+        if not exact:
+            self.logger.log_text(f"resume: world size changed {ckpt.get('world_size')} -> {self.world_size}; "
+                                 "the run continues but is not bit-identical")  # fmt: skip
+        set_rng_state(state)
         self.resumed_from = str(path)
         self._last_saved_iteration = self.iteration
         self.logger.log_text(f"resumed from {path}: epoch {self.epoch}, iteration {self.iteration}")
@@ -665,8 +478,7 @@ class BaseTrainer:
     def close(self) -> None:
         """Close the logger and leave the process group this trainer created."""
         self.logger.close()
-        if self.dist.owns_group and dist.is_initialized():
-            dist.destroy_process_group()
+        distributed.close_distributed(self.dist)
 
     def __enter__(self) -> BaseTrainer:
         return self
@@ -674,15 +486,3 @@ class BaseTrainer:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-
-__all__ = [
-    "CHECKPOINT_FORMAT",
-    "BaseTrainer",
-    "DistInfo",
-    "LRSchedule",
-    "ResumableSampler",
-    "build_optimizer",
-    "build_scheduler",
-    "init_distributed",
-    "move_to_device",
-]
