@@ -45,7 +45,8 @@ from evaluation.metrics import (
     lvd_emage2024,
     lvd_evaltools,
 )
-from evaluation.protocols import DEFAULT_PROTOCOL, bc_options, check_protocol
+from evaluation.protocols import DEFAULT_PROTOCOL, PLACEMENT_PROTOCOL, bc_options, check_protocol
+from evaluation.realism import QUANTITIES, beat_placement_score, realism_stats
 from geometry.body_model import JointsFK, SMPLXVertices, get_fk
 from geometry.rotations import poses_to_rot6d, reortho_6d
 from utils.io import load_torch, save_json, sha256_file
@@ -66,6 +67,10 @@ __all__ = [
 # How papers print each raw metric (raw x scale): FGD "x1e-1", BC "x1e-1", MSE "x1e-8", LVD "x1e-5".
 METRIC_SCALES = {"fgd": 10.0, "bc": 10.0, "bc_gt": 10.0, "l1div": 1.0, "l1div_gt": 1.0,
                  "face_mse": 1e8, "lvd_emage2024": 1e5, "lvd_evaltools": 1e5}  # fmt: skip
+# Realism (evaluation.realism): upper-body speed (m/s), acceleration (m/s^2), jerk (m/s^3) of prediction and GT,
+# their ratios, and the beat-placement score (corrected-protocol BC minus BC 0.5 s late); reported as they are.
+REALISM_METRICS = tuple(f"{q}{suffix}" for q in QUANTITIES for suffix in ("", "_gt", "_ratio"))
+METRIC_SCALES.update({k: 1.0 for k in (*REALISM_METRICS, "beat_placement", "beat_placement_gt")})
 
 
 # Audio may end this much before the motion (BEAT2 wavs and motion differ by a fraction of a second); beyond it BC
@@ -103,6 +108,10 @@ class SequenceResult:
     bc_gt: float | None = None
     fgd_moments: tuple[Any, ...] | None = None
     face: Mapping[str, float] | None = None
+    realism: Mapping[str, float] | None = None  # speed/acceleration/jerk of the prediction
+    realism_gt: Mapping[str, float] | None = None
+    beat_placement: float | None = None  # corrected-protocol BC minus BC of the motion 0.5 s late
+    beat_placement_gt: float | None = None
     notes: tuple[str, ...] = ()
     excluded: tuple[tuple[str, str], ...] = ()
 
@@ -120,6 +129,10 @@ class SequenceResult:
                                "l1div": self.l1div, "l1div_gt": self.l1div_gt}  # fmt: skip
         if self.face:
             out.update(self.face)
+        if self.realism is not None and self.realism_gt is not None:
+            for q in QUANTITIES:
+                out[q], out[f"{q}_gt"] = self.realism[q], self.realism_gt[q]
+        out["beat_placement"], out["beat_placement_gt"] = self.beat_placement, self.beat_placement_gt
         if self.notes:
             out["notes"] = list(self.notes)
         return out
@@ -149,7 +162,7 @@ def _blas_threads(n: int):
 
 
 # metric keys of SequenceResult.excluded -> how the notes name them
-_METRIC_LABELS = {"bc": "BC", "fgd": "FGD", "face": "face metrics"}
+_METRIC_LABELS = {"bc": "BC", "fgd": "FGD", "face": "face metrics", "realism": "realism metrics"}
 
 
 def _wav_channels(path: str | os.PathLike) -> int | None:
@@ -202,6 +215,7 @@ class Evaluator:
         if short_audio not in SHORT_AUDIO_POLICIES:
             raise ValueError(f"short_audio must be one of {SHORT_AUDIO_POLICIES}, got {short_audio!r}")
         self.num_threads = num_threads
+        self.fps = 30  # the protocol's pose rate (BC's pose_fps)
         self.fgd_model = fgd_model
         self.fk = fk if fk is not None else get_fk()
         self.protocol = protocol
@@ -215,12 +229,15 @@ class Evaluator:
         self.motion_dtype = torch.float32 if options.float32_motion else torch.float64
         self.bc: BeatConsistency | None = None
         self.bc_gt: BeatConsistency | None = None
+        self.bc_placement: BeatConsistency | None = None
         if mean_vel is not None:
             try:
                 self.bc = BeatConsistency(mean_vel, protocol=protocol, **bc_kwargs)
             except ValueError as e:
                 raise EvaluationError(str(e)) from e
             self.bc_gt = BeatConsistency(self.bc.mean_vel, protocol=protocol, **bc_kwargs)
+            # beat placement is defined under the corrected protocol whatever this evaluator's protocol is
+            self.bc_placement = BeatConsistency(self.bc.mean_vel, protocol=PLACEMENT_PROTOCOL)
         self.l1, self.l1_gt = L1Diversity(), L1Diversity()
         self._seqs: list[SequenceResult] = []
 
@@ -328,6 +345,8 @@ class Evaluator:
                     if onsets.size == 0:
                         onsets = None
                         exclude("bc", "no audio onsets in the evaluated window")
+                    else:
+                        res.update(self._beat_placement(jp, jg, audio, y, onsets))
         if self.fgd_model is not None:
             sp, sg = self._fgd_stats(pred), self._fgd_stats(gt)
             if sp is None:
@@ -342,6 +361,11 @@ class Evaluator:
                 vt = self.face_model.face_vertices(gt, gt_expressions, betas).cpu().numpy()
                 res["face"] = {"face_mse": face_mse(vr, vt), "lvd_emage2024": lvd_emage2024(vr, vt),
                                "lvd_evaltools": lvd_evaltools(vr, vt)}  # fmt: skip
+        if n >= 4:  # jerk needs a third difference
+            res["realism"] = realism_stats(jp, fps=self.fps, name=f"{sid} (prediction)")
+            res["realism_gt"] = realism_stats(jg, fps=self.fps, name=f"{sid} (ground truth)")
+        else:
+            exclude("realism", f"{n} frames < 4")
         # the metric objects' state changes last, once nothing above can fail: a rejected sequence leaves no trace
         self.l1.update(jp)
         self.l1_gt.update(jg)
@@ -350,6 +374,23 @@ class Evaluator:
             res["bc"] = self.bc.update(jp, onsets=onsets)
             res["bc_gt"] = self.bc_gt.update(jg, onsets=onsets)
         return SequenceResult(id=sid, frames=n, notes=tuple(notes), excluded=tuple(excluded), **res)
+
+    def _beat_placement(self, jp: np.ndarray, jg: np.ndarray, audio: Any, y: np.ndarray,
+                        onsets: np.ndarray) -> dict[str, float]:  # fmt: skip
+        """Beat placement of prediction and GT, with the corrected protocol's onsets (its own audio loading)."""
+        bp = self.bc_placement
+        assert bp is not None and self.bc is not None
+        if bp.options.audio_via_22k != self.bc.options.audio_via_22k:
+            y = load_bc_audio(audio, via_22k=bp.options.audio_via_22k, sr=bp.audio_sr)
+            onsets = bp.onsets(y, jp.shape[0])
+        if onsets.size == 0:
+            return {}
+
+        def bc(j: np.ndarray) -> float:
+            return bp.score(bp.motion_beats(j), onsets)
+
+        return {"beat_placement": beat_placement_score(jp, bc, fps=self.fps)["score"],
+                "beat_placement_gt": beat_placement_score(jg, bc, fps=self.fps)["score"]}  # fmt: skip
 
     # -- pooling -----------------------------------------------------------------------------------------------
     def _aggregate(self, w: np.ndarray, fast: bool = False) -> dict[str, float | None]:
@@ -369,6 +410,20 @@ class Evaluator:
                 out["bc"] = out["bc_gt"] = None
         if self.fgd_model is not None:
             out["fgd"] = self._fgd(w, fast)
+        rw = w * np.array([r.realism is not None for r in seqs])
+        for q in QUANTITIES:  # means over sequences, and their ratio (a ratio of means: noisy files do not dominate)
+            if rw.sum() == 0:
+                out[q] = out[f"{q}_gt"] = out[f"{q}_ratio"] = None
+                continue
+            out[q] = float(np.sum(rw * [r.realism[q] if r.realism else 0.0 for r in seqs]) / rw.sum())
+            out[f"{q}_gt"] = float(np.sum(rw * [r.realism_gt[q] if r.realism_gt else 0.0 for r in seqs]) / rw.sum())
+            out[f"{q}_ratio"] = out[q] / out[f"{q}_gt"] if out[f"{q}_gt"] > 0 else None
+        if self.bc is not None:
+            m = np.array([r.beat_placement is not None for r in seqs])
+            bw = w * m
+            for k in ("beat_placement", "beat_placement_gt"):
+                vals = [getattr(r, k) or 0.0 for r in seqs]
+                out[k] = float(np.sum(bw * vals) / bw.sum()) if bw.sum() > 0 else None
         if self.face_model is not None:
             fm = np.array([r.face is not None for r in seqs])
             fw = w * fm * n

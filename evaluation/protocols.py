@@ -47,6 +47,7 @@ BC_PROTOCOLS: dict[str, BCOptions] = {
 }
 
 
+PLACEMENT_PROTOCOL = "corrected"  # the beat-placement score's BC (the reference's BC saturates on jitter)
 DEFAULT_PROTOCOL = "emage2024"  # what papers report; "corrected" is what the learning check judges by
 PROTOCOL_NAMES: tuple[str, ...] = tuple(BC_PROTOCOLS)
 
@@ -68,4 +69,5 @@ def check_protocol(name: str) -> str:
     return name
 
 
-__all__ = ["BCOptions", "BC_PROTOCOLS", "DEFAULT_PROTOCOL", "PROTOCOL_NAMES", "bc_options", "check_protocol"]
+__all__ = ["BCOptions", "BC_PROTOCOLS", "DEFAULT_PROTOCOL", "PLACEMENT_PROTOCOL", "PROTOCOL_NAMES", "bc_options",
+           "check_protocol"]

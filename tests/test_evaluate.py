@@ -185,6 +185,9 @@ def test_cli_folder_mode_writes_metrics_json(tmp_path, capsys):
     assert m["n_frames"] == 686 and m["bootstrap"] == {"n": 50, "seed": 0, "unit": "sequence"}
     assert set(m["gt_copied_fields"]) >= {"jaw", "expressions", "trans"}
     assert "jaw" in m["files"][0]["identical_to_gt"] and m["files"][0]["gt_copied"] == ["jaw", "expressions", "trans"]
+    for k in ("speed", "acceleration", "jerk", "speed_ratio", "jerk_ratio", "beat_placement", "beat_placement_gt"):
+        assert np.isfinite(m["metrics"][k]) and len(m["ci95"][k]) == 2, k
+    assert all("jerk" in f and "beat_placement" in f for f in m["files"])
 
 
 def test_folder_mode_plain_names_same_folder_and_no_fgd(tmp_path):
@@ -530,3 +533,32 @@ def test_unwritable_out_is_found_first_and_a_late_write_failure_still_prints_the
     out = capsys.readouterr()
     assert "l1div" in out.out and "bc_gt" in out.out and len(read) == 6
     assert f"could not write {tmp_path / 'out' / 'metrics.json'}" in out.err and "No space left" in out.err
+
+
+def test_realism_in_the_evaluator_identity_noise_and_delay():
+    """Known answers: a prediction equal to GT has ratios 1 and GT's beat placement; white noise of std s on the
+    joint positions adds sqrt(20) s fps^3 per axis to the jerk's RMS, so jerk explodes while speed barely moves."""
+    fk = get_fk(source="mannequin")
+    mv = np.full(55, 0.5)
+    rng = np.random.default_rng(5)
+    t = np.arange(330)[:, None] / 30.0
+    gt = (0.3 * np.sin(2 * np.pi * rng.uniform(0.2, 1.0, 165) * t + rng.uniform(0, 6, 165))).astype(np.float32)
+    audio = click_audio(330 / 30 + 0.3, 5)
+    ev = Evaluator(None, mv, fk, "corrected")
+    same = ev.add(gt, gt, audio=audio, id="same")
+    assert same["speed"] == same["speed_gt"] and same["jerk"] == same["jerk_gt"]
+    assert same["beat_placement"] == same["beat_placement_gt"] is not None
+    r = ev.compute()
+    assert r["jerk_ratio"] == pytest.approx(1.0) and r["speed_ratio"] == pytest.approx(1.0)
+    # jitter: small pose noise -> the jerk ratio is large, the speed ratio stays near 1
+    noisy = gt + np.random.default_rng(0).normal(0, 0.01, gt.shape).astype(np.float32)
+    ev2 = Evaluator(None, mv, fk, "corrected")
+    ev2.add(noisy, gt, audio=audio, id="noisy")
+    r2 = ev2.compute(n_boot=20)
+    assert r2["jerk_ratio"] > 5 * r2["speed_ratio"] and r2["acceleration_ratio"] > 2
+    assert r2["ci95"]["jerk_ratio"] == [pytest.approx(r2["jerk_ratio"])] * 2  # one sequence: no spread
+    # a delayed copy keeps the speed distribution (ratios ~1) but not the timing of its minima
+    late = np.concatenate([np.repeat(gt[:15], 1, 0)[:1].repeat(15, 0), gt[:-15]])
+    ev3 = Evaluator(None, mv, fk, "corrected")
+    d = ev3.add(late, gt, audio=audio, id="late")
+    assert d["speed"] == pytest.approx(d["speed_gt"], rel=0.1)
