@@ -219,44 +219,32 @@ def judge(per_file: Mapping[str, Mapping[str, Sequence[float]]], rule: Rule = RU
 # Scoring one motion
 # ----------------------------------------------------------------------------------------------------------------
 class Scorer:
-    """Every per-file number of the check for one motion against a file's ground truth and audio."""
+    """Every per-file number of the check for one motion against a file's ground truth and audio: the Evaluator's
+    per-sequence results under the check's protocol (BC, FGD moments, realism, beat placement) and the EMAGE-2024
+    BC reported beside it."""
 
-    def __init__(self, fgd_model: Any, mean_vel: np.ndarray, fk: Any, fps: int = 30) -> None:
+    def __init__(self, fgd_model: Any, mean_vel: np.ndarray, fk: Any) -> None:
         from evaluation.evaluator import Evaluator
-        from evaluation.metrics import BeatConsistency
 
-        self.fk, self.fps = fk, fps
         self.ev = Evaluator(fgd_model, mean_vel=np.asarray(mean_vel), fk=fk, protocol=CHECK_PROTOCOL)
         self.ev_reported = Evaluator(None, mean_vel=np.asarray(mean_vel), fk=fk, protocol=REPORTED_PROTOCOL)
-        self.bc = BeatConsistency(np.asarray(mean_vel), protocol=CHECK_PROTOCOL)
-        self._onsets: dict[tuple[str, int], np.ndarray] = {}
-
-    def onsets(self, wav: str, n: int) -> np.ndarray:
-        key = (wav, n)
-        if key not in self._onsets:
-            self._onsets[key] = self.bc.onsets(wav, n)
-        return self._onsets[key]
-
-    def joints(self, poses: np.ndarray, betas: np.ndarray) -> np.ndarray:
-        return self.fk.with_betas(betas)(torch.from_numpy(np.asarray(poses)).double()).numpy()
 
     def score(self, poses: np.ndarray, ref: Mapping[str, Any]) -> dict[str, float]:
-        from evaluation.realism import beat_placement_score, realism_stats
-
         n = poses.shape[0]
         gt = ref["pose"][:n].numpy()
         betas = ref["beta"][0].numpy()
-        seq = self.ev.add(poses, gt, betas=betas, audio=ref["wav_path"], id=ref["id"])
+        self.ev.add(poses, gt, betas=betas, audio=ref["wav_path"], id=ref["id"])
         rep = self.ev_reported.add(poses, gt, betas=betas, audio=ref["wav_path"], id=ref["id"])
-        moments = self.ev.sequences[-1].fgd_moments
-        j = self.joints(poses, betas)
-        onsets = self.onsets(ref["wav_path"], n)
-        bp = beat_placement_score(j, lambda x: self.bc.score(self.bc.motion_beats(x), onsets), fps=self.fps,
-                                  delay_s=DELAY_S)  # fmt: skip
+        seq = self.ev.sequences[-1]
         nan = float("nan")
-        return {"bc": nan if seq["bc"] is None else seq["bc"], "bc_emage2024": nan if rep["bc"] is None else rep["bc"],
-                "fgd_file": paired_file_fgd(moments) if moments is not None else nan,
-                **realism_stats(j, fps=self.fps), "beat_placement": bp["score"]}  # fmt: skip
+
+        def num(v: float | None) -> float:
+            return nan if v is None else float(v)
+
+        return {"bc": num(seq.bc), "bc_emage2024": num(rep["bc"]),
+                "fgd_file": nan if seq.fgd_moments is None else paired_file_fgd(seq.fgd_moments),
+                **{q: num((seq.realism or {}).get(q)) for q in ("speed", "acceleration", "jerk")},
+                "beat_placement": num(seq.beat_placement)}  # fmt: skip
 
 
 def _save_motion(folder: Path, ref: Mapping[str, Any], poses: np.ndarray, copied: list[str]) -> None:
@@ -304,7 +292,7 @@ def run_learning_check(
         "words_swapped": [swap_words(items[i], items[donor[i]], pad) for i in range(n)],
         "delayed": [delay_inputs(it, DELAY_S, sr, fps, pad) for it in items],
     }
-    scorer = Scorer(fgd_model, mean_vel, fk, fps)
+    scorer = Scorer(fgd_model, mean_vel, fk)
     copied = gt_copied_fields(opts, copy_gt_jaw)
     raw: dict[str, list[list[dict[str, float]]]] = {}  # condition -> file -> seeds
     gen_s, motion_frames, nfe, windows = 0.0, 0, 0, 0
