@@ -66,7 +66,10 @@ def main(argv: list[str] | None = None) -> dict:
     warm_s = warm_up(SR)
     rng = np.random.default_rng(0)
     y = synth_audio(make_script(a.seconds, make_style(1, rng), rng), int(a.seconds * SR), rng)
+    import os
+
     results: dict = {"seconds_audio": a.seconds, "device": str(device), "threads": torch.get_num_threads(),
+                     "load_average_before": os.getloadavg(),
                      "model_build_s": load_s, "warm_up_s": warm_s, "guidance": a.guidance, "runs": []}  # fmt: skip
     with tempfile.TemporaryDirectory() as d:
         wav = Path(d) / "speech.wav"
@@ -99,6 +102,8 @@ def main(argv: list[str] | None = None) -> dict:
                                                      "algorithmic_delay_s", "decoder_radius_latents", "seconds")}
         print(f"stream n=2: first-window latency {s['first_window_latency_s']:.3f} s, max window "
               f"{s['max_window_latency_s']:.3f} s, algorithmic delay {s['algorithmic_delay_s']:.2f} s")  # fmt: skip
+    results["load_average_after"] = os.getloadavg()  # other processes on shared CPUs inflate every number
+    print(f"load average before/after: {results['load_average_before']} / {results['load_average_after']}")
     if a.out:
         save_json(results, a.out)
     return results

@@ -67,27 +67,20 @@ def window_features(
     return out
 
 
-@torch.no_grad()
-def decoder_radius(codec: Any, probes: int = 4, length: int = 96, margin: int = 2) -> int:
-    """Latents on each side that influence a decoded frame (measured by perturbing single latents), plus a margin."""
-    g = torch.Generator().manual_seed(0)
-    dev = codec.rot6d_mean.device
-    z = torch.randn(1, length, codec.latent_dim, generator=g).to(dev)
-    base = codec.decode_parts(z)
+def decoder_radius(codec: Any) -> int:
+    """Latents on each side that can influence a decoded frame: the receptive field of the RVQ decoders (conv k3
+    in/out, per level a Resnet1D with dilations growth**i, nearest upsampling x stride, conv k3), an exact upper
+    bound from their configs, maximised over the body parts."""
     radius = 0
-    for k in range(probes):
-        c = length // 2 + k
-        z2 = z.clone()
-        z2[:, c] += 3.0 * torch.randn(codec.latent_dim, generator=g).to(dev)
-        out = codec.decode_parts(z2)
-        changed = torch.zeros(base["upper"].shape[1], dtype=torch.bool, device=dev)
-        for key, v in base.items():
-            changed |= (out[key] - v).abs().amax(dim=(0, 2)) > 0
-        frames = torch.nonzero(changed).flatten()
-        if frames.numel():
-            lat = frames.div(4, rounding_mode="floor")
-            radius = max(radius, int((lat - c).abs().max()))
-    return radius + margin
+    for vq in codec.vqs.values():
+        c = vq.config
+        r = 2  # the two k3 convolutions at frame rate after the last level
+        for _ in range(int(c["down_t"])):
+            r += 1  # k3 conv after the upsampling
+            r = -(-r // int(c["stride_t"]))  # back through nearest upsampling: ceil
+            r += sum(int(c["dilation_growth_rate"]) ** i for i in range(int(c["depth"])))
+        radius = max(radius, r + 1)  # the k3 input convolution
+    return radius
 
 
 @dataclass

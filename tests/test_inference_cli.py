@@ -263,6 +263,21 @@ def test_a_failed_write_leaves_nothing(pipe, clip, tmp_path, monkeypatch, capsys
 
 
 # ---------------------------------------------------------------------------------------------------- streaming
+def test_decoder_radius_bounds_the_measured_receptive_field(lm):
+    from inference.streaming import decoder_radius
+
+    r = decoder_radius(lm.codec)
+    z = torch.randn(1, 4 * r, lm.codec.latent_dim, generator=torch.Generator().manual_seed(0))
+    base = lm.codec.decode(z)["poses"]
+    reach = 0
+    for c in (2 * r - 1, 2 * r, 2 * r + 1):
+        z2 = z.clone()
+        z2[:, c] += 3.0
+        frames = torch.nonzero((lm.codec.decode(z2)["poses"] - base).abs().amax(dim=(0, 2)) > 0).flatten()
+        reach = max(reach, int((frames.div(4, rounding_mode="floor") - c).abs().max()))
+    assert 0 < reach <= r, (reach, r)
+
+
 def test_stream_equals_offline(pipe, clip, lm):
     from inference.streaming import GestureStream, chunks_of, collect
 
