@@ -171,7 +171,11 @@ def resolve_model_source(
         init = cfg.get("model", {}).get("init_from") if "model" in cfg else None
         if not init:
             raise ModelError(f"{config}: model.init_from names no generator checkpoint; set it or pass --ckpt")
-        path = Path(resolve_checkpoint_path(str(init), "model.init_from"))
+        try:
+            path = Path(resolve_checkpoint_path(str(init), "model.init_from"))
+        except FileNotFoundError as e:
+            raise ModelError(f"{_first_line(e)}; set GESTURELSM_CKPT to the folder of the released files (see "
+                             f"{config}) or pass --set model.init_from=FILE") from e  # fmt: skip
         return ModelSource(cfg, path, "released", f"config {config}", config)
     if ckpt is None:
         folder = resolve_path(default_dir)

@@ -119,3 +119,14 @@ def test_cli_runs_the_released_config_on_user_audio(released, monkeypatch, tmp_p
     capsys.readouterr()
     assert main(["--ckpt", str(released["dir"] / "ckpt.pth"), "--audio", str(wav), "--out", str(out), "-q"]) == 2
     assert "configs/released_v2.yaml" in capsys.readouterr().err
+
+
+def test_missing_released_files_name_the_variable(monkeypatch, tmp_path, capsys):
+    from inference.cli import main
+
+    monkeypatch.setenv("GESTURELSM_CKPT", str(tmp_path / "empty"))
+    wav = need(FIXTURES / "audio_excerpt_2_scott_0_2_2_5s_17s.wav")
+    assert main(["--config", "configs/released_v2.yaml", "--audio", str(wav), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "new_540_shortcut.bin not found" in err and "GESTURELSM_CKPT" in err
+    assert not any((tmp_path / "o").iterdir())
