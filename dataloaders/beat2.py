@@ -18,6 +18,7 @@ import csv
 import math
 import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,7 +84,12 @@ def read_split(
     if not path.is_file():
         raise BeatDataError(f"split file not found: {path} (is data.root a beat_english_v2.0.0 folder?)")
     want = None if speakers is None else {int(s) for s in speakers}
-    return [i for i, t in read_split_csv(path).items() if t == split and (want is None or speaker_of(i) in want)]
+    try:
+        return [i for i, t in read_split_csv(path).items() if t == split and (want is None or speaker_of(i) in want)]
+    except BeatDataError as e:
+        if str(path) in str(e):
+            raise
+        raise BeatDataError(f"{path}: {e}") from e  # an id without a speaker number: name the csv too
 
 
 def read_split_csv(path: str | Path) -> dict[str, str]:
@@ -93,7 +99,7 @@ def read_split_csv(path: str | Path) -> dict[str, str]:
     listed twice (see :func:`check_split_rows`)."""
     path = Path(path)
     try:
-        with open(path, newline="") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a BOM (spreadsheet export) is no header
             reader = csv.DictReader(f)
             if not reader.fieldnames or not {"id", "type"} <= set(reader.fieldnames):
                 raise BeatDataError(f"{path}: expected columns 'id' and 'type', got {reader.fieldnames}")
@@ -135,16 +141,22 @@ def load_motion(path: str | Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise BeatDataError(f"missing motion file: {path}")
     try:
-        with np.load(path, allow_pickle=False) as z:
+        z = np.load(path, allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):  # a single .npy array under an .npz name
+            raise BeatDataError(f"{path}: not an npz archive (one .npy array?); expected keys {list(REQUIRED_KEYS)}")
+        with z:
             missing = [k for k in REQUIRED_KEYS if k not in z.files]
             if missing:
                 raise BeatDataError(f"{path}: missing key(s) {missing}; found {sorted(z.files)}")
             data = {k: np.asarray(z[k]) for k in REQUIRED_KEYS}
-            fps = float(z["mocap_frame_rate"]) if "mocap_frame_rate" in z.files else 30.0
+            fr = np.asarray(z["mocap_frame_rate"]) if "mocap_frame_rate" in z.files else np.array(30.0)
     except BeatDataError:
         raise
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, zlib.error) as e:
+        # ValueError includes object arrays, which are never unpickled
         raise BeatDataError(f"unreadable or truncated motion file {path}: {type(e).__name__}: {e}") from e
+    if fr.size != 1 or fr.dtype.kind not in "iuf" or not abs(float(fr.reshape(())) - 30.0) <= 1e-6:
+        raise BeatDataError(f"{path}: mocap_frame_rate {fr.tolist() if fr.size < 5 else fr.shape}, expected 30")
     poses, trans, betas, expr = data["poses"], data["trans"], data["betas"], data["expressions"]
     t = poses.shape[0] if poses.ndim == 2 else -1
     problems = []
@@ -161,13 +173,11 @@ def load_motion(path: str | Path) -> dict[str, np.ndarray]:
     if t < 2:
         raise BeatDataError(f"{path}: only {t} frames")
     for k, v in data.items():
-        if not np.issubdtype(v.dtype, np.number):
-            raise BeatDataError(f"{path}: key {k!r} has non-numeric dtype {v.dtype}")
+        if v.dtype.kind not in "iuf":  # complex would lose its imaginary part silently, bool/str/dates are no data
+            raise BeatDataError(f"{path}: key {k!r} has dtype {v.dtype} (expected real numbers)")
         if not np.all(np.isfinite(v)):
             bad = np.argwhere(~np.isfinite(v.reshape(v.shape[0], -1) if v.ndim > 1 else v[:, None]))[0]
             raise BeatDataError(f"{path}: key {k!r} holds NaN/inf (first at index {tuple(int(x) for x in bad)})")
-    if abs(fps - 30.0) > 1e-6:
-        raise BeatDataError(f"{path}: mocap_frame_rate {fps}, expected 30")
     angles = np.linalg.norm(poses.reshape(t, 55, 3).astype(np.float64), axis=-1)
     if angles.max() > MAX_AXIS_ANGLE:
         f, j = np.unravel_index(int(np.argmax(angles)), angles.shape)
@@ -175,8 +185,14 @@ def load_motion(path: str | Path) -> dict[str, np.ndarray]:
             f"{path}: joint {j} at frame {f} has |axis-angle| {angles[f, j]:.1f} rad > 4*pi ({MAX_AXIS_ANGLE:.2f}); "
             "poses must be axis-angle in radians (are they in degrees?)"
         )
-    return {"poses": poses.astype(np.float32), "trans": trans.astype(np.float64), "betas": betas.astype(np.float32),
-            "expressions": expr.astype(np.float64)}  # fmt: skip
+    with np.errstate(over="ignore"):  # overflow is reported just below, naming the key
+        out = {"poses": poses.astype(np.float32), "trans": trans.astype(np.float64),
+               "betas": betas.astype(np.float32), "expressions": expr.astype(np.float64)}  # fmt: skip
+    for k, v in out.items():
+        if not np.all(np.isfinite(v)):  # finite in the file, but beyond float32
+            raise BeatDataError(f"{path}: key {k!r} holds values too large for {v.dtype} (max |x| "
+                                f"{float(np.abs(data[k]).max()):.3g})")  # fmt: skip
+    return out
 
 
 def motion_warnings(poses: np.ndarray, trans: np.ndarray) -> list[str]:

@@ -490,8 +490,12 @@ def _ids_in(folder: Path, prefix: str, other_prefix: str) -> tuple[dict[str, Pat
     pref = [f for f in files if f.name.startswith(prefix)]
     if pref:
         plain = [f for f in files if not f.name.startswith((prefix, other_prefix))]
-        return {f.stem[len(prefix) :]: f for f in pref}, plain
-    return {f.stem: f for f in files if not f.name.startswith(other_prefix)}, []
+        ids = {f.name[len(prefix) : -len(".npz")]: f for f in pref}
+    else:
+        plain, ids = [], {f.name[: -len(".npz")]: f for f in files if not f.name.startswith(other_prefix)}
+    if "" in ids:  # "res_.npz" or ".npz" (Path.stem would even call the latter ".npz")
+        raise EvaluationError(f"{ids['']}: no sequence id in the file name (expected {prefix}<id>.npz)")
+    return ids, plain
 
 
 def _discover(pred_dir: Path, gt_dir: Path) -> tuple[list[tuple[str, Path, Path]], list[Path]]:
@@ -530,27 +534,46 @@ def load_motion_npz(path: Path) -> dict[str, Any]:
         z = np.load(path, allow_pickle=False)
     except Exception as e:
         raise EvaluationError(f"{path}: cannot read npz ({e})") from e
+    if not isinstance(z, np.lib.npyio.NpzFile):  # a single .npy array under an .npz name
+        raise EvaluationError(f"{path}: not an npz archive (one .npy array?); expected at least the key 'poses'")
     with z:
         if "poses" not in z.files:
             raise EvaluationError(f"{path}: missing key 'poses' (has {z.files})")
-        out: dict[str, Any] = {"poses": _as_poses(z["poses"], str(path))}
+        out: dict[str, Any] = {"poses": _as_poses(_npz_array(z, "poses", path, "iuf"), str(path))}
         t = out["poses"].shape[0]
-        for key in ("betas", "trans", "expressions"):
+        if t == 0:
+            raise EvaluationError(f"{path}: 'poses' has no frames")
+        for key, shape in (("betas", None), ("trans", (t, 3)), ("expressions", None)):
             if key in z.files:
-                a = np.asarray(z[key], np.float64)
+                a = _npz_array(z, key, path, "iuf").astype(np.float64)
+                if key == "betas" and a.ndim == 2 and a.shape[0] > 0:
+                    a = a[0]  # per-frame copies of one shape
+                if shape is not None and a.shape != shape:
+                    raise EvaluationError(f"{path}: '{key}' has shape {a.shape}, expected {shape} (poses: {t} frames)")
+                if key == "betas" and (a.ndim != 1 or a.size == 0):
+                    raise EvaluationError(f"{path}: 'betas' has shape {a.shape}, expected (K,) or (T, K)")
+                if key == "expressions" and (a.ndim != 2 or a.shape[0] != t):
+                    raise EvaluationError(f"{path}: 'expressions' has shape {a.shape}, expected ({t}, K)")
                 if not np.all(np.isfinite(a)):
                     raise EvaluationError(f"{path}: '{key}' contains NaN/inf")
-                if key != "betas" and a.shape[0] != t:
-                    raise EvaluationError(f"{path}: '{key}' has {a.shape[0]} frames, poses {t}")
                 out[key] = a
-        if "betas" in out and out["betas"].ndim == 2:
-            out["betas"] = out["betas"][0]  # per-frame copies of one shape
         if "gt_copied" in z.files:
-            try:
-                out["gt_copied"] = [str(s) for s in np.atleast_1d(z["gt_copied"]).tolist()]
-            except ValueError as e:
-                raise EvaluationError(f"{path}: 'gt_copied' must be a string array (no pickle): {e}") from e
+            names = _npz_array(z, "gt_copied", path, "U")
+            out["gt_copied"] = [str(s) for s in np.atleast_1d(names).ravel().tolist()]
     return out
+
+
+def _npz_array(z: Any, key: str, path: Path, kinds: str) -> np.ndarray:
+    """``z[key]`` with every reading problem (object arrays, which are never unpickled; corrupt or truncated members)
+    and a dtype outside ``kinds`` (numpy kind codes) reported as an EvaluationError naming the file and key."""
+    try:
+        a = np.asarray(z[key])
+    except Exception as e:  # numpy/zipfile/zlib raise many types for a damaged member; all mean "unreadable"
+        raise EvaluationError(f"{path}: cannot read '{key}' ({type(e).__name__}: {e})") from e
+    if a.dtype.kind not in kinds:
+        want = "strings" if kinds == "U" else "real numbers"
+        raise EvaluationError(f"{path}: '{key}' has dtype {a.dtype} (expected {want})")
+    return a
 
 
 def _identical_fields(pred: dict[str, Any], gt: dict[str, Any]) -> list[str]:

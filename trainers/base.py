@@ -60,7 +60,9 @@ Checkpoints (``<run_dir>/checkpoints/{last,best,<unit>_<n>}.pt``, written atomic
 extra (subclass state), optimizer, scheduler, epoch, iteration, batch_in_epoch, rng (every rank's under DDP), best,
 config, seed, world_size, metrics. ``resume(path)`` restores all of it; with the default loader the data order is a
 function of (seed, epoch) and the number of batches already done, so a resumed CPU run ends bit-identical to an
-uninterrupted one.
+uninterrupted one. Resuming into the same run folder drops the interrupted run's ``metrics.jsonl`` records of steps
+after the checkpoint (they are logged again), and every start removes temporary checkpoint files that a killed write
+left in the run folder (``utils.io.remove_stale_temp_files``; both are logged).
 
 The pieces live beside this loop: ``trainers.distributed`` (process group, DDP wrapping), ``trainers.optim``
 (``build_optimizer``, ``LRSchedule``) and ``trainers.checkpointing`` (format, atomic files, ``ResumableSampler``).
@@ -92,7 +94,7 @@ from trainers.checkpointing import (
 from trainers.optim import build_optimizer, build_scheduler
 from utils.config import ConfigError, to_container
 from utils.device import rng_state, seed_everything, set_rng_state
-from utils.io import save_json
+from utils.io import remove_stale_temp_files, save_json
 from utils.logging import Logger, build_logger, progress
 from utils.runs import create_run_dir
 
@@ -136,6 +138,8 @@ class BaseTrainer:
         self.logger = logger if logger is not None else build_logger(
             cfg.get("logging"), self.run_dir, self.rank, config=to_container(cfg)
         )  # fmt: skip
+        if self.is_main:
+            self._remove_stale_temp_files()
 
         self._read_schedule_keys()
         self.amp_dtype = self._resolve_amp()
@@ -245,6 +249,18 @@ class BaseTrainer:
     @property
     def checkpoint_dir(self) -> Path | None:
         return None if self.run_dir is None else self.run_dir / "checkpoints"
+
+    def _remove_stale_temp_files(self) -> None:
+        """Delete the temporary files of atomic writes that a killed run left in this run's folders (a kill -9
+        during a checkpoint write leaves a full-size ``.last.pt.<random>.tmp``). This trainer owns these folders
+        from now on, so no live writer's file can be among them."""
+        assert self.run_dir is not None
+        removed = [r for d in (self.run_dir, self.checkpoint_dir) for r in remove_stale_temp_files(d)]
+        if removed:
+            mb = sum(size for _, size in removed) / 1e6
+            names = ", ".join(str(p.relative_to(self.run_dir)) for p, _ in removed)
+            self.logger.log_text(f"removed {len(removed)} temporary file(s) ({mb:.1f} MB) left by an interrupted "
+                                 f"write: {names}")  # fmt: skip
 
     # ------------------------------------------------------------------ config
     def _read_schedule_keys(self) -> None:
@@ -464,7 +480,11 @@ class BaseTrainer:
         set_rng_state(state)
         self.resumed_from = str(path)
         self._last_saved_iteration = self.iteration
-        self.logger.log_text(f"resumed from {path}: epoch {self.epoch}, iteration {self.iteration}")
+        # A run killed after this checkpoint logged later steps into the same metrics.jsonl; this run logs them
+        # again, so the old records are dropped (the file then reads as one uninterrupted run).
+        dropped = self.logger.discard_after(self.iteration)
+        note = f"; dropped {dropped} logged record(s) of later steps (the interrupted run's)" if dropped else ""
+        self.logger.log_text(f"resumed from {path}: epoch {self.epoch}, iteration {self.iteration}{note}")
 
     def summary(self) -> dict[str, Any]:
         return {

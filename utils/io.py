@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,6 +15,39 @@ from typing import Any
 
 import numpy as np
 import torch
+
+# The name atomic_path gives its temporary file: ".<target name>.<8 random chars of mkstemp>.tmp". A process killed
+# mid-write (kill -9, power loss) leaves it behind; remove_stale_temp_files matches exactly this pattern.
+_TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$")
+
+
+def atomic_temp_target(name: str) -> str | None:
+    """The target file name when ``name`` is an atomic_path temporary file name, else None."""
+    m = _TEMP_NAME.match(name)
+    return m.group("target") if m else None
+
+
+def remove_stale_temp_files(folder: str | os.PathLike) -> list[tuple[Path, int]]:
+    """Delete the temporary files that atomic writes left in ``folder`` (not recursive) when their process was
+    killed mid-write; returns (path, size in bytes) of each removed file.
+
+    Only files named like atomic_path's temporaries are touched (never folders or links). Call it only for a folder
+    no other process is writing to right now (a trainer at start, on its own run folder): a live writer's temporary
+    file looks the same."""
+    folder = Path(folder)
+    removed: list[tuple[Path, int]] = []
+    if not folder.is_dir():
+        return removed
+    for p in sorted(folder.iterdir()):
+        if atomic_temp_target(p.name) is None or p.is_symlink() or not p.is_file():
+            continue
+        try:
+            size = p.stat().st_size
+            p.unlink()
+        except FileNotFoundError:  # gone meanwhile
+            continue
+        removed.append((p, size))
+    return removed
 
 
 @contextlib.contextmanager

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging as _std_logging
+import os
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -30,6 +31,8 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from tqdm.auto import tqdm
+
+from utils.io import atomic_path
 
 DEFAULT_BACKENDS: tuple[str, ...] = ("console", "tensorboard", "jsonl")
 KNOWN_BACKENDS: tuple[str, ...] = ("console", "tensorboard", "jsonl", "wandb")
@@ -51,6 +54,11 @@ class Logger:
 
     def log_text(self, text: str, step: int | None = None, tag: str = "text") -> None:
         raise NotImplementedError
+
+    def discard_after(self, step: int) -> int:
+        """Forget records of steps after ``step`` (a run resumed from a checkpoint at ``step`` logs them again);
+        returns how many were dropped. Only file backends that can rewrite their records do anything."""
+        return 0
 
     def close(self) -> None:
         """Flush and release files; safe to call twice."""
@@ -140,13 +148,49 @@ class JsonlLogger(Logger):
 
     Each record is one ``write`` of a complete line followed by a flush. An append-only log cannot be replaced
     atomically without rewriting it every time, so a crash can at worst leave a truncated last line, which
-    ``read_metrics`` skips.
+    ``read_metrics`` skips; opening an existing file (a resumed run) removes such a line first, so that the new
+    records do not continue it. ``discard_after(step)`` rewrites the file atomically without the records of later
+    steps (trainers call it on resume: the killed run's steps after its checkpoint are not repeated).
     """
 
     def __init__(self, run_dir: str | Path, filename: str = "metrics.jsonl") -> None:
         self.path = Path(run_dir) / filename
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._f: Any = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (kept open for the run)
+        self._f: Any = None
+        if self.path.is_file():
+            lines = self.path.read_bytes().splitlines(keepends=True)
+            if lines and not lines[-1].endswith(b"\n"):  # a record cut by a kill: never completed
+                self._rewrite(b"".join(lines[:-1]))
+        self._open()
+
+    def _open(self) -> None:
+        self._f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (kept open for the run)
+
+    def _rewrite(self, content: bytes) -> None:
+        mode = self.path.stat().st_mode & 0o777
+        with atomic_path(self.path) as tmp:
+            tmp.write_bytes(content)
+            os.chmod(tmp, mode)  # mkstemp makes 0600; keep the file's own permissions
+
+    def discard_after(self, step: int) -> int:
+        """Atomically drop the records whose ``step`` is a number > ``step``; records without a step (free text)
+        and lines that are not JSON records are kept. Returns the number dropped."""
+        reopen = self._f is not None
+        if reopen:
+            self._f.close()
+            self._f = None
+        try:
+            if not self.path.is_file():
+                return 0
+            lines = self.path.read_bytes().splitlines(keepends=True)
+            keep = [ln for ln in lines if not _step_after(ln, step)]
+            dropped = len(lines) - len(keep)
+            if dropped:
+                self._rewrite(b"".join(keep))
+            return dropped
+        finally:
+            if reopen:
+                self._open()
 
     def _write(self, record: dict[str, Any]) -> None:
         self._f.write(json.dumps(record, allow_nan=True) + "\n")
@@ -164,6 +208,16 @@ class JsonlLogger(Logger):
         if self._f is not None:
             self._f.close()
             self._f = None
+
+
+def _step_after(line: bytes, step: int) -> bool:
+    """Whether a metrics.jsonl line is a record of a step after ``step``."""
+    try:
+        rec = json.loads(line)
+    except ValueError:  # incl. UnicodeDecodeError: not a record of ours, kept as it is
+        return False
+    s = rec.get("step") if isinstance(rec, dict) else None
+    return isinstance(s, (int, float)) and not isinstance(s, bool) and s > step
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
@@ -238,6 +292,9 @@ class MultiLogger(Logger):
     def log_text(self, text: str, step: int | None = None, tag: str = "text") -> None:
         for lg in self.loggers:
             lg.log_text(text, step, tag)
+
+    def discard_after(self, step: int) -> int:
+        return sum(lg.discard_after(step) for lg in self.loggers)
 
     def close(self) -> None:
         for lg in self.loggers:
