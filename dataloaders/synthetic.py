@@ -17,7 +17,9 @@ How the content is made (so that learning is measurable):
   head move along loops driven by a common phase that advances by one loop between consecutive *beats* (stressed
   syllable onsets). Every joint's speed is therefore zero exactly at a beat and has one maximum in between, so
   upper-body speed minima (BC's motion beats) sit on the audio onsets of the file's own audio; bigger loops on
-  emphasised words. Jaw and expressions follow the loudness envelope.
+  emphasised words. Jaw and expressions follow the loudness envelope. A small band-limited (5-8 Hz) micro-motion of
+  torso, head and arms, as in motion-capture data, gives realistic accelerations without motion beats of its own
+  (upper-body speed/acceleration medians vs the real BEAT2 sample: ``benchmarks/corpus_realism.py``).
 * Per-speaker style: amplitude, handedness, tempo, pitch, loop shape and betas.
 * Per-file delivery, audible in the audio the generator sees (onset+amplitude): vocal effort scales the loudness
   (the audio is not peak-normalised per file) and the gesture amplitude together; speech rate scales syllable
@@ -42,7 +44,18 @@ from utils.io import atomic_path, save_text
 
 SR = 16000
 FPS = 30
-EFFORT_RANGE = (0.4, 1.6)  # per-file vocal effort: audio gain and gesture amplitude factor
+EFFORT_RANGE = (0.4, 1.6)
+# Motion dynamics, tuned so that the upper-body speed and acceleration medians match the real BEAT2 sample
+# (benchmarks/corpus_realism.py) while ground truth keeps a clear beat-placement margin:
+STROKE_LINEAR_SHARE = 0.65  # linear share of each eased stroke segment: speed at a beat stays > 0 (a BC minimum)
+GROUP_GAP = 3.5  # beats closer than this (s) form one gesture group (hands stay up, as real speakers' do)
+STROKE_SIZE = 3.6  # stroke amplitude along the speaker's loop directions (x style amplitude x emphasis)
+AXIAL_GAIN = 2.0  # spine/neck/head lean with the strokes (real torsos move with the beats)
+# Small fast micro-motion of torso, head, collars and arms (rad, band-limited noise): real motion-capture data has
+# it (its acceleration median comes mostly from > 1 Hz content). Kept above 5 Hz (a period < 7 frames, BC's
+# minimum window) so it does not create motion beats of its own.
+MICRO_MOTION = 0.0006
+MICRO_BAND = (5.0, 8.0)  # per-file vocal effort: audio gain and gesture amplitude factor
 SPEAKER_NAMES = ("ava", "ben", "cleo", "dan", "eve", "finn", "gus", "hana", "ivan", "jade", "kai", "lena")
 
 # Common English words; function words are unstressed and do not carry beats.
@@ -155,6 +168,10 @@ def _arm_vec(left: dict[int, tuple[float, float, float]], wl: float, wr: float) 
     return v
 
 
+# Per-dim gain of the small fast micro-motion (rad per unit MICRO_MOTION): torso, head, collars and arms.
+MICRO_JOINT_GAIN = _pose_vec({j: (1.0, 1.0, 1.0) for j in (0, 3, 6, 9, 12, 15, 13, 14, 16, 17, 18, 19, 20, 21)})
+
+
 def make_style(speaker: int, rng: np.random.Generator) -> SpeakerStyle:
     """Per-speaker style: amplitude, handedness, tempo, pitch, loop shape, body shape."""
     dominant = rng.uniform(0.9, 1.1)
@@ -162,8 +179,8 @@ def make_style(speaker: int, rng: np.random.Generator) -> SpeakerStyle:
     right_handed = rng.random() < 0.75
     wr, wl = (dominant, other) if right_handed else (other, dominant)
     jitter = lambda d: {j: tuple(np.asarray(a) * rng.uniform(0.8, 1.2, 3)) for j, a in d.items()}  # noqa: E731
-    loop_up = _arm_vec(jitter(LOOP_UP_LEFT), wl, wr) + _pose_vec(jitter(LOOP_UP_AXIAL))
-    loop_side = _arm_vec(jitter(LOOP_SIDE_LEFT), wl, wr) + _pose_vec(jitter(LOOP_SIDE_AXIAL))
+    loop_up = _arm_vec(jitter(LOOP_UP_LEFT), wl, wr) + _pose_vec(jitter(LOOP_UP_AXIAL), AXIAL_GAIN)
+    loop_side = _arm_vec(jitter(LOOP_SIDE_LEFT), wl, wr) + _pose_vec(jitter(LOOP_SIDE_AXIAL), AXIAL_GAIN)
     # Gesture space: the dominant hand is raised more.
     gesture = _arm_vec(jitter(GESTURE_SPACE_LEFT), min(1.0, 0.5 + wl), min(1.0, 0.5 + wr))
     rest = _pose_vec(REST_POSE)
@@ -325,6 +342,15 @@ def _smooth_noise(rng: np.random.Generator, n: int, sigma: float, dims: int = 1)
     return x / (x.std(axis=0, keepdims=True) + 1e-12)
 
 
+def _band_noise(rng: np.random.Generator, n: int, band: tuple[float, float], dims: int) -> np.ndarray:
+    """Unit-std noise band-limited to ``band`` Hz (FFT mask), (n, dims)."""
+    spec = np.fft.rfft(rng.normal(0.0, 1.0, (n, dims)), axis=0)
+    f = np.fft.rfftfreq(n, 1.0 / FPS)
+    spec[(f < band[0]) | (f > band[1])] = 0.0
+    x = np.fft.irfft(spec, n=n, axis=0)
+    return x / (x.std(axis=0, keepdims=True) + 1e-12)
+
+
 def _ease(u: np.ndarray) -> np.ndarray:
     """0 -> 1 with zero velocity at both ends."""
     return (1.0 - np.cos(np.pi * np.clip(u, 0.0, 1.0))) / 2.0
@@ -343,10 +369,10 @@ def synth_motion(
     # Keyframes: rest -> stroke targets landing on each beat -> rest, one group per run of close beats. Each
     # segment is eased (speed peaks mid-stroke) with a linear share ``lam`` so the speed at a beat is a clear
     # local minimum that is not zero (as in real strokes, and so that velocity thresholds keep it).
-    lam = 0.5
+    lam = STROKE_LINEAR_SHARE
     keys_t: list[float] = []
     keys_p: list[np.ndarray] = []
-    group_gap = 2.0
+    group_gap = GROUP_GAP
     groups: list[list[int]] = []
     for k in range(len(beats)):
         if not groups or beats[k] - beats[groups[-1][-1]] > group_gap:
@@ -366,7 +392,7 @@ def synth_motion(
         theta = rng.uniform(0, 2 * np.pi)
         turn = rng.choice([-1.0, 1.0])
         for k in idx:
-            a = 2.4 * style.amplitude * beat_amps[k] * rng.uniform(0.75, 1.1)
+            a = STROKE_SIZE * style.amplitude * beat_amps[k] * rng.uniform(0.75, 1.1)
             theta += turn * rng.uniform(0.4, 0.6) * np.pi
             keys_t.append(beats[k])
             keys_p.append(style.gesture_offset + a * (np.cos(theta) * style.loop_up + np.sin(theta) * style.loop_side))
@@ -385,6 +411,9 @@ def synth_motion(
     space = gaussian_filter1d(space, 6.0)
 
     poses = np.tile(style.rest, (n_frames, 1)) + gesture
+    if MICRO_MOTION:
+        band = _band_noise(rng, n_frames, MICRO_BAND, 165) * MICRO_MOTION * MICRO_JOINT_GAIN
+        poses += band
     # Breathing (spine, collars), slow sway of the root facing direction, weight shifts.
     breath_hz = rng.uniform(0.22, 0.3)
     breath = np.sin(2 * np.pi * breath_hz * t + rng.uniform(0, 2 * np.pi))

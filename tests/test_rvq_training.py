@@ -155,6 +155,27 @@ def test_velocity_loss_and_bad_loss_name(tmp_path: Path) -> None:
         RVQTrainer(small_cfg(tmp_path, **{"loss.recons": "huber"}), run_dir=tmp_path / "x")
 
 
+def test_acceleration_and_jerk_losses(tmp_path: Path) -> None:
+    """loss.acc / loss.jerk add the 2nd / 3rd time differences (own loss kind when *_kind is set); 0 = absent."""
+    over = {"loss.acc": 0.3, "loss.jerk": 0.2, "loss.jerk_kind": "l1"}
+    cfg = small_cfg(tmp_path, iterations=2, val_period=0, val_before_train=False, **over)
+    with RVQTrainer(cfg, run_dir=tmp_path / "a") as tr:
+        batch = torch.randn(4, 32, 78)
+        out = tr.train_step(batch)
+        assert "vel" not in out and {"acc", "jerk"} <= set(out)
+        expected = out["rec"] + 0.02 * out["commit"] + 0.3 * out["acc"] + 0.2 * out["jerk"]
+        torch.testing.assert_close(out["loss"], expected)
+        # with a known reconstruction: the terms are the losses of its 2nd / 3rd time differences
+        rec = batch + 0.1 * torch.randn_like(batch)
+        tr.forward_model = lambda b: (rec, torch.tensor(0.0), torch.tensor(1.0))
+        out = tr.train_step(batch)
+        fn = torch.nn.functional
+        torch.testing.assert_close(out["acc"], fn.smooth_l1_loss(rec.diff(n=2, dim=1), batch.diff(n=2, dim=1)))
+        torch.testing.assert_close(out["jerk"], fn.l1_loss(rec.diff(n=3, dim=1), batch.diff(n=3, dim=1)))
+    with pytest.raises(ConfigError, match="loss.acc_kind"):
+        RVQTrainer(small_cfg(tmp_path, **{"loss.acc": 1.0, "loss.acc_kind": "huber"}), run_dir=tmp_path / "y")
+
+
 def test_fgd_skipped_with_note_when_not_configured(tmp_path: Path) -> None:
     cfg = small_cfg(tmp_path, iterations=1, val_period=1, val_before_train=False)
     with RVQTrainer(cfg, run_dir=tmp_path / "f") as tr:

@@ -11,7 +11,10 @@ with an FGD autoencoder configured, FGD of the whole body with this part reconst
 
 Differences from the reference, on purpose:
 * the velocity loss weight exists (``loss.vel``) and defaults to 0, the reference's effective value (its script sets
-  the velocity term to 0 whatever ``--loss-vel`` says);
+  the velocity term to 0 whatever ``--loss-vel`` says); ``loss.acc`` and ``loss.jerk`` add the 2nd and 3rd time
+  differences the same way (default 0; ``loss.<term>_kind`` picks their loss, default ``loss.recons``). Without
+  them the tiny CPU codecs reconstruct with per-frame error that reads as jitter (round trip of held-out GT at ~15x
+  GT jerk on the synthetic corpus); configs/rvq/tiny_overrides.yaml turns them on;
 * validation uses the val split (upstream used test), FGD features are 240-D per token (upstream reshaped them to
   32-D chunks during training), and the best checkpoint follows the configured metric (upstream tracked the max L2);
 * checkpoints hold the full quantiser state (EMA sums/counts/init), so resuming does not re-initialise codebooks.
@@ -142,6 +145,12 @@ class RVQTrainer(BaseTrainer):
     def _validate_config(self) -> None:
         loss = self.cfg.get("loss") or {}
         reconstruction_loss(torch.zeros(1), torch.zeros(1), str(loss.get("recons", "l1_smooth")))  # name check
+        for name in ("vel", "acc", "jerk"):
+            if loss.get(f"{name}_kind"):
+                try:
+                    reconstruction_loss(torch.zeros(1), torch.zeros(1), str(loss.get(f"{name}_kind")))
+                except ConfigError as e:
+                    raise ConfigError(f"loss.{name}_kind: {e}") from None
         if self.best_metric is not None and self.best_metric == "fgd" and not self.cfg.val.get("fgd_autoencoder"):
             raise ConfigError("best_metric=fgd needs val.fgd_autoencoder (a path to the FGD autoencoder)")
 
@@ -195,11 +204,15 @@ class RVQTrainer(BaseTrainer):
         rec_loss = reconstruction_loss(rec.float(), batch, str(loss_cfg.recons))
         loss = rec_loss + float(loss_cfg.commit) * commit
         out = {"rec": rec_loss, "commit": commit, "perplexity": perplexity}
-        vel_w = float(loss_cfg.get("vel", 0.0) or 0.0)
-        if vel_w:
-            vel = reconstruction_loss(rec.float().diff(dim=1), batch.diff(dim=1), str(loss_cfg.recons))
-            loss = loss + vel_w * vel
-            out["vel"] = vel
+        # Optional temporal-derivative terms (default 0, the reference's effective recipe): the k-th finite
+        # difference along time of the reconstruction vs the target's, with the same loss kind.
+        for name, order in (("vel", 1), ("acc", 2), ("jerk", 3)):
+            w = float(loss_cfg.get(name, 0.0) or 0.0)
+            if w:
+                term = reconstruction_loss(rec.float().diff(n=order, dim=1), batch.diff(n=order, dim=1),
+                                           str(loss_cfg.get(f"{name}_kind") or loss_cfg.recons))
+                loss = loss + w * term
+                out[name] = term
         out["loss"] = loss
         return out
 

@@ -1,0 +1,125 @@
+"""How realistic is the synthetic corpus? Upper-body speed/acceleration vs the real BEAT2 sample, and GT beat placement.
+
+    python benchmarks/corpus_realism.py [--speakers 3 --files-per-speaker 8 --seconds 24 --seed 0] [--out DIR]
+
+Prints, for the synthetic corpus (the main job's size by default) and the real sample
+``../shared/data/beat2_sample/smplxflame_30/2_scott_0_1_1.npz``, measured with the same FK (utils.body_model.get_fk:
+the SMPL-X model when one is found, else the mannequin-x skeleton; global orientation kept, translation zeroed, file
+betas[:10]) on the upper-body BC joints:
+* the median over frames and joints of |velocity| and |acceleration| (finite differences x fps^k), and the means
+  (evaluation.realism.realism_stats, jerk included);
+* GT's beat-placement margin on the corpus: BC (corrected protocol) with its own audio minus BC of the motion
+  delayed by 0.5 s (first frame repeated), per file and mean, with mean_vel computed from the corpus as the cache
+  stage does. The real sample's margin is printed too (official mean_vel), for reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from evaluation.realism import REALISM_JOINTS, beat_placement_score, realism_stats  # noqa: E402
+from utils.body_model import get_fk  # noqa: E402
+from utils.metrics import BeatConsistency  # noqa: E402
+
+REAL = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "beat2_sample"
+FPS = 30.0
+
+
+def fk_positions(npz: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(T,55,3) joints without translation (metrics) and with it (for mean_vel, as dataloaders.stats)."""
+    with np.load(npz, allow_pickle=False) as z:
+        poses, trans, betas = z["poses"].astype(np.float64), z["trans"].astype(np.float64), z["betas"]
+    j = get_fk(betas=betas[:10])(poses).numpy()
+    return j, j + trans[:, None]
+
+
+def magnitudes(j: np.ndarray, k: int) -> np.ndarray:
+    return np.linalg.norm(np.diff(j[:, REALISM_JOINTS], n=k, axis=0) * FPS**k, axis=-1).ravel()
+
+
+def summarise(name: str, seqs: list[np.ndarray]) -> dict[str, float]:
+    vel = np.concatenate([magnitudes(j, 1) for j in seqs])
+    acc = np.concatenate([magnitudes(j, 2) for j in seqs])
+    means = [realism_stats(j, FPS) for j in seqs]
+    out = {"speed_p50": float(np.median(vel)), "acc_p50": float(np.median(acc)),
+           **{f"{q}_mean": float(np.mean([m[q] for m in means])) for q in means[0]}}  # fmt: skip
+    wrist = np.concatenate([np.linalg.norm(np.diff(j[:, [20, 21]], axis=0) * FPS, axis=-1).ravel() for j in seqs])
+    out["wrist_p50"] = float(np.median(wrist))
+    print(f"{name:>10}: speed p50 {out['speed_p50']:.4f} m/s  acc p50 {out['acc_p50']:.3f} m/s^2  | means: "
+          f"speed {out['speed_mean']:.4f}  acc {out['acceleration_mean']:.3f}  jerk {out['jerk_mean']:.2f}  "
+          f"| wrist speed p50 {out['wrist_p50']:.3f}")
+    return out
+
+
+def margins(ids: list[str], joints: dict[str, np.ndarray], wav_dir: Path, mean_vel: np.ndarray) -> list[float]:
+    bc = BeatConsistency(mean_vel, protocol="corrected")
+    out = []
+    for i in ids:
+        onsets = bc.onsets(wav_dir / f"{i}.wav", len(joints[i]))
+        out.append(beat_placement_score(joints[i], lambda j, o=onsets: bc.score(bc.motion_beats(j), o), FPS))
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--speakers", type=int, default=3)
+    ap.add_argument("--files-per-speaker", type=int, default=8)
+    ap.add_argument("--seconds", type=float, default=24.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", help="corpus folder (default: a temporary one)")
+    a = ap.parse_args(argv)
+    from dataloaders.synthetic import generate_corpus
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.time()
+        root = generate_corpus(a.out or Path(tmp) / "corpus", a.speakers, a.files_per_speaker, a.seconds, a.seed)
+        print(f"corpus: {a.speakers} speakers x {a.files_per_speaker} files x {a.seconds:g} s "
+              f"({time.time() - t0:.0f} s)")
+        ids = sorted(p.stem for p in (root / "smplxflame_30").glob("*.npz"))
+        fk = {i: fk_positions(root / "smplxflame_30" / f"{i}.npz") for i in ids}
+        joints = {i: v[0] for i, v in fk.items()}
+        print(f"FK: {get_fk().source}")
+        syn = summarise("synthetic", list(joints.values()))
+        res = {"synthetic": syn}
+        real_npz = REAL / "smplxflame_30" / "2_scott_0_1_1.npz"
+        if real_npz.is_file():
+            rj, _ = fk_positions(real_npz)
+            real = summarise("real", [rj])
+            res["real"] = real
+            print(f"{'ratio':>10}: speed p50 {syn['speed_p50'] / real['speed_p50']:.2f}x  acc p50 "
+                  f"{syn['acc_p50'] / real['acc_p50']:.2f}x  (target 0.5-2x)  | means: speed "
+                  f"{syn['speed_mean'] / real['speed_mean']:.2f}x acc "
+                  f"{syn['acceleration_mean'] / real['acceleration_mean']:.2f}x jerk "
+                  f"{syn['jerk_mean'] / real['jerk_mean']:.2f}x")
+        with open(root / "train_test_split.csv") as f:
+            split = dict(line.strip().split(",") for line in f.readlines()[1:] if line.strip())
+        # mean_vel as the cache stage computes it: speeds with world translation, central differences, train files
+        speeds = [np.linalg.norm(np.gradient(fk[i][1], axis=0) * FPS, axis=-1) for i in ids if split[i] == "train"]
+        mean_vel = np.concatenate(speeds).mean(0)
+        bp = dict(zip(ids, margins(ids, joints, root / "wave16k", mean_vel)))
+        for name, sel in (("all", ids), ("val+test", [i for i in ids if split[i] != "train"]),
+                          ("test", [i for i in ids if split[i] == "test"])):
+            m = np.array([bp[i]["score"] for i in sel])
+            print(f"GT beat placement, {name} ({len(sel)} files; corrected BC own - BC 0.5 s delayed): mean "
+                  f"{m.mean():.3f} (own {np.mean([bp[i]['bc_own'] for i in sel]):.3f}, delayed "
+                  f"{np.mean([bp[i]['bc_delayed'] for i in sel]):.3f}); per file min {m.min():.3f} max {m.max():.3f}"
+                  "  (target >= 0.25)")
+            res[f"beat_placement_{name}"] = float(m.mean())
+        if real_npz.is_file() and (REAL / "stats" / "mean_vel_smplxflame_30.npy").is_file():
+            rbp = margins(["2_scott_0_1_1"], {"2_scott_0_1_1": rj}, REAL / "wave16k",
+                          np.load(REAL / "stats" / "mean_vel_smplxflame_30.npy"))[0]
+            print(f"real sample beat placement: {rbp['score']:.3f} (own {rbp['bc_own']:.3f}, "
+                  f"delayed {rbp['bc_delayed']:.3f})")
+    return res
+
+
+if __name__ == "__main__":
+    main()
