@@ -3,7 +3,7 @@
     python benchmarks/corpus_realism.py [--speakers 3 --files-per-speaker 8 --seconds 24 --seed 0] [--out DIR]
 
 Prints, for the synthetic corpus (the main job's size by default) and the real sample
-``../shared/data/beat2_sample/smplxflame_30/2_scott_0_1_1.npz``, measured with the same FK (utils.body_model.get_fk:
+``../shared/data/beat2_sample/smplxflame_30/2_scott_0_1_1.npz``, measured with the same FK (geometry.body_model.get_fk:
 the SMPL-X model when one is found, else the mannequin-x skeleton; global orientation kept, translation zeroed, file
 betas[:10]) on the upper-body BC joints:
 * the median over frames and joints of |velocity| and |acceleration| (finite differences x fps^k), and the means
@@ -25,9 +25,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from evaluation.metrics import BeatConsistency  # noqa: E402
 from evaluation.realism import REALISM_JOINTS, beat_placement_score, realism_stats  # noqa: E402
-from utils.body_model import get_fk  # noqa: E402
-from utils.metrics import BeatConsistency  # noqa: E402
+from geometry.body_model import get_fk  # noqa: E402
 
 REAL = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "beat2_sample"
 FPS = 30.0

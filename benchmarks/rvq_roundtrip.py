@@ -6,7 +6,7 @@
 OUTPUT_DIR is a pipeline output folder (``run_pipeline.py ... output_dir=OUTPUT_DIR`` with at least the corpus,
 cache and rvq stages done). Each whole file of the split goes through the trained per-part RVQ-VAEs
 (``--parts``; the other parts stay ground truth; the decoded trans_v is not used: joints are measured with the
-translation zeroed), then FK (utils.body_model.get_fk, file betas[:10]) and evaluation.realism on the upper-body BC
+translation zeroed), then FK (geometry.body_model.get_fk, file betas[:10]) and evaluation.realism on the upper-body BC
 joints. Prints per split the pooled round-trip/GT ratios of mean speed, acceleration and jerk (ratio of means over
 files, 95% bootstrap CI over files). The target of issue 13: jerk and acceleration ratios <= 1.25.
 """
@@ -26,11 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dataloaders.stats import load_stats_dir  # noqa: E402
 from evaluation.realism import pooled_realism, realism_stats  # noqa: E402
+from geometry.body_model import get_fk  # noqa: E402
+from geometry.rotations import poses_to_rot6d, rot6d_to_poses  # noqa: E402
+from geometry.skeleton import GENERATOR_PARTS, PARTS, axis_angle_indices, rot6d_indices  # noqa: E402
 from models.vq.rvqvae import load_rvqvae  # noqa: E402
 from pipeline.runner import load_record  # noqa: E402
-from utils.body_model import get_fk  # noqa: E402
-from utils.rotations import poses_to_rot6d, rot6d_to_poses  # noqa: E402
-from utils.skeleton import GENERATOR_PARTS, PARTS, axis_angle_indices, rot6d_indices  # noqa: E402
 
 
 def round_trip(poses: np.ndarray, trans_v: np.ndarray, vqs: dict, stats) -> np.ndarray:
