@@ -57,7 +57,7 @@ def test_flatten_overrides_round_trip() -> None:
 def test_table_and_curves(tmp_path: Path) -> None:
     rep = {"metrics": {"fgd": 0.5, "bc": 0.6, "l1div": 3.0, "bc_gt": 0.7, "l1div_gt": 3.5},
            "ci95": {"fgd": [0.4, 0.6], "bc": [0.5, 0.7]}, "generation": {"nfe_per_window": 2},
-           "timing": {"real_time_factor": 0.05}}  # fmt: skip
+           "timing": {"real_time_factor": 0.05}, "protocol": {"id": "emage2024"}}  # fmt: skip
     check = {"generator": "shortcut", "sampler": {"n_steps": 2}, "nfe_per_window": 2, "real_time_factor": 0.05,
              "bc_protocol": "corrected", "summary": {"audio_swapped": {"bc": 0.55, "bc_emage2024": 0.8}}}
     rows = table_rows({"sc": rep}, {"sc": "shortcut (n=2)"}, check)
