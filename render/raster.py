@@ -71,42 +71,41 @@ def rasterize(
     (back-face culling for a consistently wound closed mesh). Pixel centres are at integer + 0.5."""
     xy = np.asarray(xy, np.float32)
     tri = xy[faces]  # (F,3,2)
-    inv_z = (1.0 / np.maximum(depth, near)).astype(np.float32)
-    tw = inv_z[faces]
-    x0, y0 = tri[:, 0, 0], tri[:, 0, 1]
     e1 = tri[:, 1] - tri[:, 0]
     e2 = tri[:, 2] - tri[:, 0]
     area = e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]
-    ok = (depth[faces] > near).all(1) & (np.abs(area) > 1e-9)
-    if cull:
-        ok &= area * cull > 0
+    ok = area * cull > 1e-9 if cull else np.abs(area) > 1e-9
+    fid = np.flatnonzero(ok)  # cull first: everything below runs on the kept faces only
+    fid = fid[(depth[faces[fid]] > near).all(1)]
+    tri, e1, e2, area = tri[fid], e1[fid], e2[fid], area[fid]
     p0, p1, p2 = tri[:, 0], tri[:, 1], tri[:, 2]
     lo = np.ceil(np.minimum(np.minimum(p0, p1), p2) - 0.5)  # (faster than a reduction over the middle axis)
     hi = np.floor(np.maximum(np.maximum(p0, p1), p2) - 0.5)
     np.maximum(lo, 0, out=lo)
     np.minimum(hi, [width - 1, height - 1], out=hi)
     size = hi - lo + 1
-    ok &= (size > 0).all(1)
-    fid = np.flatnonzero(ok)
+    keep = np.flatnonzero((size > 0).all(1))
+    fid, p0, e1, e2, area, lo, size = fid[keep], p0[keep], e1[keep], e2[keep], area[keep], lo[keep], size[keep]
     zbuf = torch.full((height * width,), -1, dtype=torch.int64)
     if fid.size == 0:
         return zbuf.view(height, width).numpy()
-    ia = 1.0 / area[fid]
-    x0, y0, e1, e2 = x0[fid], y0[fid], e1[fid], e2[fid]
+    inv_z = (1.0 / np.maximum(depth, near)).astype(np.float32)
+    ia = 1.0 / area
+    x0, y0 = p0[:, 0], p0[:, 1]
     # b1 = a1 x + b1 y + c1 at pixel centres (x + 0.5, y + 0.5); likewise b2 and the inverse depth
     a1, bb1 = e2[:, 1] * ia, -e2[:, 0] * ia
     c1 = (-x0 * e2[:, 1] + y0 * e2[:, 0]) * ia + 0.5 * (a1 + bb1)
     a2, bb2 = -e1[:, 1] * ia, e1[:, 0] * ia
     c2 = (-e1[:, 0] * y0 + e1[:, 1] * x0) * ia + 0.5 * (a2 + bb2)
-    w = tw[fid]
+    w = inv_z[faces[fid]]
     d1, d2 = w[:, 1] - w[:, 0], w[:, 2] - w[:, 0]
     coef = np.stack([a1, bb1, c1, a2, bb2, c2, a1 * d1 + a2 * d2, bb1 * d1 + bb2 * d2, w[:, 0] + c1 * d1 + c2 * d2])
-    lo_i = lo[fid].astype(np.int64)
-    sz = size[fid].astype(np.int64)
+    lo_i = lo.astype(np.int32)
+    sz = size.astype(np.int32)
     n_t = sz[:, 0] * sz[:, 1]
-    t_idx = np.repeat(np.arange(fid.size), n_t)  # candidate -> triangle
-    start = np.cumsum(n_t) - n_t
-    k = np.arange(t_idx.size) - start[t_idx]
+    t_idx = np.repeat(np.arange(fid.size, dtype=np.int32), n_t)  # candidate -> triangle
+    start = np.cumsum(n_t, dtype=np.int32) - n_t
+    k = np.arange(t_idx.size, dtype=np.int32) - start[t_idx]
     wt = sz[:, 0][t_idx]
     oy = k // wt
     pxf = (lo_i[:, 0][t_idx] + (k - oy * wt)).astype(np.float32)
@@ -148,26 +147,34 @@ class FloorBackground:
         self.mask = hit & (t < 60.0)
         self.rel_x = (t * d[..., 0]).astype(np.float32)
         self.rel_z = (t * d[..., 2]).astype(np.float32)
-        self.idx = np.flatnonzero(self.mask.reshape(-1))
-        self.fade = np.exp(-((t.reshape(-1)[self.idx] / 25.0) ** 2)).astype(np.float32)[:, None]
-        self.sky_floor = self.sky.reshape(-1, 3)[self.idx]
+        # the floor occupies the rows below the horizon: work on that slab, blended into the sky by distance
+        rows = np.flatnonzero(self.mask.any(1))
+        self.r0 = int(rows[0]) if rows.size else h
+        slab = (slice(self.r0, h),)
+        fade = np.where(self.mask, np.exp(-((t / 25.0) ** 2)), 0.0).astype(np.float32)[slab][..., None]
+        light = np.float32([206, 200, 188])
+        self.base = (self.sky[slab] * (1 - fade) + light * fade).astype(np.float32)  # light tiles
+        self.dark = (np.float32(28) * fade[..., 0]).astype(np.float32)  # minus this on dark tiles
+        self.sx, self.sz = self.rel_x[slab] / self.tile, self.rel_z[slab] / self.tile
+        self.sky_u8 = np.clip(self.sky + 0.5, 0, 255).astype(np.uint8)
         self._key: tuple | None = None
         self._base: np.ndarray | None = None
 
     def _floor(self, eye: np.ndarray) -> np.ndarray:
         key = (round(float(eye[0]), 4), round(float(eye[2]), 4))
         if key != self._key:
-            img = self.sky.copy().reshape(-1, 3)
-            x = self.rel_x.reshape(-1)[self.idx] + np.float32(eye[0])
-            z = self.rel_z.reshape(-1)[self.idx] + np.float32(eye[2])
-            odd = ((np.floor(x / self.tile) + np.floor(z / self.tile)) % 2)[:, None]
-            shade = np.float32([206, 200, 188]) - odd * np.float32([28, 28, 28])
-            img[self.idx] = shade * self.fade + self.sky_floor * (1 - self.fade)
-            self._key, self._base = key, img.reshape(self.sky.shape)
+            img = self.sky_u8.copy()
+            if self.r0 < img.shape[0]:
+                ix = np.floor(self.sx + np.float32(eye[0] / self.tile)).astype(np.int32)
+                ix += np.floor(self.sz + np.float32(eye[2] / self.tile)).astype(np.int32)
+                ix &= 1
+                out = self.base - (ix * self.dark)[..., None]
+                img[self.r0 :] = out.astype(np.uint8)
+            self._key, self._base = key, img
         return self._base
 
     def render(self, eye: np.ndarray, root_xz: np.ndarray | None = None, radius: float = 0.35) -> np.ndarray:
-        """(H,W,3) float32 image for a camera at ``eye`` (same rotation), shadow centred on ``root_xz``."""
+        """(H,W,3) uint8 image for a camera at ``eye`` (same rotation), shadow centred on ``root_xz``."""
         img = self._floor(eye).copy()
         if root_xz is None:
             return img
@@ -187,5 +194,5 @@ class FloorBackground:
         dx = self.rel_x[win] + np.float32(eye[0] - root_xz[0])
         dz = self.rel_z[win] + np.float32(eye[2] - root_xz[1])
         dark = 1 - 0.45 * np.exp(-(dx * dx + dz * dz) / np.float32(radius * radius * 0.5)) * self.mask[win]
-        img[win] *= dark[..., None]
+        img[win] = (img[win] * dark[..., None]).astype(np.uint8)
         return img

@@ -29,6 +29,7 @@ __all__ = [
     "RenderOptions",
     "render_video",
     "render_still",
+    "model_settings",
     "ffmpeg_exe",
     "probe_media",
     "read_video_frames",
@@ -197,6 +198,7 @@ class _Panel:
         return self._chunk[f - start]
 
     def frame(self, f: int) -> np.ndarray:
+        """Frame ``f`` of the motion as an (H,W,3) uint8 image."""
         f = min(max(f, 0), self.motion.num_frames - 1)
         self.cam.eye = self.track.eyes[f]
         img = self.bg.render(self.cam.eye, self.track.roots[f])
@@ -208,7 +210,10 @@ class _Panel:
         cov = np.flatnonzero(fid.reshape(-1) >= 0)
         if cov.size:
             v = pts.numpy() if isinstance(pts, torch.Tensor) else pts
-            f_used = np.unique(fid.reshape(-1)[cov])  # shade only the visible faces
+            fc = fid.reshape(-1)[cov]
+            used = np.zeros(self.faces.shape[0], bool)
+            used[fc] = True
+            f_used = np.flatnonzero(used)  # shade only the visible faces
             tri = v[self.faces[f_used]]
             n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
             n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
@@ -216,16 +221,16 @@ class _Panel:
             n[flip] *= -1  # two-sided lighting
             light = (self.cam.rot.T @ _LIGHT).astype(np.float32)  # a light fixed to the camera
             lam = np.maximum(n @ light, 0)
-            colour = np.zeros((self.faces.shape[0], 3), np.float32)
-            colour[f_used] = (0.38 + 0.62 * lam)[:, None] * self.colours[f_used]
-            img.reshape(-1, 3)[cov] = colour[fid.reshape(-1)[cov]]
+            colour = np.zeros((self.faces.shape[0], 3), np.uint8)
+            colour[f_used] = np.clip((0.38 + 0.62 * lam)[:, None] * self.colours[f_used], 0, 255).astype(np.uint8)
+            img.reshape(-1, 3)[cov] = colour[fc]
         return img
 
     def _draw_skeleton(self, img: np.ndarray, joints: torch.Tensor) -> np.ndarray:
         from PIL import Image, ImageDraw
 
         xy, depth = self.cam.project(joints)
-        im = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+        im = Image.fromarray(img)
         d = ImageDraw.Draw(im)
         scale = self.cam.focal / max(float(np.median(depth)), 1e-3)  # pixels per metre at the body
         parents = self.body.parents
@@ -242,7 +247,7 @@ class _Panel:
             r = max(1.0, scale * (0.008 if j >= 25 else 0.025))
             x, y = xy[j]
             d.ellipse([x - r, y - r, x + r, y + r], fill=(40, 40, 40))
-        return np.asarray(im, dtype=np.float32)
+        return np.asarray(im)
 
 
 _LEFT = {1, 4, 7, 10, 13, 16, 18, 20, *range(25, 40)}
@@ -262,6 +267,42 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
+_STANDARD_KEYS = {"poses", "trans", "betas", "expressions", "mocap_frame_rate", "gender"}
+
+
+def model_settings(npz_path: str | os.PathLike, limit: int = 6) -> list[str]:
+    """Short ``key=value`` strings describing how a result was made, for the title strip: scalar entries of the npz
+    (other than the motion itself) and top-level scalars of a sidecar ``<name>.json`` next to it, if any."""
+    import json
+
+    out: list[str] = []
+    path = Path(npz_path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            for k in z.files:
+                if k in _STANDARD_KEYS:
+                    continue
+                try:
+                    a = z[k]
+                except ValueError:
+                    continue
+                if a.ndim == 0:
+                    out.append(f"{k}={a.item()}")
+    except (OSError, ValueError):
+        return out
+    side = path.with_suffix(".json")
+    if side.is_file():
+        try:
+            meta = json.loads(side.read_text())
+        except (OSError, ValueError):
+            meta = {}
+        if isinstance(meta, dict):
+            for k, v in meta.items():
+                if isinstance(v, (str, int, float, bool)) and len(str(v)) <= 40:
+                    out.append(f"{k}={v}")
+    return out[:limit]
+
+
 def _overlay_text(img: np.ndarray, lines: list[tuple[int, int, str]], band: tuple[int, int] | None) -> np.ndarray:
     from PIL import Image, ImageDraw
 
@@ -272,6 +313,8 @@ def _overlay_text(img: np.ndarray, lines: list[tuple[int, int, str]], band: tupl
     if band is not None:
         d.rectangle([0, band[0], img.shape[1], band[1]], fill=(30, 30, 36))
     for x, y, text in lines:
+        while len(text) > 8 and d.textlength(text, font=font) > img.shape[1] - x - 4:  # fit the frame
+            text = text[: int(len(text) * 0.9)].rstrip() + "…"
         fill = (245, 245, 245) if band is not None and band[0] <= y <= band[1] else (20, 20, 20)
         d.text((x, y), text, fill=fill, font=font)
     return np.asarray(im)
@@ -305,7 +348,7 @@ def render_still(motion: Motion | str | os.PathLike, frame: int = 0, opt: Render
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return np.clip(_Panel(body, motion, track, opt).frame(frame), 0, 255).astype(np.uint8)
+        return _Panel(body, motion, track, opt).frame(frame)
     finally:
         torch.set_num_threads(threads)
 
@@ -328,7 +371,7 @@ def _encode(
                 imgs = []
                 for p in panels:
                     f = int(math.floor(k * p.motion.fps / fps + 1e-6))
-                    imgs.append(np.clip(p.frame(f), 0, 255).astype(np.uint8))
+                    imgs.append(p.frame(f))
                 frame = np.concatenate(imgs, 1) if len(imgs) > 1 else imgs[0]
                 if texts:
                     frame = _overlay_text(frame, texts, (0, title_h - 1) if title_h else None)
@@ -399,7 +442,7 @@ def render_video(
         title = f"{Path(input_path).name}  |  body {opt.body}, camera {opt.camera}, {fps:g} fps, {n_frames} frames"
         if gt is not None:
             title += f"  |  GT {Path(gt).name}"
-        for extra in opt.extra_title:
+        for extra in [*model_settings(input_path), *opt.extra_title]:
             title += f"  |  {extra}"
     texts = [(6, max(0, (title_h - height // 30) // 2 - 1), title)] if title else []
     for i, lab in enumerate(labels):

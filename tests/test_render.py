@@ -184,3 +184,15 @@ def test_cli_prints_one_line_error_and_writes_a_video(tmp_path, wave):
     r = subprocess.run(cmd + args, capture_output=True, text=True, cwd=REPO_ROOT)
     assert r.returncode == 0, r.stderr
     assert "30 frames" in r.stdout and read_video_frames(tmp_path / "o.mp4")[0].shape[0] == 30
+
+
+def test_title_settings_come_from_the_npz_and_its_sidecar_json(tmp_path):
+    import json
+
+    from render.video import model_settings
+
+    npz = save(tmp_path / "res.npz", **arm_wave_motion(3), model=np.array("smplx2020"), seed=np.int64(7))
+    (tmp_path / "res.json").write_text(json.dumps({"generator": "shortcut", "n_steps": 2, "big": list(range(50))}))
+    got = model_settings(npz)
+    assert "model=smplx2020" in got and "seed=7" in got and "generator=shortcut" in got and "n_steps=2" in got
+    assert not any(s.startswith(("poses", "big", "mocap_frame_rate")) for s in got)
