@@ -18,6 +18,8 @@ __all__ = ["Camera", "rasterize", "FloorBackground", "look_at"]
 
 _FACE_BITS = 17  # up to 131072 faces per mesh
 _DEPTH_SCALE = float(1 << 40)
+_EMPTY = (1 << _FACE_BITS) - 1  # so meshes may have up to 131070 faces
+_ZBUF: dict[tuple[int, int], torch.Tensor] = {}
 
 
 def look_at(eye: np.ndarray, target: np.ndarray, up: np.ndarray | None = None) -> np.ndarray:
@@ -65,10 +67,12 @@ def rasterize(
     near: float = 0.05,
     cull: int = 0,
 ) -> np.ndarray:
-    """Face index per pixel (H,W) int64, -1 where no face. ``xy`` (V,2) pixels, ``depth`` (V,), ``faces`` (F,3).
+    """Face index per pixel (H,W) int32, -1 where no face. ``xy`` (V,2) pixels, ``depth`` (V,), ``faces`` (F,3).
 
     ``cull``: 0 draws both windings; +1/-1 keeps only triangles whose screen-space signed area has that sign
     (back-face culling for a consistently wound closed mesh). Pixel centres are at integer + 0.5."""
+    if faces.shape[0] >= _EMPTY:
+        raise ValueError(f"rasterize: at most {_EMPTY - 1} faces, got {faces.shape[0]}")
     xy = np.asarray(xy, np.float32)
     tri = xy[faces]  # (F,3,2)
     e1 = tri[:, 1] - tri[:, 0]
@@ -86,9 +90,12 @@ def rasterize(
     size = hi - lo + 1
     keep = np.flatnonzero((size > 0).all(1))
     fid, p0, e1, e2, area, lo, size = fid[keep], p0[keep], e1[keep], e2[keep], area[keep], lo[keep], size[keep]
-    zbuf = torch.full((height * width,), -1, dtype=torch.int64)
+    zbuf = _ZBUF.get((height, width))
+    if zbuf is None:  # reused between frames: a fresh 8-byte-per-pixel buffer costs page faults every frame
+        zbuf = _ZBUF.setdefault((height, width), torch.empty(height * width, dtype=torch.int64))
+    zbuf.fill_(-1)
     if fid.size == 0:
-        return zbuf.view(height, width).numpy()
+        return np.full((height, width), -1, np.int32)
     inv_z = (1.0 / np.maximum(depth, near)).astype(np.float32)
     ia = 1.0 / area
     x0, y0 = p0[:, 0], p0[:, 1]
@@ -100,16 +107,17 @@ def rasterize(
     w = inv_z[faces[fid]]
     d1, d2 = w[:, 1] - w[:, 0], w[:, 2] - w[:, 0]
     coef = np.stack([a1, bb1, c1, a2, bb2, c2, a1 * d1 + a2 * d2, bb1 * d1 + bb2 * d2, w[:, 0] + c1 * d1 + c2 * d2])
-    lo_i = lo.astype(np.int32)
+    lo_f = lo.astype(np.float32)
     sz = size.astype(np.int32)
     n_t = sz[:, 0] * sz[:, 1]
     t_idx = np.repeat(np.arange(fid.size, dtype=np.int32), n_t)  # candidate -> triangle
     start = np.cumsum(n_t, dtype=np.int32) - n_t
     k = np.arange(t_idx.size, dtype=np.int32) - start[t_idx]
     wt = sz[:, 0][t_idx]
-    oy = k // wt
-    pxf = (lo_i[:, 0][t_idx] + (k - oy * wt)).astype(np.float32)
-    pyf = (lo_i[:, 1][t_idx] + oy).astype(np.float32)
+    kf, wf = k.astype(np.float32), wt.astype(np.float32)
+    oy = np.floor((kf + np.float32(0.5)) / wf)  # float division: much faster than integer // (exact: k < 2^24)
+    pxf = lo_f[:, 0][t_idx] + (kf - oy * wf)
+    pyf = lo_f[:, 1][t_idx] + oy
     # test b1 first, then evaluate the rest only where it passes (contiguous column gathers, no strided views)
     b1 = coef[0][t_idx] * pxf + coef[1][t_idx] * pyf + coef[2][t_idx]
     m = np.flatnonzero(b1 >= -1e-6)
@@ -122,7 +130,10 @@ def rasterize(
     pix = y_m.astype(np.int64) * width + x_m.astype(np.int64)
     zbuf.scatter_reduce_(0, torch.from_numpy(pix), torch.from_numpy(key), reduce="amax")
     z = zbuf.numpy()
-    return np.where(z >= 0, z & ((1 << _FACE_BITS) - 1), -1).reshape(height, width)
+    np.bitwise_and(z, _EMPTY, out=z)  # empty pixels: -1 & mask = all ones = _EMPTY
+    face = z.astype(np.int32)
+    face[face == _EMPTY] = -1
+    return face.reshape(height, width)
 
 
 class FloorBackground:
