@@ -168,10 +168,14 @@ class SkeletonBody:
 
 
 def make_body(kind: str, motion: Motion, model_path: str | None = None):
-    if kind == "mannequin":
-        return MannequinBody(motion)
-    if kind == "skeleton":
-        return SkeletonBody(motion, model_path)
-    if kind == "smplx":
-        return SMPLXBody(motion, model_path)
+    """The body ``kind`` for ``motion``; a missing or unreadable model file is a RenderError naming it."""
+    try:
+        if kind == "mannequin":
+            return MannequinBody(motion)
+        if kind == "skeleton":
+            return SkeletonBody(motion, model_path)
+        if kind == "smplx":
+            return SMPLXBody(motion, model_path)
+    except (FileNotFoundError, BodyModelUnavailable) as e:
+        raise RenderError(str(e)) from None
     raise RenderError(f"unknown body {kind!r}; expected one of {BODIES}")

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from geometry.body_model import BodyModelUnavailable
 from geometry.skeleton import JOINT_NAMES, NUM_JOINTS, PARENTS
 from render.motion import Motion, RenderError, load_motion, smplx_local_rotations, smplx_offsets, smplx_rest_skeleton
 from utils.io import atomic_path
@@ -267,6 +268,8 @@ def export_motion(input_path: str | os.PathLike, fmt: str, output: str | os.Path
             info = write_bvh(motion, output, source)
         else:
             info = write_glb(motion, output)
+    except (FileNotFoundError, BodyModelUnavailable) as e:  # SMPLX_MODEL_PATH pointing nowhere, bad model file
+        raise RenderError(str(e)) from None
     except OSError as e:
         raise RenderError(f"{output}: cannot write there ({e.strerror or e})") from None
     return {"output": str(output), "frames": motion.num_frames, "fps": motion.fps, **info}

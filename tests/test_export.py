@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -184,3 +185,8 @@ def test_export_errors_name_the_file(tmp_path):
     r = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, cwd=REPO_ROOT)
     assert r.returncode == 2 and str(bad) in r.stderr and r.stderr.strip().count("\n") == 0
     assert not (tmp_path / "o.bvh").exists()
+    # an SMPL-X model path that points nowhere is named, not a traceback
+    env = {**os.environ, "SMPLX_MODEL_PATH": str(tmp_path / "nowhere")}
+    args = ["--input", str(good), "--format", "bvh", "--output", str(tmp_path / "o.bvh")]
+    r = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, cwd=REPO_ROOT, env=env)
+    assert r.returncode == 2 and "nowhere" in r.stderr and r.stderr.strip().count("\n") == 0
