@@ -1,0 +1,209 @@
+"""A vectorised z-buffer triangle rasteriser (numpy, CPU), a perspective look-at camera and a checkered floor.
+
+No OpenGL. Each triangle's barycentrics and inverse depth are affine in pixel coordinates, so a triangle is 9
+numbers; every pixel centre of every triangle's bounding box becomes one candidate (a ragged expansion, no padding),
+all candidates are tested at once, and the nearest triangle per pixel wins through one ``scatter_reduce(amax)`` on
+int64 keys ``(inverse depth << 17) | face``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+__all__ = ["Camera", "rasterize", "FloorBackground", "look_at"]
+
+_FACE_BITS = 17  # up to 131072 faces per mesh
+_DEPTH_SCALE = float(1 << 40)
+_EMPTY = (1 << _FACE_BITS) - 1  # so meshes may have up to 131070 faces
+_ZBUF: dict[tuple[int, int], torch.Tensor] = {}
+
+
+def look_at(eye: np.ndarray, target: np.ndarray, up: np.ndarray | None = None) -> np.ndarray:
+    """World-to-camera rotation (3,3), camera looking down its -z axis (OpenGL convention), rows = x, y, z axes."""
+    up = np.array([0.0, 1.0, 0.0]) if up is None else up
+    f = target - eye
+    f = f / np.linalg.norm(f)
+    r = np.cross(f, up)
+    r = r / np.linalg.norm(r)
+    u = np.cross(r, f)
+    return np.stack([r, u, -f])
+
+
+@dataclass
+class Camera:
+    """Pinhole camera: world-to-camera rotation ``rot`` (3,3), position ``eye`` (3,), vertical field of view."""
+
+    rot: np.ndarray
+    eye: np.ndarray
+    width: int
+    height: int
+    fov_y_deg: float = 30.0
+
+    @property
+    def focal(self) -> float:
+        return 0.5 * self.height / math.tan(math.radians(self.fov_y_deg) / 2)
+
+    def project(self, pts: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """World points (...,3) -> pixel coordinates (...,2) float32 (x right, y down) and depth (...,)."""
+        pts = pts.numpy() if isinstance(pts, torch.Tensor) else np.asarray(pts)
+        pc = (pts - self.eye.astype(pts.dtype)) @ self.rot.T.astype(pts.dtype)
+        depth = -pc[..., 2]
+        z = np.maximum(depth, 1e-6)
+        f = self.focal
+        xy = np.stack([self.width / 2 + f * pc[..., 0] / z, self.height / 2 - f * pc[..., 1] / z], -1)
+        return xy.astype(np.float32), depth.astype(np.float32)
+
+
+def rasterize(
+    xy: np.ndarray,
+    depth: np.ndarray,
+    faces: np.ndarray,
+    width: int,
+    height: int,
+    near: float = 0.05,
+    cull: int = 0,
+) -> np.ndarray:
+    """Face index per pixel (H,W) int32, -1 where no face. ``xy`` (V,2) pixels, ``depth`` (V,), ``faces`` (F,3).
+
+    ``cull``: 0 draws both windings; +1/-1 keeps only triangles whose screen-space signed area has that sign
+    (back-face culling for a consistently wound closed mesh). Pixel centres are at integer + 0.5."""
+    if faces.shape[0] >= _EMPTY:
+        raise ValueError(f"rasterize: at most {_EMPTY - 1} faces, got {faces.shape[0]}")
+    xy = np.asarray(xy, np.float32)
+    tri = xy[faces]  # (F,3,2)
+    e1 = tri[:, 1] - tri[:, 0]
+    e2 = tri[:, 2] - tri[:, 0]
+    area = e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]
+    ok = area * cull > 1e-9 if cull else np.abs(area) > 1e-9
+    fid = np.flatnonzero(ok)  # cull first: everything below runs on the kept faces only
+    fid = fid[(depth[faces[fid]] > near).all(1)]
+    tri, e1, e2, area = tri[fid], e1[fid], e2[fid], area[fid]
+    p0, p1, p2 = tri[:, 0], tri[:, 1], tri[:, 2]
+    lo = np.ceil(np.minimum(np.minimum(p0, p1), p2) - 0.5)  # (faster than a reduction over the middle axis)
+    hi = np.floor(np.maximum(np.maximum(p0, p1), p2) - 0.5)
+    np.maximum(lo, 0, out=lo)
+    np.minimum(hi, [width - 1, height - 1], out=hi)
+    size = hi - lo + 1
+    keep = np.flatnonzero((size > 0).all(1))
+    fid, p0, e1, e2, area, lo, size = fid[keep], p0[keep], e1[keep], e2[keep], area[keep], lo[keep], size[keep]
+    zbuf = _ZBUF.get((height, width))
+    if zbuf is None:  # reused between frames: a fresh 8-byte-per-pixel buffer costs page faults every frame
+        zbuf = _ZBUF.setdefault((height, width), torch.empty(height * width, dtype=torch.int64))
+    zbuf.fill_(-1)
+    if fid.size == 0:
+        return np.full((height, width), -1, np.int32)
+    inv_z = (1.0 / np.maximum(depth, near)).astype(np.float32)
+    ia = 1.0 / area
+    x0, y0 = p0[:, 0], p0[:, 1]
+    # b1 = a1 x + b1 y + c1 at pixel centres (x + 0.5, y + 0.5); likewise b2 and the inverse depth
+    a1, bb1 = e2[:, 1] * ia, -e2[:, 0] * ia
+    c1 = (-x0 * e2[:, 1] + y0 * e2[:, 0]) * ia + 0.5 * (a1 + bb1)
+    a2, bb2 = -e1[:, 1] * ia, e1[:, 0] * ia
+    c2 = (-e1[:, 0] * y0 + e1[:, 1] * x0) * ia + 0.5 * (a2 + bb2)
+    w = inv_z[faces[fid]]
+    d1, d2 = w[:, 1] - w[:, 0], w[:, 2] - w[:, 0]
+    coef = np.stack([a1, bb1, c1, a2, bb2, c2, a1 * d1 + a2 * d2, bb1 * d1 + bb2 * d2, w[:, 0] + c1 * d1 + c2 * d2])
+    lo_f = lo.astype(np.float32)
+    sz = size.astype(np.int32)
+    n_t = sz[:, 0] * sz[:, 1]
+    t_idx = np.repeat(np.arange(fid.size, dtype=np.int32), n_t)  # candidate -> triangle
+    start = np.cumsum(n_t, dtype=np.int32) - n_t
+    k = np.arange(t_idx.size, dtype=np.int32) - start[t_idx]
+    wt = sz[:, 0][t_idx]
+    kf, wf = k.astype(np.float32), wt.astype(np.float32)
+    oy = np.floor((kf + np.float32(0.5)) / wf)  # float division: much faster than integer // (exact: k < 2^24)
+    pxf = lo_f[:, 0][t_idx] + (kf - oy * wf)
+    pyf = lo_f[:, 1][t_idx] + oy
+    # test b1 first, then evaluate the rest only where it passes (contiguous column gathers, no strided views)
+    b1 = coef[0][t_idx] * pxf + coef[1][t_idx] * pyf + coef[2][t_idx]
+    m = np.flatnonzero(b1 >= -1e-6)
+    t_m, x_m, y_m, b1 = t_idx[m], pxf[m], pyf[m], b1[m]
+    b2 = coef[3][t_m] * x_m + coef[4][t_m] * y_m + coef[5][t_m]
+    m = np.flatnonzero((b2 >= -1e-6) & (b1 + b2 <= 1 + 1e-6))
+    t_m, x_m, y_m = t_m[m], x_m[m], y_m[m]
+    iz = coef[6][t_m] * x_m + coef[7][t_m] * y_m + coef[8][t_m]
+    key = (np.clip(iz * near, 0, 1) * _DEPTH_SCALE).astype(np.int64) << _FACE_BITS | fid[t_m]
+    pix = y_m.astype(np.int64) * width + x_m.astype(np.int64)
+    zbuf.scatter_reduce_(0, torch.from_numpy(pix), torch.from_numpy(key), reduce="amax")
+    z = zbuf.numpy()
+    np.bitwise_and(z, _EMPTY, out=z)  # empty pixels: -1 & mask = all ones = _EMPTY
+    face = z.astype(np.int32)
+    face[face == _EMPTY] = -1
+    return face.reshape(height, width)
+
+
+class FloorBackground:
+    """A sky gradient and an infinite checkered floor at height ``floor_y``, for a camera that only translates.
+
+    Ray directions are computed once; the floor is re-evaluated only when the camera moves (cached otherwise), and
+    a soft contact shadow is applied in a small screen window under the body's root."""
+
+    def __init__(self, cam: Camera, floor_y: float, tile: float = 0.5):
+        h, w = cam.height, cam.width
+        self.cam = cam
+        ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+        d_cam = np.stack([(xs + 0.5 - w / 2) / cam.focal, -(ys + 0.5 - h / 2) / cam.focal, -np.ones_like(xs)], -1)
+        d = d_cam @ cam.rot.astype(np.float32)  # camera -> world directions
+        sky_t = np.clip(ys / h, 0, 1)[..., None]
+        self.sky = ((1 - sky_t) * np.float32([200, 214, 230]) + sky_t * np.float32([236, 240, 244])).astype(np.float32)
+        self.floor_y = float(floor_y)
+        self.tile = np.float32(tile)
+        cam_h = float(cam.eye[1] - floor_y)
+        hit = d[..., 1] < -1e-4
+        t = np.where(hit, cam_h / np.maximum(-d[..., 1], 1e-4), 0.0).astype(np.float32)
+        self.mask = hit & (t < 60.0)
+        self.rel_x = (t * d[..., 0]).astype(np.float32)
+        self.rel_z = (t * d[..., 2]).astype(np.float32)
+        # the floor occupies the rows below the horizon: work on that slab, blended into the sky by distance
+        rows = np.flatnonzero(self.mask.any(1))
+        self.r0 = int(rows[0]) if rows.size else h
+        slab = (slice(self.r0, h),)
+        fade = np.where(self.mask, np.exp(-((t / 25.0) ** 2)), 0.0).astype(np.float32)[slab][..., None]
+        light = np.float32([206, 200, 188])
+        self.base = (self.sky[slab] * (1 - fade) + light * fade).astype(np.float32)  # light tiles
+        self.dark = (np.float32(28) * fade[..., 0]).astype(np.float32)  # minus this on dark tiles
+        self.sx, self.sz = self.rel_x[slab] / self.tile, self.rel_z[slab] / self.tile
+        self.sky_u8 = np.clip(self.sky + 0.5, 0, 255).astype(np.uint8)
+        self._key: tuple | None = None
+        self._base: np.ndarray | None = None
+
+    def _floor(self, eye: np.ndarray) -> np.ndarray:
+        key = (round(float(eye[0]), 4), round(float(eye[2]), 4))
+        if key != self._key:
+            img = self.sky_u8.copy()
+            if self.r0 < img.shape[0]:
+                ix = np.floor(self.sx + np.float32(eye[0] / self.tile)).astype(np.int32)
+                ix += np.floor(self.sz + np.float32(eye[2] / self.tile)).astype(np.int32)
+                ix &= 1
+                out = self.base - (ix * self.dark)[..., None]
+                img[self.r0 :] = out.astype(np.uint8)
+            self._key, self._base = key, img
+        return self._base
+
+    def render(self, eye: np.ndarray, root_xz: np.ndarray | None = None, radius: float = 0.35) -> np.ndarray:
+        """(H,W,3) uint8 image for a camera at ``eye`` (same rotation), shadow centred on ``root_xz``."""
+        img = self._floor(eye).copy()
+        if root_xz is None:
+            return img
+        r = 2.0 * radius  # screen window of the shadow: the projected square around the root
+        corners = np.array(
+            [[root_xz[0] + sx * r, self.floor_y, root_xz[1] + sz * r] for sx in (-1, 1) for sz in (-1, 1)]
+        )
+        cam = Camera(self.cam.rot, np.asarray(eye), self.cam.width, self.cam.height, self.cam.fov_y_deg)
+        cxy, cd = cam.project(corners)
+        if (cd <= 0).any():
+            return img
+        x0, y0 = np.clip(np.floor(cxy.min(0)).astype(int), 0, [img.shape[1], img.shape[0]])
+        x1, y1 = np.clip(np.ceil(cxy.max(0)).astype(int) + 1, 0, [img.shape[1], img.shape[0]])
+        if x1 <= x0 or y1 <= y0:
+            return img
+        win = (slice(y0, y1), slice(x0, x1))
+        dx = self.rel_x[win] + np.float32(eye[0] - root_xz[0])
+        dz = self.rel_z[win] + np.float32(eye[2] - root_xz[1])
+        dark = 1 - 0.45 * np.exp(-(dx * dx + dz * dz) / np.float32(radius * radius * 0.5)) * self.mask[win]
+        img[win] = (img[win] * dark[..., None]).astype(np.uint8)
+        return img
