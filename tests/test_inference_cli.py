@@ -450,3 +450,18 @@ def test_inference_cli_accepts_upstream_flags(pipe, clip, tmp_path, capsys):
     ref = tmp_path / "ref"
     assert main(["--audio", str(clip["wav"]), "--out", str(ref), "--seed", "42", "--ckpt", str(pipe["out"]), "-q"]) == 0
     np.testing.assert_array_equal(np.load(out / "result.npz")["poses"], np.load(ref / "talk16.npz")["poses"])
+
+
+def test_run_example_audio_to_video_in_one_command(pipe, clip, tmp_path, capsys):
+    import run_example
+    from render.video import probe_media
+
+    out = tmp_path / "example"
+    rc = run_example.main(["--audio", str(clip["wav"]), "--output", str(out), "--ckpt", str(pipe["out"]),
+                           "--size", "160x120", "--body", "skeleton", "--quiet"])  # fmt: skip
+    assert rc == 0, capsys.readouterr().err
+    assert (out / "talk16.npz").is_file() and (out / "talk16.json").is_file()
+    info = probe_media(out / "gesture_video.mp4")
+    assert info["duration"] == pytest.approx(7.37, abs=0.1) and info["audio"] and info["video"]
+    rc = run_example.main(["--audio", str(tmp_path / "missing.wav"), "--output", str(out / "x")])
+    assert rc == 2 and "missing.wav" in capsys.readouterr().err

@@ -69,7 +69,8 @@ def test_utils_holds_no_evaluator_code():
 
 
 @pytest.mark.parametrize(
-    "script", ["train.py", "test.py", "run_pipeline.py", "rvq_beatx_train.py", "render_video.py", "export_motion.py"]
+    "script", ["train.py", "test.py", "run_pipeline.py", "rvq_beatx_train.py", "render_video.py", "export_motion.py",
+               "gesture_inference.py", "inference_cli.py", "run_example.py"]
 )
 def test_entry_scripts_stay_thin(script):
     """Entry scripts parse arguments and call one room: no classes, few lines."""
