@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from dataloaders.cache import cache_key, cache_root, cfg_get, get_vocab, settings
+from dataloaders.cache import cache_key, cache_root, cfg_get, prepare_vocab, settings
 from dataloaders.features import text as text_feat
 from dataloaders.stats import OFFICIAL_FILES, Stats, load_stats_dir
 from inference.loading import build_codec, build_generator_from_config, resolve_checkpoint_path, window_options
@@ -209,7 +209,8 @@ def find_vocab(data: Any) -> text_feat.Vocab | None:
         return None
     if cfg_get(data, "vocab"):
         try:
-            return get_vocab(data, resolve_path(cfg_get(data, "root")) or REPO_ROOT)  # root unused when vocab is given
+            # converting a released vocab.pkl (restricted unpickler) is this command's own step, done once
+            return prepare_vocab(data, resolve_path(cfg_get(data, "root")) or REPO_ROOT)  # root unused here
         except (OSError, text_feat.TextError) as e:
             raise ModelError(f"data.vocab: {_first_line(e)}; point data.vocab at vocab.pkl or a vocab folder") from e
     folder = cache_root(data) / "vocab"
