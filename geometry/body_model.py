@@ -124,7 +124,7 @@ def read_model_npz(path: Path) -> tuple[dict[str, np.ndarray], list[str]]:
 
 def _load_smplx_module(path: Path, num_betas: int = NUM_SMPLX_BETAS, dtype: torch.dtype = torch.float32):
     """``smplx.SMPLX`` built without unpickling the user's file: smplx itself reads npz files with
-    ``allow_pickle=True`` and pkl files with pickle, so we read the arrays safely and hand smplx a copy that holds
+    pickling allowed and pkl files with pickle, so we read the arrays safely and hand smplx a copy that holds
     nothing but plain arrays."""
     import tempfile
     import warnings
