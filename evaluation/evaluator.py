@@ -25,7 +25,6 @@ import contextlib
 import math
 import os
 import platform
-import tempfile
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -49,7 +48,7 @@ from evaluation.protocols import DEFAULT_PROTOCOL, PLACEMENT_PROTOCOL, bc_option
 from evaluation.realism import QUANTITIES, beat_placement_score, realism_stats
 from geometry.body_model import JointsFK, SMPLXVertices, get_fk
 from geometry.rotations import poses_to_rot6d, reortho_6d
-from utils.io import load_torch, save_json, sha256_file
+from utils.io import ensure_writable_dir, load_torch, save_json, sha256_file
 
 __all__ = [
     "Evaluator",
@@ -771,10 +770,7 @@ def evaluate_folder(
 def _check_writable(folder: Path) -> None:
     """Create ``folder`` and a temporary file in it, now, so a read-only --out is found before the evaluation."""
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".write_check.", dir=folder)
-        os.close(fd)
-        os.unlink(tmp)
+        ensure_writable_dir(folder)
     except OSError as e:
         raise EvaluationError(f"output folder {folder} is not writable ({e}); pass a writable --out") from e
 

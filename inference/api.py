@@ -8,7 +8,6 @@ models) are neutral zeros. The json next to every npz says which fields are gene
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ from inference.audio_input import DecodedAudio, InputError, audio_features, deco
 from inference.model_source import LoadedModel
 from inference.windowed import generate_windowed
 from inference.words import WordTrack, align_transcript, frame_ids, transcribe, words_from_textgrid
-from utils.io import atomic_path, save_json
+from utils.io import atomic_path, ensure_writable_dir, save_json
 
 N_BETAS = 300
 N_EXPRESSIONS = 100
@@ -78,10 +77,7 @@ def check_output_dir(out_dir: str | os.PathLike) -> Path:
     """Create ``out_dir`` and prove it writable now (InputError otherwise), before any work is done."""
     out = Path(out_dir)
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".write_test.", dir=out)
-        os.close(fd)
-        os.unlink(tmp)
+        ensure_writable_dir(out)
     except OSError as e:
         raise InputError(f"{out}: output folder is not writable ({e.strerror or e}); choose another --out") from e
     return out

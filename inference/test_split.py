@@ -20,7 +20,7 @@ from evaluation.protocols import DEFAULT_PROTOCOL
 from inference.generate import generate_items, gt_copied_fields
 from inference.loading import build_codec, load_trained_generator, resolve_checkpoint_path, window_options
 from utils.device import get_device
-from utils.io import save_json, save_npy, save_npz, sha256_file
+from utils.io import ensure_writable_dir, save_json, save_npy, save_npz, sha256_file
 from utils.paths import resolve_path
 
 # The evaluation settings a test run takes from ``test:`` (and test.py's flags); everything else is generation.
@@ -43,9 +43,10 @@ def run_test(cfg: DictConfig, ckpt_path: str | os.PathLike, out_dir: str | os.Pa
         cfg = OmegaConf.create(cfg)
     ckpt = Path(resolve_checkpoint_path(str(ckpt_path), "checkpoint"))
     out = Path(out_dir) if out_dir is not None else _default_test_dir(ckpt)
-    out.mkdir(parents=True, exist_ok=True)
-    if not os.access(out, os.W_OK):
-        raise PermissionError(f"output folder {out} is not writable")
+    try:
+        ensure_writable_dir(out)
+    except OSError as e:
+        raise PermissionError(f"output folder {out} is not writable ({e})") from e
     device = get_device(str(cfg.get("device", "auto")))
     test_cfg = cfg.get("test") or OmegaConf.create({})
     val_cfg = cfg.get("val") or OmegaConf.create({})

@@ -152,3 +152,14 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
         while chunk := f.read(chunk_size):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def ensure_writable_dir(folder: str | os.PathLike) -> Path:
+    """Create ``folder`` and write (then remove) a temporary file in it now, so an unwritable output is found before
+    any work is done (``os.access`` is no proof: root passes it on read-only mounts). Raises OSError."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".write_check.", dir=folder)
+    os.close(fd)
+    os.unlink(tmp)
+    return folder
