@@ -23,6 +23,7 @@ import torch
 from render.bodies import BODIES, make_body
 from render.motion import Motion, RenderError, load_motion
 from render.raster import Camera, FloorBackground, look_at, rasterize
+from utils.device import torch_threads
 from utils.io import atomic_path
 
 __all__ = [
@@ -345,12 +346,8 @@ def render_still(motion: Motion | str | os.PathLike, frame: int = 0, opt: Render
     motion = motion if isinstance(motion, Motion) else load_motion(motion)
     body = make_body(opt.body, motion, opt.smplx_model)
     track = _frame_all([body], [motion], opt)[0]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         return _Panel(body, motion, track, opt).frame(frame)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _encode(
@@ -457,12 +454,8 @@ def render_video(
             "-movflags", "+faststart", "-t", f"{duration:.6f}", "-f", "mp4"]  # fmt: skip
     t0 = time.perf_counter()
     render_s = 0.0
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small tensors: one thread is faster, and leaves a core to the encoder
-    try:
+    with torch_threads(1):  # small tensors: one thread is faster, and leaves a core to the encoder
         render_s = _encode(cmd, output, panels, n_frames, fps, texts, title_h, opt)
-    finally:
-        torch.set_num_threads(threads)
     total = time.perf_counter() - t0
     return {
         "output": str(output), "frames": n_frames, "fps": fps, "duration": duration, "size": [width, height],

@@ -95,6 +95,23 @@ def test_short_run_loss_falls(tmp_path):
     assert (tr.run_dir / "config.yaml").is_file() and (tr.run_dir / "checkpoints" / "last.pt").is_file()
 
 
+class ThreadRecordingTrainer(ToyTrainer):
+    def train_step(self, batch):
+        self.threads_seen = getattr(self, "threads_seen", set()) | {torch.get_num_threads()}
+        return super().train_step(batch)
+
+
+def test_num_threads_is_scoped_to_fit(tmp_path):
+    # a stage's num_threads must not leak into later stages of the same process (the main job once trained its
+    # generators single-threaded after the RVQ stage)
+    before = torch.get_num_threads()
+    want = 1 if before != 1 else 2
+    with ThreadRecordingTrainer(make_cfg(tmp_path, **{"+num_threads": want, "solver.epochs": 1})) as tr:
+        tr.fit()
+    assert tr.threads_seen == {want}
+    assert torch.get_num_threads() == before
+
+
 def test_checkpoint_contents(tmp_path):
     cfg = make_cfg(tmp_path, **{"solver.epochs": 2})
     with ToyTrainer(cfg) as tr:

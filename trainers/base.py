@@ -93,7 +93,7 @@ from trainers.checkpointing import (
 )
 from trainers.optim import build_optimizer, build_scheduler
 from utils.config import ConfigError, to_container
-from utils.device import rng_state, seed_everything, set_rng_state
+from utils.device import rng_state, seed_everything, set_rng_state, torch_threads
 from utils.io import remove_stale_temp_files, save_json
 from utils.logging import Logger, build_logger, progress
 from utils.runs import create_run_dir
@@ -317,7 +317,14 @@ class BaseTrainer:
         return itertools.islice(self.train_loader, self.batch_in_epoch, None)
 
     def fit(self, until_iteration: int | None = None) -> dict[str, Any]:
-        """Train to the configured limit (or stop early at ``until_iteration``, saving ``last.pt``)."""
+        """Train to the configured limit (or stop early at ``until_iteration``, saving ``last.pt``).
+
+        ``num_threads`` (config, optional) sets torch's CPU threads for this call only: small models on a busy CPU
+        train faster on fewer threads, and a later stage in the same process gets its threads back."""
+        with torch_threads(self.cfg.get("num_threads")):
+            return self._fit(until_iteration)
+
+    def _fit(self, until_iteration: int | None) -> dict[str, Any]:
         if self.val_before_train and self.val_period > 0 and self.iteration == 0 and self.resumed_from is None:
             self._validate_and_checkpoint()
         self.set_train_mode()

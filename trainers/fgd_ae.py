@@ -95,8 +95,6 @@ class FGDAETrainer(BaseTrainer):
     def __init__(self, cfg: DictConfig, run_dir: str | Path | None = None, **kwargs: Any) -> None:
         self.loss_weights = _loss_weights(cfg)
         _check_model_keys(cfg)
-        if cfg.get("num_threads"):  # on a small shared CPU box, fewer threads are often faster
-            torch.set_num_threads(int(cfg.num_threads))
         super().__init__(cfg, run_dir=run_dir, **kwargs)
         wanted = {"loss", "rec", "vel"} | ({"acc"} if self.loss_weights["acc"] else set())
         if self.best_metric is not None and self.best_metric not in wanted:

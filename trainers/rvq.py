@@ -137,8 +137,6 @@ class RVQTrainer(BaseTrainer):
         self.part_index = torch.from_numpy(part_frame_indices(self.part))
         self._fgd: tuple[nn.Module, Any] | None = None
         self._fgd_note: str | None = None
-        if cfg.get("num_threads"):  # small models on CPU: fewer threads are often faster (no oversubscription)
-            torch.set_num_threads(int(cfg.num_threads))
         super().__init__(cfg, run_dir=run_dir, **kwargs)
         self._validate_config()
 

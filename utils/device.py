@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -81,3 +83,20 @@ def _as_numpy_state(s):
             s["gauss"],
         )
     return tuple(s)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Set torch's intra-op threads for a block and restore them after (``None``: leave them alone).
+
+    torch.set_num_threads is process-wide: a stage that sets it without restoring slows every later stage of the
+    same process (the main job's generators once trained single-threaded after the 1-thread RVQ stage)."""
+    if not n:
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
