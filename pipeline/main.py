@@ -147,6 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = "python run_pipeline.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     try:
         cfg = load_config(args.config, args.overrides)
+        stage_names(to_container(cfg.get("stages")), all_stage_names(cfg))  # a bad stage name, before any work
     except Exception as e:
         print(f"[pipeline] bad configuration: {e}", file=sys.stderr)
         return 2

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from utils.config import ConfigError
 from utils.io import save_json
 
 
@@ -79,7 +80,7 @@ def is_forced(name: str, force: Any) -> bool:
     if not force:
         return False
     names = [force] if isinstance(force, str) else list(force)
-    return any(name == f or name.startswith(f"{f}_") for f in names)
+    return any(_matches(name, f) for f in names)
 
 
 def banner(text: str) -> None:
@@ -125,12 +126,19 @@ def run_stage(
     return rec
 
 
+def _matches(name: str, pattern: str) -> bool:
+    return name == pattern or name.startswith(f"{pattern}_")
+
+
 def stage_names(enabled: Iterable[str] | None, all_names: Iterable[str]) -> list[str]:
+    """The stages to run, in pipeline order: all, or those named (a prefix such as ``rvq`` or ``gen`` matches
+    ``rvq_upper``, ``gen_shortcut``, as in ``force``)."""
     names = list(all_names)
     if enabled is None:
         return names
-    wanted = list(enabled)
-    unknown = [n for n in wanted if n not in names]
+    wanted = [enabled] if isinstance(enabled, str) else list(enabled)
+    unknown = [w for w in wanted if not any(_matches(n, w) for n in names)]
     if unknown:
-        raise ValueError(f"unknown stage(s) {unknown} in pipeline.stages; known: {names}")
-    return [n for n in names if n in wanted]
+        raise ConfigError(f"stages: unknown stage(s) {unknown}; known: {names} (a prefix such as 'rvq' matches "
+                          "every rvq_<part>)")
+    return [n for n in names if any(_matches(n, w) for w in wanted)]

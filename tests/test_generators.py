@@ -20,7 +20,7 @@ from models.generators import (
     build_generator,
     guided_prediction,
 )
-from models.generators.base import LinearFlowPath, drop_condition, sample_beta_time, to_generator_layout
+from models.generators.base import DataPrediction, LinearFlowPath, drop_condition, sample_beta_time, to_generator_layout
 from models.generators.upstream import generator_node_from_upstream
 from tests.conftest import FIXTURES, need
 from utils.config import ConfigError
@@ -246,6 +246,31 @@ def test_flow_weighting_options_differ_as_documented():
         ShortcutObjective(flow_weighting="bogus")
 
 
+def test_data_loss_space_is_the_endpoint_error_of_a_data_prediction():
+    # loss_space=data with a data-predicting net: residuals × (1 − t), i.e. x̂₁ − x₁ wherever 1 − t >= 0.05
+    b = 64
+    data = torch.randn(b, 384, 1, 32, dtype=torch.float64)
+    guess = torch.randn(1, 384, 1, 32, dtype=torch.float64)
+    rec = Recorder()
+    net = DataPrediction(lambda *a: (rec(*a), guess.expand(b, -1, -1, -1))[1])
+    args = (torch.zeros(b, 4, 384), torch.ones(b, 32, 8), torch.zeros(32, 8))
+    kw = dict(flow_fraction=1.0, flow_weighting="none", time_alpha=1.0, time_beta=1.0)
+    out = ShortcutObjective(loss_space="data", **kw)(net, data, *args, torch.Generator().manual_seed(3))
+    x_t, t = rec.calls[0]["x"], rec.calls[0]["t"].double().reshape(-1, 1, 1, 1)
+    gap = (1 - t).clamp_min(0.05)
+    v_target = (data - x_t) / (1 - t)  # x₁ − ε
+    residual = (guess - x_t) - v_target * gap  # (v̂ − v)·gap with v̂ = (x̂₁ − x_t)/gap
+    torch.testing.assert_close(out["loss_flow"], (residual**2).mean(), rtol=1e-6, atol=0)
+    inside = (t.flatten() <= 0.95)
+    assert 0 < int(inside.sum()) < b  # both regimes drawn
+    torch.testing.assert_close(residual[inside], (guess - data).expand(b, -1, -1, -1)[inside])
+    # the velocity-space loss of the same predictions is the same residual / gap²: large near t = 1
+    vel = ShortcutObjective(**kw)(net, data, *args, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(vel["loss_flow"], ((residual / gap) ** 2).mean(), rtol=1e-6, atol=0)
+    with pytest.raises(ValueError, match="loss_space"):
+        ShortcutObjective(loss_space="noise")
+
+
 @pytest.mark.parametrize(("semantics", "cons_null"), [("v1", 0.2), ("v2", 0.8)])
 def test_condition_dropout_rates(semantics, cons_null):
     b = 8000
@@ -281,6 +306,55 @@ def test_euler_one_step_lands_on_data_for_the_exact_straight_field():
         out = EulerShortcutSampler()(OracleVelocity(c), noise, torch.zeros(3, 4, 384), torch.ones(3, 32, 8),
                                      torch.zeros(32, 8), n_steps=n, guidance=1.0)
         torch.testing.assert_close(out.latents, c.expand(3, -1, -1, -1), atol=1e-6, rtol=0)
+
+
+class ConstantData:
+    """A data-prediction network that always answers x̂₁ = c (and records its calls' x)."""
+
+    def __init__(self, c: torch.Tensor):
+        self.c = c
+        self.seen: list[torch.Tensor] = []
+
+    def __call__(self, x, t, d, seed, at_feat):
+        self.seen.append(x)
+        return self.c.expand_as(x)
+
+
+def test_data_prediction_is_the_velocity_towards_the_predicted_endpoint():
+    c = torch.randn(1, 384, 1, 32, dtype=torch.float64)
+    x = torch.randn(2, 384, 1, 32, dtype=torch.float64)
+    v = DataPrediction(ConstantData(c))(x, torch.tensor([0.0, 0.75]), None, None, None)
+    torch.testing.assert_close(v[0], (c[0] - x[0]) / 1.0)
+    torch.testing.assert_close(v[1], (c[0] - x[1]) / 0.25)
+    near_one = DataPrediction(ConstantData(c), min_gap=0.05)(x, torch.tensor([0.99, 1.5]), None, None, None)
+    torch.testing.assert_close(near_one, (c - x) / 0.05)  # 1 - t clamped, never divided by ~0 or a negative
+    with pytest.raises(ValueError, match="min_gap"):
+        DataPrediction(ConstantData(c), min_gap=0.0)
+
+
+def test_data_prediction_sampler_output_is_the_last_prediction_whatever_the_noise():
+    # the jitter fix in one line: the sampled latent is what the network predicted, the input noise is cancelled
+    c = torch.randn(1, 384, 1, 32, dtype=torch.float64)
+    noise = 10 * torch.randn(3, 384, 1, 32, dtype=torch.float64)
+    for n in (1, 2, 5):
+        out = EulerShortcutSampler()(DataPrediction(ConstantData(c)), noise, torch.zeros(3, 4, 384),
+                                     torch.ones(3, 32, 8), torch.zeros(32, 8), n_steps=n, guidance=2.0)
+        torch.testing.assert_close(out.latents, c.expand(3, -1, -1, -1), atol=1e-6, rtol=0)
+
+
+def test_generator_prediction_option():
+    params = {"modality_encoder": ToyEncoder(), "denoiser": ToyDenoiser()}
+    gen = build_generator({"name": "shortcut", "params": {**params, "prediction": "data"}}).eval()
+    assert isinstance(gen.net, DataPrediction) and gen.net.net is gen.denoiser
+    audio, word, seed = toy_inputs()
+    noise = torch.randn(3, 384, 1, 32)
+    # one step from t≈0: x̂₁ = denoiser(noise) exactly (ToyDenoiser's output), not noise + velocity
+    out = gen.sample(audio, word, seed, n_steps=1, guidance=1.0, noise=noise)
+    expected = gen.denoiser(noise, torch.full((3,), 1e-8), torch.ones(3), seed, gen.encode(audio, word))
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    assert build_generator({"name": "shortcut", "params": dict(params)}).net is not None
+    with pytest.raises(ConfigError, match="prediction must be one of"):
+        build_generator({"name": "shortcut", "params": {**params, "prediction": "epsilon"}})
 
 
 def test_euler_grid_step_size_and_nfe():

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from pipeline.report import markdown_table, plot_training_curves, table_rows
-from pipeline.runner import StageError, is_forced, load_record, run_stage
+from pipeline.runner import StageError, is_forced, load_record, run_stage, stage_names
 from pipeline.stages import flatten_overrides
+from utils.config import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,6 +39,15 @@ def test_run_stage_skips_complete_and_reruns_forced(tmp_path: Path) -> None:
     run_stage("s1", fn, tmp_path, force="all")
     assert len(calls) == 3
     assert is_forced("rvq_upper", ["rvq"]) and not is_forced("gen_shortcut", ["rvq"])
+
+
+def test_stage_selection_by_name_or_prefix() -> None:
+    names = ["corpus", "cache", "rvq_upper", "rvq_hands", "gen_shortcut", "report"]
+    assert stage_names(None, names) == names
+    assert stage_names(["rvq", "corpus"], names) == ["corpus", "rvq_upper", "rvq_hands"]  # pipeline order
+    assert stage_names(["rvq_hands"], names) == ["rvq_hands"]
+    with pytest.raises(ConfigError, match=r"unknown stage\(s\) \['rv'\]"):
+        stage_names(["rv"], names)
 
 
 def test_run_stage_failure_names_the_stage(tmp_path: Path) -> None:

@@ -125,6 +125,36 @@ def guided_prediction(
     return out_u + guidance * (out_c - out_u), 2 * b
 
 
+PREDICTIONS = ("velocity", "data")
+MIN_GAP = 0.05  # 1 − t is clamped here when a data prediction is turned into a velocity (and back)
+
+
+def time_gap(t: Tensor, like: Tensor, min_gap: float = MIN_GAP) -> Tensor:
+    """(1 − t) clamped at ``min_gap``, shaped to broadcast against ``like``: velocity × gap = data-space distance."""
+    return broadcast_like((1.0 - t.to(like.dtype)).clamp_min(min_gap), like)
+
+
+class DataPrediction:
+    """A network that predicts the data endpoint x̂₁, seen by objectives and samplers as the velocity field
+    v = (x̂₁ − x_t) / (1 − t) (the straight line from x_t to x̂₁; 1 − t clamped at ``min_gap``).
+
+    Why: a velocity network must reproduce the noise it was given (v = x₁ − ε) through its token width. When that
+    width is below the latent width (the tiny denoiser: 128-channel part latents through 32-wide tokens) most of
+    the noise cannot pass, stays in the output and decodes as jitter. Predicting x̂₁ only needs the data, which is
+    low-dimensional and smooth in time; the last Euler step then lands exactly on x̂₁.
+    """
+
+    def __init__(self, net: NetFn, min_gap: float = MIN_GAP) -> None:
+        if not 0.0 < min_gap <= 1.0:
+            raise ValueError(f"min_gap must be in (0, 1], got {min_gap}")
+        self.net = net
+        self.min_gap = min_gap
+
+    def __call__(self, x: Tensor, timesteps: Tensor, cond_time: Tensor | None, seed: Tensor, at_feat: Tensor) -> Tensor:
+        x1 = self.net(x, timesteps, cond_time, seed, at_feat)
+        return (x1 - x) / time_gap(timesteps, x, self.min_gap)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Path, objective, sampler
 # --------------------------------------------------------------------------------------------------------------
@@ -246,14 +276,29 @@ class LatentGenerator(nn.Module):
     Call ``.eval()`` before sampling: the denoiser has DropPath/dropout, and upstream samples in eval mode.
     """
 
-    def __init__(self, modality_encoder: Any, denoiser: Any, objective: Objective, sampler: Sampler) -> None:
+    def __init__(
+        self,
+        modality_encoder: Any,
+        denoiser: Any,
+        objective: Objective,
+        sampler: Sampler,
+        prediction: str = "velocity",
+    ) -> None:
         super().__init__()
         self.modality_encoder = _build(modality_encoder, "modality_encoder")
         self.denoiser = _build(denoiser, "denoiser")
         if not hasattr(self.denoiser, "null_cond_embed"):
             raise ConfigError("denoiser: the generator needs a denoiser with a `null_cond_embed` parameter (T,D)")
+        if prediction not in PREDICTIONS:
+            raise ConfigError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
         self.objective = objective
         self.sampler = sampler
+        self.prediction = prediction
+
+    @property
+    def net(self) -> NetFn:
+        """What objective and sampler call: the denoiser, or its data prediction seen as a velocity field."""
+        return self.denoiser if self.prediction == "velocity" else DataPrediction(self.denoiser)
 
     @property
     def null_cond(self) -> Tensor:
@@ -282,7 +327,7 @@ class LatentGenerator(nn.Module):
         """Training loss for data latents (B,384,1,32) or (B,32,384); seed (B,4,384). Returns dict(loss=..., parts)."""
         data = to_generator_layout(latents)
         cond = self._condition(audio, word, at_feat)
-        return self.objective(self.denoiser, data, seed, cond, self.null_cond, generator)
+        return self.objective(self.net, data, seed, cond, self.null_cond, generator)
 
     @torch.no_grad()
     def sample_with_stats(
@@ -304,7 +349,7 @@ class LatentGenerator(nn.Module):
             noise = randn((b, LATENT_CHANNELS, 1, cond.shape[1]), cond, generator)
         elif noise.shape[0] != b:
             raise ValueError(f"noise batch {noise.shape[0]} != condition batch {b}")
-        return self.sampler(self.denoiser, noise, seed, cond, self.null_cond, n_steps, guidance, generator)
+        return self.sampler(self.net, noise, seed, cond, self.null_cond, n_steps, guidance, generator)
 
     def sample(
         self,

@@ -25,9 +25,11 @@ from models.generators.base import (
     rand,
     randn,
     sample_beta_time,
+    time_gap,
 )
 
 FLOW_WEIGHTINGS = ("upstream_global", "per_sample", "none")
+LOSS_SPACES = ("velocity", "data")
 CONSISTENCY_COND_SEMANTICS = ("v1", "v2")
 
 
@@ -52,6 +54,9 @@ class ShortcutObjective(Objective):
       - ``"v2"``: the v2 refactor passes the same p=[0.8, 0.2] mask to a function where True means *null*, so 80% of
         consistency samples are unconditional. Offered to reproduce v2 training exactly.
       ``consistency_null_prob`` overrides both with an explicit probability.
+    * ``loss_space``: ``"velocity"`` (upstream) compares velocities; ``"data"`` multiplies every residual by
+      (1 − t) (clamped like `DataPrediction`), so a data-predicting network is trained on its endpoint error
+      ‖x̂₁ − x₁‖² instead of that error / (1 − t)², which explodes near t = 1 (and past it for t + d).
     * The teacher passes run in whatever mode the network is in (upstream: train mode, DropPath active).
     """
 
@@ -67,7 +72,10 @@ class ShortcutObjective(Objective):
         consistency_null_prob: float | None = None,
         flow_weighting: str = "upstream_global",
         consistency_weight: float = 1.0,
+        loss_space: str = "velocity",
     ) -> None:
+        if loss_space not in LOSS_SPACES:
+            raise ValueError(f"loss_space must be one of {LOSS_SPACES}, got {loss_space!r}")
         if flow_weighting not in FLOW_WEIGHTINGS:
             raise ValueError(f"flow_weighting must be one of {FLOW_WEIGHTINGS}, got {flow_weighting!r}")
         if consistency_cond not in CONSISTENCY_COND_SEMANTICS:
@@ -86,6 +94,7 @@ class ShortcutObjective(Objective):
         self.consistency_null_prob = consistency_null_prob
         self.flow_weighting = flow_weighting
         self.consistency_weight = consistency_weight
+        self.loss_space = loss_space
 
     def split(self, batch: int) -> int:
         """Number of flow samples (the first ones); the rest are consistency samples. Upstream: ⌊3B/4⌋."""
@@ -149,6 +158,9 @@ class ShortcutObjective(Objective):
 
         # one student pass over the whole batch (flow rows with d = 0, consistency rows with 2d)
         pred = net(ps.x_t, t, d, seed, cond)
+        if self.loss_space == "data":
+            gap = time_gap(t, pred)
+            pred, target = pred * gap, target * gap
         zero = pred.sum() * 0.0  # keeps the graph when a part is empty (e.g. B = 1 has no flow rows)
         loss_flow = self._flow_loss(pred[:n_flow], target[:n_flow], t[:n_flow]) if n_flow > 0 else zero
         loss_cons = F.mse_loss(pred[n_flow:], target[n_flow:]) if n_cons > 0 else zero
@@ -194,7 +206,8 @@ class EulerShortcutSampler(Sampler):
 class ShortcutGenerator(LatentGenerator):
     """GestureLSM: `ShortcutObjective` for training, `EulerShortcutSampler` (default 2 steps, w = 2) for inference.
 
-    ``objective`` / ``sampler`` take the keyword options of those classes (a dict from config).
+    ``objective`` / ``sampler`` take the keyword options of those classes (a dict from config). ``prediction``:
+    ``velocity`` (upstream, the released checkpoints) or ``data`` (the denoiser predicts x̂₁; see `DataPrediction`).
     """
 
     def __init__(
@@ -203,10 +216,12 @@ class ShortcutGenerator(LatentGenerator):
         denoiser: Any,
         objective: dict[str, Any] | None = None,
         sampler: dict[str, Any] | None = None,
+        prediction: str = "velocity",
     ) -> None:
         super().__init__(
             modality_encoder,
             denoiser,
             ShortcutObjective(**dict(objective or {})),
             EulerShortcutSampler(**dict(sampler or {})),
+            prediction=prediction,
         )
