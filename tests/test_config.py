@@ -4,7 +4,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from utils.config import ConfigError, instantiate_from_config, load_config
+from utils.config import ConfigError, instantiate_from_config, load_config, to_container
 from utils.runs import create_run_dir
 
 
@@ -97,6 +97,25 @@ def test_run_dir_has_resolved_config_and_provenance(tmp_path):
     assert info["seed"] == 7 and "commit" in info["git"] and info["versions"]["torch"]
     run2 = create_run_dir(cfg, timestamp="20260101_000000")
     assert run2 != run and run2.exists()
+
+
+def test_run_config_has_no_dead_copies(tmp_path):
+    # the generator reads model.generator.params.denoiser, a copy of the top-level `denoiser` after interpolation;
+    # in a run's config.yaml the copy is a reference, so editing the top-level node (what a reader sees) has effect
+    from inference.model_source import _from_run_dir
+
+    cfg = load_config("configs/shortcut_tiny.yaml", [f"output_dir={tmp_path}"])
+    run = create_run_dir(cfg, timestamp="20260101_000000")
+    text = (run / "config.yaml").read_text()
+    assert "denoiser: ${denoiser}" in text and "modality_encoder: ${modality_encoder}" in text
+    saved = OmegaConf.load(run / "config.yaml")
+    assert OmegaConf.to_container(saved, resolve=True) == OmegaConf.to_container(cfg, resolve=True)  # same run
+    saved.denoiser.params.latent_dim = 48
+    OmegaConf.save(saved, run / "config.yaml")
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "best.pt").write_bytes(b"")
+    read = to_container(_from_run_dir(run).cfg.model.generator)
+    assert read["params"]["denoiser"]["params"]["latent_dim"] == 48
 
 
 def test_misspelt_key_in_a_file_is_an_error_with_a_suggestion(cfg_tree):

@@ -57,8 +57,31 @@ def provenance(cfg: DictConfig | None = None, **extra: Any) -> dict[str, Any]:
     return info
 
 
+def _link_copies(node: Any, tops: dict[str, Any], depth: int = 0) -> Any:
+    if isinstance(node, dict):
+        if depth >= 2 and node:
+            for name, top in tops.items():
+                if node == top:
+                    return f"${{{name}}}"
+        return {k: _link_copies(v, tops, depth + 1) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_link_copies(v, tops, depth + 1) for v in node]
+    return node
+
+
+def frozen_config_yaml(cfg: DictConfig) -> str:
+    """The run's config as YAML, resolved (paths, numbers frozen as they ran), except that a nested node equal to a
+    top-level one (``model.generator.params.denoiser``, a copy of ``denoiser`` after interpolation) is written as a
+    reference ``${denoiser}``: editing the top-level node of a run's config.yaml then changes the model, and no
+    dead copy is left that nothing reads. Loading it back gives the same config."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    tops = {k: v for k, v in plain.items() if isinstance(v, dict) and v}
+    linked = {k: _link_copies(v, tops, 1) for k, v in plain.items()}
+    return OmegaConf.to_yaml(OmegaConf.create(linked))
+
+
 def create_run_dir(cfg: DictConfig, timestamp: str | None = None, **extra: Any) -> Path:
-    """Create the run folder and write ``config.yaml`` (fully resolved) and ``run_info.json`` into it."""
+    """Create the run folder and write ``config.yaml`` (see `frozen_config_yaml`) and ``run_info.json`` into it."""
     out_root = resolve_path(cfg.get("output_dir", "outputs"))
     exp = str(cfg.get("exp_name", "exp"))
     ts = timestamp or _dt.datetime.now().strftime("%Y%m%d_%H%M%S")
@@ -71,6 +94,6 @@ def create_run_dir(cfg: DictConfig, timestamp: str | None = None, **extra: Any) 
             break
         except FileExistsError:
             suffix += 1
-    save_text(OmegaConf.to_yaml(cfg, resolve=True), run_dir / "config.yaml")
+    save_text(frozen_config_yaml(cfg), run_dir / "config.yaml")
     save_json(provenance(cfg, run_dir=str(run_dir), **extra), run_dir / "run_info.json")
     return run_dir
