@@ -92,6 +92,32 @@ def test_resume_drops_the_killed_runs_later_records(tmp_path):
     assert any("iteration 11; dropped 9 logged record(s)" in t for t in texts)
 
 
+def test_resume_hides_the_killed_runs_later_steps_in_tensorboard(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = make_cfg(tmp_path, log_period=1, logging=["tensorboard", "console"], **{"solver.epochs": 2})
+    run = tmp_path / "killed"
+    with ToyTrainer(cfg, run_dir=run) as tr:
+        tr.fit(until_iteration=5)
+        shutil.copy(run / "checkpoints" / "last.pt", tmp_path / "at5.pt")
+        tr.fit(until_iteration=9)  # steps 6..9 logged, then "killed"
+    shutil.copy(tmp_path / "at5.pt", run / "checkpoints" / "last.pt")
+    with ToyTrainer(cfg, run_dir=run) as tr:
+        tr.resume(run / "checkpoints" / "last.pt")
+        tr.fit()
+    with ToyTrainer(cfg, run_dir=tmp_path / "straight") as tr:
+        tr.fit()
+    curves = {}
+    for name in ("killed", "straight"):
+        ea = EventAccumulator(str(tmp_path / name / "tb"))
+        ea.Reload()
+        curves[name] = [(e.step, e.value) for e in ea.Scalars("train/loss")]
+    assert [s for s, _ in curves["killed"]] == list(range(1, 17))  # each step once
+    assert curves["killed"] == curves["straight"]  # the resumed values, not the killed run's
+    log = (run / "log.txt").read_text()
+    assert "resumed from" in log and "interrupted run's (superseded" in log
+
+
 def test_jsonl_discard_after_keeps_text_and_foreign_lines(tmp_path):
     lg = JsonlLogger(tmp_path)
     lg.log_text("start")

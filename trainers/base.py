@@ -491,6 +491,8 @@ class BaseTrainer:
         # again, so the old records are dropped (the file then reads as one uninterrupted run).
         dropped = self.logger.discard_after(self.iteration)
         note = f"; dropped {dropped} logged record(s) of later steps (the interrupted run's)" if dropped else ""
+        note += ("; lines of this log above this one with a later step are the interrupted run's (superseded; "
+                 "metrics.jsonl and TensorBoard hold only this run's)")
         self.logger.log_text(f"resumed from {path}: epoch {self.epoch}, iteration {self.iteration}{note}")
 
     def summary(self) -> dict[str, Any]:

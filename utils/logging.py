@@ -137,6 +137,16 @@ class TensorBoardLogger(Logger):
         self._writer.add_text(tag, text, global_step=step)
         self._writer.flush()
 
+    def discard_after(self, step: int) -> int:
+        """Reopen the writer with ``purge_step``: TensorBoard then hides the interrupted run's events of later
+        steps (they stay in the old event file; the count is unknown without reading it, so 0 is returned)."""
+        from torch.utils.tensorboard import SummaryWriter
+
+        if self._writer is not None:
+            self._writer.close()
+        self._writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=step + 1)
+        return 0
+
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
