@@ -73,6 +73,36 @@ def load_betas(path: str | os.PathLike | None) -> np.ndarray:
     return out
 
 
+@dataclass
+class SeedMotion:
+    """The first window's seed latents (1, seed_latents, 384), encoded from the first frames of a user's npz."""
+
+    latents: torch.Tensor
+    source: str
+
+
+def load_seed_motion(lm: LoadedModel, path: str | os.PathLike) -> SeedMotion:
+    """A BEAT2-format npz (poses (T,165), trans (T,3), ...; read without pickle) whose first 16+ frames the first
+    window continues from, instead of the mean pose. Raises InputError naming the file."""
+    from dataloaders.beat2 import BeatDataError, load_motion, process_trans
+    from inference.windowed import seed_from_motion
+
+    p = Path(path)
+    try:
+        m = load_motion(p)
+    except BeatDataError as e:
+        raise InputError(f"--seed-motion: {e}") from e
+    need = lm.opts.overlap_frames
+    if m["poses"].shape[0] < need:
+        raise InputError(f"{p}: a seed motion needs at least {need} frames at 30 fps, got {m['poses'].shape[0]}")
+    _, trans_v = process_trans(m["trans"])
+    dev = lm.device
+    poses = torch.as_tensor(np.asarray(m["poses"], np.float32))[None].to(dev)
+    tv = torch.as_tensor(np.asarray(trans_v, np.float32))[None].to(dev)
+    lat = seed_from_motion(lm.codec, poses, tv, lm.opts)
+    return SeedMotion(lat, f"first {need} frames of {p}")
+
+
 def check_output_dir(out_dir: str | os.PathLike) -> Path:
     """Create ``out_dir`` and prove it writable now (InputError otherwise), before any work is done."""
     out = Path(out_dir)
@@ -133,7 +163,7 @@ def prepare_input(
 
 
 def _meta(lm: LoadedModel, inp: PreparedInput, seed: int, nfe: int, windows: int, betas_given: bool,
-          features: str) -> dict[str, Any]:  # fmt: skip
+          features: str, seed_motion: SeedMotion | None = None) -> dict[str, Any]:  # fmt: skip
     dec = inp.audio
     settings = lm.model.sampler.settings()
     meta = {
@@ -149,7 +179,8 @@ def _meta(lm: LoadedModel, inp: PreparedInput, seed: int, nfe: int, windows: int
         "window_options": lm.opts.to_dict(), "seed": int(seed),
         "audio_features": features, "words": inp.words,
         "fields": {"generated": GENERATED_FIELDS, "neutral_defaults": dict(NEUTRAL_FIELDS),
-                   "first_window_seed": "mean pose (no ground truth)"},
+                   "first_window_seed": "mean pose (no ground truth)" if seed_motion is None
+                   else seed_motion.source},
         "device": str(lm.device),
     }  # fmt: skip
     if betas_given:
@@ -180,11 +211,13 @@ def generate_from_audio(
     betas: np.ndarray | None = None,
     name: str | None = None,
     features: str = "whole",
+    seed_motion: SeedMotion | None = None,
 ) -> GestureResult:
     """Audio file -> motion (see the module docstring). Raises InputError on bad input; writes nothing.
 
     ``features``: ``whole`` (default) computes the audio features on the whole recording, exactly as training did;
-    ``windowed`` computes each window's features on its own audio (what ``--stream`` must do; equal output)."""
+    ``windowed`` computes each window's features on its own audio (what ``--stream`` must do; equal output).
+    ``seed_motion`` (`load_seed_motion`): the first window continues from a user's motion, not the mean pose."""
     if features not in ("whole", "windowed"):
         raise ValueError(f"features must be 'whole' or 'windowed', got {features!r}")
     t0 = time.perf_counter()
@@ -196,20 +229,22 @@ def generate_from_audio(
         feats = audio_features(inp.audio.samples, inp.audio.sr, str(data.get("audio_rep") or "onset+amplitude"),
                                str(data.get("onset_mode") or "corrected"))  # fmt: skip
         out = generate_windowed(lm.model, lm.codec, torch.from_numpy(feats)[None].to(lm.device),
-                                torch.from_numpy(inp.word_ids)[None].to(lm.device), opts=lm.opts, rng=rng)  # fmt: skip
+                                torch.from_numpy(inp.word_ids)[None].to(lm.device), opts=lm.opts, rng=rng,
+                                first_seed=None if seed_motion is None else seed_motion.latents)  # fmt: skip
         poses, trans = out.poses[0].float().cpu().numpy(), out.trans[0].double().cpu().numpy()
         latents, nfe, windows = out.latents[0].float().cpu().numpy(), out.nfe, out.n_windows
     else:
         from inference.streaming import GestureStream, collect
 
-        stream = GestureStream(lm, seed=seed, word_ids=inp.word_ids)
+        stream = GestureStream(lm, seed=seed, word_ids=inp.word_ids,
+                               first_seed=None if seed_motion is None else seed_motion.latents)
         got = collect(stream.push(inp.audio.samples) + stream.finish())
         poses, trans = got["poses"], got["trans"]
         latents, nfe, windows = torch.cat(stream.latents, 1)[0].cpu().numpy(), stream.nfe, stream.window
     if lm.device.type == "cuda":
         torch.cuda.synchronize(lm.device)
     t2 = time.perf_counter()
-    meta = _meta(lm, inp, seed, nfe, windows, betas is not None, features)
+    meta = _meta(lm, inp, seed, nfe, windows, betas is not None, features, seed_motion)
     meta["timing"] = {"decode": round(inp.seconds["decode"], 4), "words": round(inp.seconds["words"], 4),
                       "features_generation_rvq_decode": round(t2 - t1, 4), "total_before_write": round(t2 - t0, 4)}
     return _result(name or inp.audio.path.stem, poses, trans, latents, betas, meta)

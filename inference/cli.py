@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the sampler's)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.add_argument("--betas", help="SMPL-X shape: .npy vector or .npz with 'betas' (default zeros)")
+    p.add_argument("--seed-motion", dest="seed_motion",
+                   help="BEAT2-format npz whose first 16 frames the motion continues from (default: the mean pose)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     p.add_argument("--stream", action="store_true", help="generate window by window as the audio arrives")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -49,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> list[Path]:
     """Validate everything, load the model once, generate every file; returns the written npz paths."""
-    from inference.api import check_output_dir, generate_from_audio, load_betas, write_result
+    from inference.api import check_output_dir, generate_from_audio, load_betas, load_seed_motion, write_result
     from inference.audio_input import decode_audio
     from inference.model_source import load_model, resolve_model_source
 
@@ -74,6 +76,7 @@ def run(args: argparse.Namespace) -> list[Path]:
     from inference.audio_input import warm_up
 
     warm_up(lm.audio_sr)
+    seed_motion = load_seed_motion(lm, args.seed_motion) if args.seed_motion else None
     startup = time.perf_counter() - t_load
     sr, mode = lm.audio_sr, str(lm.cfg.data.get("audio_load") or "upstream")
     if len(files) > 1:
@@ -91,10 +94,10 @@ def run(args: argparse.Namespace) -> list[Path]:
             from inference.streaming import stream_file
 
             res = stream_file(lm, f, text=args.text, textgrid=args.textgrid, asr=args.asr, seed=args.seed,
-                              betas=betas, verbose=not args.quiet)  # fmt: skip
+                              betas=betas, verbose=not args.quiet, seed_motion=seed_motion)  # fmt: skip
         else:
             res = generate_from_audio(lm, f, text=args.text, textgrid=args.textgrid, asr=args.asr, seed=args.seed,
-                                      betas=betas)  # fmt: skip
+                                      betas=betas, seed_motion=seed_motion)  # fmt: skip
         if res.meta["words"]["source"] == "none" and not args.quiet:
             print(f"warning: {res.meta['words']['notes'][0]}", file=sys.stderr)
         if args.name:
@@ -112,7 +115,7 @@ def run(args: argparse.Namespace) -> list[Path]:
 
 def _run_stdin(args: argparse.Namespace) -> Path:
     """``--audio - --stream``: raw 16 kHz mono PCM16 on stdin, generated window by window until EOF."""
-    from inference.api import check_output_dir, load_betas, write_result
+    from inference.api import check_output_dir, load_betas, load_seed_motion, write_result
     from inference.model_source import load_model, resolve_model_source
     from inference.streaming import stream_pcm
 
@@ -124,9 +127,10 @@ def _run_stdin(args: argparse.Namespace) -> Path:
     betas = load_betas(args.betas) if args.betas else None
     lm = load_model(resolve_model_source(args.ckpt, args.config, args.overrides, args.generator), args.device,
                     args.steps, args.guidance)  # fmt: skip
+    seed_motion = load_seed_motion(lm, args.seed_motion) if args.seed_motion else None
     t0 = time.perf_counter()
     res = stream_pcm(lm, sys.stdin.buffer, textgrid=args.textgrid, seed=args.seed, betas=betas,
-                     name=args.name or "stdin", verbose=not args.quiet)  # fmt: skip
+                     name=args.name or "stdin", verbose=not args.quiet, seed_motion=seed_motion)  # fmt: skip
     npz, _ = write_result(res, out, t_start=t0)
     if not args.quiet:
         print(f"stdin: {res.n_frames} frames -> {npz}")

@@ -110,7 +110,7 @@ class GestureStream:
 
     def __init__(
         self, lm: LoadedModel, seed: int = 0, word_ids: np.ndarray | None = None, feature_fn: Any = None,
-        context_s: float = CONTEXT_S, lookahead_s: float = LOOKAHEAD_S,
+        context_s: float = CONTEXT_S, lookahead_s: float = LOOKAHEAD_S, first_seed: Tensor | None = None,
     ) -> None:  # fmt: skip
         self.lm = lm
         self.opts: WindowOptions = lm.opts
@@ -127,7 +127,8 @@ class GestureStream:
         self.n_latents = 0
         self.emitted_latents = 0
         self.window = 0
-        self.seed_lat = lm.codec.mean_latent(1, self.opts.seed_latents, lm.device)
+        self.seed_lat = (lm.codec.mean_latent(1, self.opts.seed_latents, lm.device) if first_seed is None
+                         else first_seed.to(lm.device))  # fmt: skip
         self.trans_xz = torch.zeros(1, 2, dtype=torch.float32, device=lm.device)
         self.nfe = 0
         self.stats = StreamStats(decoder_radius=decoder_radius(lm.codec))
@@ -248,6 +249,7 @@ def collect(parts: list[Emitted]) -> dict[str, np.ndarray]:
 def stream_file(
     lm: LoadedModel, audio: Any, *, text: str | None = None, textgrid: Any = None, asr: str | None = None,
     seed: int = 0, betas: np.ndarray | None = None, chunk_s: float = 0.1, verbose: bool = False,
+    seed_motion: Any = None,
 ) -> Any:  # fmt: skip
     """Stream a file through :class:`GestureStream` in ``chunk_s`` chunks (as if it arrived in real time); returns
     an inference.api.GestureResult whose json records per-window latency and the algorithmic delay. Words (if any)
@@ -257,7 +259,8 @@ def stream_file(
     t_start = time.perf_counter()
     inp = prepare_input(lm, audio, text, textgrid, asr)  # words (if any) from the whole file
     text_free = inp.words["source"] == "none"
-    stream = GestureStream(lm, seed=seed, word_ids=None if text_free else inp.word_ids)
+    stream = GestureStream(lm, seed=seed, word_ids=None if text_free else inp.word_ids,
+                           first_seed=None if seed_motion is None else seed_motion.latents)
     parts: list[Emitted] = []
     t0 = time.perf_counter()
     y = inp.audio.samples
@@ -271,7 +274,7 @@ def stream_file(
     parts += stream.finish()
     t1 = time.perf_counter()
     got = collect(parts)
-    meta = _meta(lm, inp, seed, stream.nfe, stream.window, betas is not None, "windowed")
+    meta = _meta(lm, inp, seed, stream.nfe, stream.window, betas is not None, "windowed", seed_motion)
     lat = stream.stats.window_latency_s
     meta["streaming"] = {**stream.settings(), "chunk_s": chunk_s, "windows": stream.window,
                          "window_latency_s": [round(t, 4) for t in lat], "first_window_latency_s": lat[0],
@@ -286,6 +289,7 @@ def stream_file(
 def stream_pcm(
     lm: LoadedModel, reader: Any, *, textgrid: Any = None, seed: int = 0, betas: np.ndarray | None = None,
     name: str = "stdin", chunk_bytes: int = 3200, verbose: bool = False,
+    seed_motion: Any = None,
 ) -> Any:  # fmt: skip
     """Stream raw 16 kHz mono PCM16 (little-endian) from a binary reader (e.g. stdin) until EOF. The samples are used
     as they arrive (no 22.05 kHz round trip: that cannot be done chunk by chunk). Words: a TextGrid or none."""
@@ -298,7 +302,8 @@ def stream_pcm(
     track = words_from_textgrid(textgrid) if textgrid is not None else WordTrack("none", [])
     horizon = max([int(math.ceil(b * lm.fps)) + 1 for _, b, _ in track.intervals] + [1])
     ids, words = frame_ids(track, horizon, lm.vocab, lm.fps)
-    stream = GestureStream(lm, seed=seed, word_ids=None if track.source == "none" else ids)
+    stream = GestureStream(lm, seed=seed, word_ids=None if track.source == "none" else ids,
+                           first_seed=None if seed_motion is None else seed_motion.latents)
     parts: list[Emitted] = []
     rest = b""
     t0 = time.perf_counter()
@@ -327,7 +332,7 @@ def stream_pcm(
     n = got["poses"].shape[0]
     dec = DecodedAudio(Path(name), y, lm.audio_sr, lm.audio_sr, 1, ["raw 16 kHz PCM16 stream, samples used as is"])
     inp = PreparedInput(dec, n, ids[:n], words, {"decode": 0.0, "words": 0.0})
-    meta = _meta(lm, inp, seed, stream.nfe, stream.window, betas is not None, "windowed")
+    meta = _meta(lm, inp, seed, stream.nfe, stream.window, betas is not None, "windowed", seed_motion)
     lat = stream.stats.window_latency_s
     meta["streaming"] = {**stream.settings(), "chunk_bytes": chunk_bytes, "windows": stream.window,
                          "window_latency_s": [round(t, 4) for t in lat], "first_window_latency_s": lat[0],

@@ -3,7 +3,10 @@
 Upstream flags: ``--audio_path --config --output_dir ./outputs --output_name --seed 42 --save_npz --render_video
 --render_video_fps --render_video_width --render_video_height --render_concurrent_num --render_tmp_img_filetype
 --debug``. ``--config`` takes one of our configs (a released-checkpoint config such as configs/released_v2.yaml);
-without it the default model of gesture_inference.py is used. The npz is always written.
+without it the default model of gesture_inference.py is used. The npz is always written; ``--render_video`` then
+renders each npz with its audio to ``<name>.mp4`` beside it (render_video.py's mannequin at
+``--render_video_width``x``--render_video_height``, ``--render_video_fps``; ``--render_concurrent_num`` and
+``--render_tmp_img_filetype`` are accepted and have no effect: frames are piped to the encoder, never written).
 """
 
 from __future__ import annotations
@@ -11,11 +14,9 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from inference import cli
-
-RENDER_WARNING = ("warning: --render_video: rendering is not part of this project; the npz (BEAT2 SMPL-X format) "
-                  "opens in any SMPL-X viewer or renderer")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,10 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output_name", help="output file name without extension (single file)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--save_npz", action="store_true", help="accepted for compatibility: the npz is always written")
-    p.add_argument("--render_video", action="store_true", help="not supported here (a warning is printed)")
-    for flag, kind in (("--render_video_fps", int), ("--render_video_width", int), ("--render_video_height", int),
-                       ("--render_concurrent_num", int), ("--render_tmp_img_filetype", str)):  # fmt: skip
-        p.add_argument(flag, type=kind, help="accepted for compatibility (no rendering)")
+    p.add_argument("--render_video", action="store_true", help="also render <name>.mp4 (mannequin, with the audio)")
+    p.add_argument("--render_video_fps", type=int, default=30)
+    p.add_argument("--render_video_width", type=int, default=960)
+    p.add_argument("--render_video_height", type=int, default=720)
+    for flag, kind in (("--render_concurrent_num", int), ("--render_tmp_img_filetype", str)):
+        p.add_argument(flag, type=kind, help="accepted for compatibility (no effect)")
     p.add_argument("--debug", action="store_true", help="accepted for compatibility")
     return p
 
@@ -48,11 +51,40 @@ def to_gesture_inference_argv(args: argparse.Namespace) -> list[str]:
     return argv
 
 
+def _written(args: argparse.Namespace) -> list[tuple[Path, Path]]:
+    """(npz, audio) pairs the inference step wrote."""
+    from inference.audio_input import list_audio_files
+
+    audio = Path(args.audio_path)
+    files = list_audio_files(audio) if audio.is_dir() else [audio]
+    out = Path(args.output_dir)
+    if args.output_name:
+        return [(out / f"{args.output_name}.npz", files[0])]
+    return [(out / f"{f.stem}.npz", f) for f in files]
+
+
+def render_outputs(args: argparse.Namespace) -> int:
+    from render.motion import RenderError
+    from render.video import RenderOptions, render_video
+
+    opt = RenderOptions(width=args.render_video_width, height=args.render_video_height, fps=args.render_video_fps,
+                        title=True, progress=False)  # fmt: skip
+    for npz, audio in _written(args):
+        try:
+            info = render_video(npz, npz.with_suffix(".mp4"), audio, None, opt)
+        except RenderError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return cli.EXIT_BAD_INPUT
+        print(f"wrote {info['output']} ({info['frames']} frames, body {info['source']})", file=sys.stderr)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.render_video:
-        print(RENDER_WARNING, file=sys.stderr)
-    return cli.main(to_gesture_inference_argv(args))
+    rc = cli.main(to_gesture_inference_argv(args))
+    if rc != 0 or not args.render_video:
+        return rc
+    return render_outputs(args)
 
 
-__all__ = ["build_parser", "main", "to_gesture_inference_argv"]
+__all__ = ["build_parser", "main", "render_outputs", "to_gesture_inference_argv"]

@@ -138,6 +138,18 @@ class WindowedOutput:
 
 
 @torch.no_grad()
+@torch.no_grad()
+def seed_from_motion(codec: MotionCodec, poses: Tensor, trans_v: Tensor, opts: WindowOptions) -> Tensor:
+    """Seed latents (B, seed_latents, 384) from a motion's first frames (poses (B,n,165), trans_v (B,n,3)): what
+    the first window continues from when a user gives a starting pose sequence. Needs n >= ``overlap_frames``."""
+    need = opts.overlap_frames
+    n = poses.shape[1]
+    if n < need:
+        raise ValueError(f"a seed motion needs at least {need} frames, got {n}")
+    n_enc = min(n - n % opts.trim_multiple, opts.window_frames)  # the encoder sees up to one window of context
+    return codec.encode(poses[:, :n_enc], trans_v[:, :n_enc])[:, : opts.seed_latents]
+
+
 def generate_windowed(
     generator: torch.nn.Module,
     codec: MotionCodec,
@@ -149,20 +161,27 @@ def generate_windowed(
     rng: torch.Generator | None = None,
     jaw: Tensor | None = None,
     record: bool = False,
+    first_seed: Tensor | None = None,
 ) -> WindowedOutput:
     """Generate a whole sequence window by window.
 
     audio (B,S,2) onset+amplitude at ``audio_sr``; word (B,n) ids (n = frames); poses (B,n,165) and trans_v (B,n,3)
     are the ground truth, needed only for ``seed_from_gt``; ``jaw`` (B,n,3) is copied into the output poses.
     ``generator``: a models.generators LatentGenerator (call ``.eval()`` first). ``record``: keep every window's
-    audio slice, word, seed, noise, condition and latents (for tests/debugging).
+    audio slice, word, seed, noise, condition and latents (for tests/debugging). ``first_seed`` (B, seed_latents,
+    384): the first window's seed latents (e.g. `seed_from_motion` of a user's npz), instead of ``opts``' choice.
     """
     opts = opts or WindowOptions()
     b, n_in = word.shape[0], word.shape[1]
     plan = plan_windows(n_in, audio.shape[1], opts)
     device = audio.device
     gt_latents = None
-    if opts.seed_from_gt:
+    if first_seed is not None:
+        if first_seed.shape != (b, opts.seed_latents, codec.latent_dim):
+            raise ValueError(f"first_seed must be ({b}, {opts.seed_latents}, {codec.latent_dim}), "
+                             f"got {tuple(first_seed.shape)}")
+        seed = first_seed.to(device)
+    elif opts.seed_from_gt:
         if poses is None or trans_v is None:
             raise ValueError("seed_from_gt=True needs the ground-truth poses and trans_v")
         # upstream encodes the whole (8-frame trimmed) sequence and takes its first latents

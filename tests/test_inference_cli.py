@@ -16,7 +16,7 @@ import torch
 
 from dataloaders.synthetic import SR, make_script, make_style, synth_audio, textgrid_text
 from inference.api import generate_from_audio, prepare_input
-from inference.audio_input import audio_features
+from inference.audio_input import InputError, audio_features
 from inference.cli import main
 from inference.model_source import ModelError, load_model, resolve_model_source
 from inference.windowed import generate_windowed
@@ -139,6 +139,42 @@ def test_seed_steps_guidance_and_betas(pipe, clip, lm, tmp_path):
                  str(tmp_path / "b.npy"), "-q"]) == 0  # fmt: skip
     np.testing.assert_array_equal(np.load(out / "talk16.npz")["betas"][:10], betas)
     assert "betas" not in json.loads((out / "talk16.json").read_text())["fields"]["neutral_defaults"]
+
+
+def test_seed_motion_from_a_user_npz(pipe, clip, lm, tmp_path):
+    from dataloaders.beat2 import load_motion, process_trans
+    from inference.api import load_seed_motion
+
+    gt = sorted((pipe["corpus"] / "smplxflame_30").glob("*.npz"))[0]
+    m = load_motion(gt)
+    poses = torch.from_numpy(m["poses"].astype(np.float32))[None]
+    trans_v = torch.from_numpy(process_trans(m["trans"])[1].astype(np.float32))[None]
+    # the user's seed is what the ground-truth seed of the test protocol is (GT's first latents)
+    sm = load_seed_motion(lm, gt)
+    ref = lm.codec.encode(poses[:, :128], trans_v[:, :128])[:, : lm.opts.seed_latents]
+    torch.testing.assert_close(sm.latents, ref)
+    assert not torch.allclose(sm.latents, lm.codec.mean_latent(1, lm.opts.seed_latents))
+    out = tmp_path / "o"
+    assert main(["--audio", str(clip["wav"]), "--out", str(out), "--ckpt", str(pipe["out"]), "--seed-motion",
+                 str(gt), "-q"]) == 0  # fmt: skip
+    meta = json.loads((out / "talk16.json").read_text())
+    assert meta["fields"]["first_window_seed"] == f"first 16 frames of {gt}"
+    mean_seed = generate_from_audio(lm, clip["wav"], seed=0)
+    assert np.abs(np.load(out / "talk16.npz")["poses"][:16] - mean_seed.poses[:16]).max() > 1e-3
+    streamed = main(["--audio", str(clip["wav"]), "--out", str(tmp_path / "s"), "--ckpt", str(pipe["out"]),
+                     "--seed-motion", str(gt), "--stream", "-q"])  # fmt: skip
+    assert streamed == 0
+    assert json.loads((tmp_path / "s" / "talk16.json").read_text())["fields"]["first_window_seed"].startswith("first")
+    # bad seed files: one-line errors naming the file, nothing written
+    short = tmp_path / "short.npz"
+    np.savez(short, poses=m["poses"][:10], trans=m["trans"][:10], betas=m["betas"], expressions=m["expressions"][:10],
+             mocap_frame_rate=np.array(30))  # fmt: skip
+    for bad, msg in ((short, "needs at least 16 frames"), (clip["wav"], "not an npz|unreadable")):
+        with pytest.raises(InputError, match=msg):
+            load_seed_motion(lm, bad)
+        assert main(["--audio", str(clip["wav"]), "--out", str(tmp_path / "bad"), "--ckpt", str(pipe["out"]),
+                     "--seed-motion", str(bad), "-q"]) == 2  # fmt: skip
+        assert not (tmp_path / "bad" / "talk16.npz").exists()
 
 
 def test_textgrid_words_reach_the_model(pipe, clip, lm):
@@ -442,11 +478,18 @@ def test_inference_cli_accepts_upstream_flags(pipe, clip, tmp_path, capsys):
     out = tmp_path / "outputs"
     capsys.readouterr()
     rc = upstream_main(["--audio_path", str(clip["wav"]), "--output_dir", str(out), "--output_name", "result",
-                        "--seed", "42", "--save_npz", "--render_video", "--render_video_fps", "30",
+                        "--seed", "42", "--save_npz", "--render_video", "--render_video_fps", "15",
+                        "--render_video_width", "160", "--render_video_height", "120",
                         "--render_concurrent_num", "1", "--ckpt", str(pipe["out"])])  # fmt: skip
     err = capsys.readouterr().err
-    assert rc == 0 and "rendering is not part of this project" in err
-    assert sorted(p.name for p in out.iterdir()) == ["result.json", "result.npz"]
+    assert rc == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["result.json", "result.mp4", "result.npz"]
+    from render.video import probe_media
+
+    info = probe_media(out / "result.mp4")
+    n = np.load(out / "result.npz")["poses"].shape[0]
+    assert "160x120" in info["video"][0] and "15 fps" in info["video"][0] and info["audio"]
+    assert abs(info["duration"] - n / 30) < 0.1  # the motion's duration at any video frame rate
     ref = tmp_path / "ref"
     assert main(["--audio", str(clip["wav"]), "--out", str(ref), "--seed", "42", "--ckpt", str(pipe["out"]), "-q"]) == 0
     np.testing.assert_array_equal(np.load(out / "result.npz")["poses"], np.load(ref / "talk16.npz")["poses"])
