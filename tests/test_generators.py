@@ -271,6 +271,28 @@ def test_data_loss_space_is_the_endpoint_error_of_a_data_prediction():
         ShortcutObjective(loss_space="noise")
 
 
+def test_consistency_time_within_keeps_every_step_inside_the_path():
+    b = 4000
+    data = torch.randn(b, 2, 1, 4)
+    args = (torch.zeros(b, 4, 2), torch.ones(b, 4, 3), torch.zeros(4, 3))
+    n_flow = (3 * b) // 4
+    ends = {}
+    for mode in ("shared", "within"):
+        net = Recorder()
+        ShortcutObjective(consistency_time=mode, time_alpha=1.0, time_beta=1.0)(
+            net, data, *args, torch.Generator().manual_seed(0))
+        student = net.calls[-1]
+        ends[mode] = student["t"][n_flow:] + student["d"][n_flow:]  # where the student's 2d-step ends
+        assert torch.all(student["d"][:n_flow] == 0)
+        teacher1 = net.calls[0]
+        torch.testing.assert_close(teacher1["t"], student["t"][n_flow:])
+    assert float(ends["shared"].max()) > 1.2  # upstream: a step of 1 from t ~ U(0,1) often ends far past 1
+    assert float(ends["within"].max()) <= 1.0 + 1e-6
+    # the flow rows are untouched by the option
+    with pytest.raises(ValueError, match="consistency_time"):
+        ShortcutObjective(consistency_time="late")
+
+
 @pytest.mark.parametrize(("semantics", "cons_null"), [("v1", 0.2), ("v2", 0.8)])
 def test_condition_dropout_rates(semantics, cons_null):
     b = 8000

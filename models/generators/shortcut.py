@@ -30,6 +30,7 @@ from models.generators.base import (
 
 FLOW_WEIGHTINGS = ("upstream_global", "per_sample", "none")
 LOSS_SPACES = ("velocity", "data")
+CONSISTENCY_TIMES = ("shared", "within")
 CONSISTENCY_COND_SEMANTICS = ("v1", "v2")
 
 
@@ -54,6 +55,10 @@ class ShortcutObjective(Objective):
       - ``"v2"``: the v2 refactor passes the same p=[0.8, 0.2] mask to a function where True means *null*, so 80% of
         consistency samples are unconditional. Offered to reproduce v2 training exactly.
       ``consistency_null_prob`` overrides both with an explicit probability.
+    * ``consistency_time``: ``"shared"`` (upstream) gives consistency rows the flow rows' t ∈ (0, 1), so the
+      teacher's second half-step starts at t + d and the student's 2d-step may end past t = 1; ``"within"``
+      rescales their t to t·(1 − 2d), so every step ends by t = 1 (as in the shortcut-model paper). A data
+      prediction needs it: its velocity (x̂₁ − x)/(1 − t) is meaningless past t = 1.
     * ``loss_space``: ``"velocity"`` (upstream) compares velocities; ``"data"`` multiplies every residual by
       (1 − t) (clamped like `DataPrediction`), so a data-predicting network is trained on its endpoint error
       ‖x̂₁ − x₁‖² instead of that error / (1 − t)², which explodes near t = 1 (and past it for t + d).
@@ -73,7 +78,10 @@ class ShortcutObjective(Objective):
         flow_weighting: str = "upstream_global",
         consistency_weight: float = 1.0,
         loss_space: str = "velocity",
+        consistency_time: str = "shared",
     ) -> None:
+        if consistency_time not in CONSISTENCY_TIMES:
+            raise ValueError(f"consistency_time must be one of {CONSISTENCY_TIMES}, got {consistency_time!r}")
         if loss_space not in LOSS_SPACES:
             raise ValueError(f"loss_space must be one of {LOSS_SPACES}, got {loss_space!r}")
         if flow_weighting not in FLOW_WEIGHTINGS:
@@ -95,6 +103,7 @@ class ShortcutObjective(Objective):
         self.flow_weighting = flow_weighting
         self.consistency_weight = consistency_weight
         self.loss_space = loss_space
+        self.consistency_time = consistency_time
 
     def split(self, batch: int) -> int:
         """Number of flow samples (the first ones); the rest are consistency samples. Upstream: ⌊3B/4⌋."""
@@ -138,6 +147,10 @@ class ShortcutObjective(Objective):
         n_cons = b - n_flow
         noise = randn(tuple(data.shape), data, generator)
         t = sample_beta_time(b, self.time_alpha, self.time_beta, self.time_eps, dev, generator)
+        d_cons = None
+        if n_cons > 0 and self.consistency_time == "within":
+            d_cons = self.sample_step_sizes(n_cons, dev, generator)
+            t = torch.cat([t[:n_flow], t[n_flow:] * (1.0 - 2.0 * d_cons)])
         ps = self.path.sample(noise, data, t)
 
         # condition: flow part dropped with cond_drop_prob, consistency part with consistency_null_prob
@@ -150,7 +163,8 @@ class ShortcutObjective(Objective):
         d = torch.zeros(b, device=dev)
         target = ps.velocity
         if n_cons > 0:
-            d_cons = self.sample_step_sizes(n_cons, dev, generator)
+            if d_cons is None:  # upstream draw order: after the condition dropout
+                d_cons = self.sample_step_sizes(n_cons, dev, generator)
             c = slice(n_flow, b)
             cons_target = self.consistency_target(net, ps.x_t[c], t[c], d_cons, seed[c], cond[c])
             d = torch.cat([d[:n_flow], 2 * d_cons])  # the student takes one step of twice the size
