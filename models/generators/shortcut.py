@@ -59,6 +59,10 @@ class ShortcutObjective(Objective):
       teacher's second half-step starts at t + d and the student's 2d-step may end past t = 1; ``"within"``
       rescales their t to t·(1 − 2d), so every step ends by t = 1 (as in the shortcut-model paper). A data
       prediction needs it: its velocity (x̂₁ − x)/(1 − t) is meaningless past t = 1.
+    * ``derivative_weights`` [w₁, w₂, ...] (needs ``loss_space: data``): adds Σ_k w_k·mean((Δᵏ r)²), Δᵏ the k-th
+      difference along the latent time axis of the data-space residual r = x̂₁ − x₁ (or its consistency analogue).
+      The plain MSE weighs a rough, frame-to-frame error as little as a slow one; these terms make temporal
+      roughness of the predicted latents (which decodes as jitter) cost what it costs in the motion.
     * ``loss_space``: ``"velocity"`` (upstream) compares velocities; ``"data"`` multiplies every residual by
       (1 − t) (clamped like `DataPrediction`), so a data-predicting network is trained on its endpoint error
       ‖x̂₁ − x₁‖² instead of that error / (1 − t)², which explodes near t = 1 (and past it for t + d).
@@ -79,6 +83,7 @@ class ShortcutObjective(Objective):
         consistency_weight: float = 1.0,
         loss_space: str = "velocity",
         consistency_time: str = "shared",
+        derivative_weights: list[float] | tuple[float, ...] | None = None,
     ) -> None:
         if consistency_time not in CONSISTENCY_TIMES:
             raise ValueError(f"consistency_time must be one of {CONSISTENCY_TIMES}, got {consistency_time!r}")
@@ -104,6 +109,11 @@ class ShortcutObjective(Objective):
         self.consistency_weight = consistency_weight
         self.loss_space = loss_space
         self.consistency_time = consistency_time
+        self.derivative_weights = [float(w) for w in (derivative_weights or [])]
+        if any(w < 0 for w in self.derivative_weights):
+            raise ValueError(f"derivative_weights must be >= 0, got {self.derivative_weights}")
+        if any(self.derivative_weights) and loss_space != "data":
+            raise ValueError("derivative_weights need loss_space='data' (differences of the predicted latents)")
 
     def split(self, batch: int) -> int:
         """Number of flow samples (the first ones); the rest are consistency samples. Upstream: ⌊3B/4⌋."""
@@ -179,7 +189,16 @@ class ShortcutObjective(Objective):
         loss_flow = self._flow_loss(pred[:n_flow], target[:n_flow], t[:n_flow]) if n_flow > 0 else zero
         loss_cons = F.mse_loss(pred[n_flow:], target[n_flow:]) if n_cons > 0 else zero
         loss = loss_flow + self.consistency_weight * loss_cons
-        return {"loss": loss, "loss_flow": loss_flow.detach(), "loss_consistency": loss_cons.detach()}
+        out = {"loss": loss, "loss_flow": loss_flow.detach(), "loss_consistency": loss_cons.detach()}
+        if any(self.derivative_weights):
+            r = pred - target
+            loss_d = zero
+            for k, w in enumerate(self.derivative_weights, start=1):
+                if w and r.shape[-1] > k:
+                    loss_d = loss_d + w * torch.diff(r, n=k, dim=-1).pow(2).mean()
+            out["loss"] = loss + loss_d
+            out["loss_derivative"] = loss_d.detach()
+        return out
 
 
 class EulerShortcutSampler(Sampler):
