@@ -32,7 +32,7 @@ from tests.conftest import REPO_ROOT, REQUIRE_SHARED_ENV, speech
 
 pytestmark = pytest.mark.slow
 SECONDS = 4.0
-INSTALL = "apt-get install -y chromium chromium-driver (Debian's packages) and pip install selenium"
+APT = "apt-get install -y chromium chromium-driver (Debian's packages; no browser is downloaded)"
 
 
 def _required() -> bool:
@@ -49,7 +49,9 @@ def browser_paths() -> tuple[str, str]:
     except ImportError:
         missing.append("selenium")
     if missing:
-        msg = f"the browser test needs {', '.join(missing)}: {INSTALL}"
+        hints = ([APT] if chrome is None or driver is None else []) + (["pip install -r requirements-dev.txt"]
+                                                                       if "selenium" in missing else [])  # fmt: skip
+        msg = f"the browser test needs {', '.join(missing)}: {'; '.join(hints)}"
         if _required():
             pytest.fail(f"{msg} (CI must not skip it)", pytrace=False)
         pytest.skip(msg)
@@ -62,9 +64,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture(scope="session")
+def browser() -> tuple[str, str]:
+    return browser_paths()
+
+
 @pytest.fixture(scope="module")
-def server(pipe, tmp_path_factory):
-    browser_paths()  # before a minute of server start-up: say early when the browser is missing
+def server(browser, pipe, tmp_path_factory):  # browser first: a missing one is said before the model is trained
     base = tmp_path_factory.mktemp("demo_server")
     port = _free_port()
     log = base / "server.log"
@@ -99,11 +105,11 @@ def server(pipe, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def driver(server):
+def driver(browser, server):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    chrome, chromedriver = browser_paths()
+    chrome, chromedriver = browser
     opts = webdriver.ChromeOptions()
     opts.binary_location = chrome
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1500",
