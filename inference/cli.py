@@ -137,23 +137,29 @@ def _run_stdin(args: argparse.Namespace) -> Path:
     return npz
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def user_errors() -> tuple[type[Exception], ...]:
+    """The exceptions that mean bad user input (audio, words, checkpoint, config), each with a one-line message:
+    the command prints them as ``error: ...``; the web demo shows them in the page."""
     from dataloaders.features.audio import AudioError
     from dataloaders.features.text import TextError
     from inference.model_source import ModelError
     from models.checkpoints import CheckpointError
     from utils.config import ConfigError
 
+    return InputError, ModelError, ConfigError, CheckpointError, AudioError, TextError, FileNotFoundError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")
             run(args)
-    except (InputError, ModelError, ConfigError, CheckpointError, AudioError, TextError, FileNotFoundError) as e:
+    except user_errors() as e:
         msg = " ".join(str(e).split())  # one line, whatever the source
         print(f"error: {msg}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return 0
 
 
-__all__ = ["EXIT_BAD_INPUT", "build_parser", "main", "run"]
+__all__ = ["EXIT_BAD_INPUT", "build_parser", "main", "run", "user_errors"]

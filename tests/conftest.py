@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -40,3 +42,31 @@ def fixtures_dir() -> Path:
 @pytest.fixture
 def beat2_sample() -> Path:
     return need(BEAT2_SAMPLE)
+
+
+# ---------------------------------------------------------------------------------------------------- a tiny model
+TINY_STAGES = "[corpus,cache,fgd_ae,rvq_upper,rvq_hands,rvq_lower_trans,gen_shortcut]"
+
+
+@pytest.fixture(scope="session")
+def pipe(tmp_path_factory) -> dict:
+    """The ci_tiny pipeline's stages up to the shortcut generator (the tiny training tests/test_pipeline.py runs;
+    ~1-2 min), built once per test session for every module that generates from audio (CLI, web demo)."""
+    from pipeline.main import main as pipeline_main
+
+    out = tmp_path_factory.mktemp("inference_pipe") / "pipe"
+    argv = ["-c", str(REPO_ROOT / "configs/pipeline/ci_tiny.yaml"), f"output_dir={out}", f"stages={TINY_STAGES}"]
+    assert pipeline_main(argv) == 0
+    rec = lambda name: json.loads((out / "stages" / f"{name}.json").read_text())  # noqa: E731
+    return {"out": out, "gen": rec("gen_shortcut")["paths"], "cache": rec("cache")["paths"],
+            "corpus": Path(rec("corpus")["paths"]["root"]), "rvq": rec("rvq_upper")["paths"],
+            "fgd": rec("fgd_ae")["paths"]}  # fmt: skip
+
+
+def speech(seconds: float, seed: int = 0) -> tuple[np.ndarray, list]:
+    """Synthetic speech (16 kHz float32) and its phrases, from the synthetic corpus's voice model."""
+    from dataloaders.synthetic import SR, make_script, make_style, synth_audio
+
+    rng = np.random.default_rng(seed)
+    phrases = make_script(seconds, make_style(2, rng), rng)
+    return synth_audio(phrases, int(seconds * SR), rng), phrases

@@ -14,41 +14,19 @@ import pytest
 import soundfile as sf
 import torch
 
-from dataloaders.synthetic import SR, make_script, make_style, synth_audio, textgrid_text
+from dataloaders.synthetic import SR, textgrid_text
 from inference.api import generate_from_audio, prepare_input
 from inference.audio_input import InputError, audio_features
 from inference.cli import main
 from inference.model_source import ModelError, load_model, resolve_model_source
 from inference.windowed import generate_windowed
+from tests.conftest import speech
 from utils.io import load_torch, save_torch, sha256_file
-
-REPO = Path(__file__).resolve().parent.parent
-STAGES = "[corpus,cache,fgd_ae,rvq_upper,rvq_hands,rvq_lower_trans,gen_shortcut]"
-
-
-@pytest.fixture(scope="module")
-def pipe(tmp_path_factory):
-    """The ci_tiny pipeline's stages up to the shortcut generator (the tiny training tests/test_pipeline.py runs)."""
-    from pipeline.main import main as pipeline_main
-
-    out = tmp_path_factory.mktemp("inference_pipe") / "pipe"
-    argv = ["-c", str(REPO / "configs/pipeline/ci_tiny.yaml"), f"output_dir={out}", f"stages={STAGES}"]
-    assert pipeline_main(argv) == 0
-    rec = lambda name: json.loads((out / "stages" / f"{name}.json").read_text())  # noqa: E731
-    return {"out": out, "gen": rec("gen_shortcut")["paths"], "cache": rec("cache")["paths"],
-            "corpus": Path(rec("corpus")["paths"]["root"]), "rvq": rec("rvq_upper")["paths"],
-            "fgd": rec("fgd_ae")["paths"]}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def lm(pipe):
     return load_model(resolve_model_source(pipe["out"]), "cpu")
-
-
-def speech(seconds: float, seed: int = 0) -> tuple[np.ndarray, list]:
-    rng = np.random.default_rng(seed)
-    phrases = make_script(seconds, make_style(2, rng), rng)
-    return synth_audio(phrases, int(seconds * SR), rng), phrases
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,8 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 
-PACKAGES = ("utils", "geometry", "dataloaders", "models", "inference", "evaluation", "trainers", "pipeline", "render")
+PACKAGES = ("utils", "geometry", "dataloaders", "models", "inference", "evaluation", "trainers", "pipeline", "render",
+            "webdemo")
 # package -> project packages it must not import
 WALLS: dict[str, set[str]] = {
     "utils": set(PACKAGES) - {"utils"},
@@ -22,6 +23,9 @@ WALLS: dict[str, set[str]] = {
     "pipeline": set(),
     # rendering/export reads npz files: geometry + utils only, never the training stack
     "render": {"dataloaders", "models", "inference", "evaluation", "trainers", "pipeline"},
+    # the web demo is a page over inference + render (and the synthetic corpus for its examples): no model code of
+    # its own, no training, no evaluation
+    "webdemo": {"models", "evaluation", "trainers", "pipeline"},
 }
 
 
@@ -70,7 +74,7 @@ def test_utils_holds_no_evaluator_code():
 
 @pytest.mark.parametrize(
     "script", ["train.py", "test.py", "run_pipeline.py", "rvq_beatx_train.py", "render_video.py", "export_motion.py",
-               "gesture_inference.py", "inference_cli.py", "run_example.py"]
+               "gesture_inference.py", "inference_cli.py", "run_example.py", "demo.py"]
 )
 def test_entry_scripts_stay_thin(script):
     """Entry scripts parse arguments and call one room: no classes, few lines."""
