@@ -267,7 +267,7 @@ def model_notice(entry: ModelEntry) -> str | None:
     if (folder / "stages" / f"gen_{entry.generator}.json").is_file():
         return None
     return (f"No trained model at `{_rel(folder)}` yet: train the main job's model with `{TRAIN_COMMAND}` (about "
-            "23 min on 2 CPU cores), or start the demo with `--ckpt RUN_FOLDER|best.pt`.")  # fmt: skip
+            "about 20 min on 2 CPU cores), or start the demo with `--ckpt RUN_FOLDER|best.pt`.")  # fmt: skip
 
 
 class ModelCache:
