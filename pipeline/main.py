@@ -20,7 +20,7 @@ from pipeline.report import load_json, plot_speed_vs_onsets, plot_training_curve
 from pipeline.runner import StageError, banner, record_path, run_stage, stage_names
 from utils.config import load_config, to_container
 from utils.device import seed_everything
-from utils.io import save_text
+from utils.io import save_json, save_text
 from utils.runs import git_info
 
 RVQ_PARTS = ("upper", "hands", "lower_trans")
@@ -72,7 +72,13 @@ def report_stage(cfg: DictConfig, command: str, stage_log: list[dict[str, Any]])
         f"({cfg.device}); shared CPUs inflate it.",
         f"Speed-vs-onsets plot: test file {f0['id']} ({labels[first]}).",
     ]
-    paths = write_report(rdir, tests, labels, check, command, commit, stage_log, notes, plots)
+    from pipeline.codec_check import roundtrip_markdown, rvq_roundtrip
+
+    codec = rvq_roundtrip(out, ("val", "test"), tuple(cfg.rvq.parts))
+    save_json(codec, rdir / "rvq_roundtrip.json")
+    paths = write_report(rdir, tests, labels, check, command, commit, stage_log, notes, plots,
+                         roundtrip_markdown(codec))
+    paths["rvq_roundtrip"] = rdir / "rvq_roundtrip.json"
     all_paths = {k: str(v) for k, v in paths.items()}
     all_paths.update({p.stem: str(p) for p in plots})
     return {"paths": all_paths, "commit": commit}

@@ -147,6 +147,12 @@ def _assert_artefacts(out: Path) -> None:
     assert set(json.loads((motions / "wavs.json").read_text())) == set(lc["test_ids"])
     assert "Learning check FAILED" in report and "beat placement" in report
     assert "Donors:" in report
+    # the codec's round trip on val and test (issue 13 item 2); test agrees with the check's own reference
+    codec = json.loads((out / "report" / "rvq_roundtrip.json").read_text())
+    assert set(codec) == {"val", "test"} and codec["test"]["n_files"] == 2
+    for q in ("speed", "acceleration", "jerk"):
+        assert codec["test"][q]["ratio"] == pytest.approx(lc["realism_ratios_vs_gt"]["rvq_roundtrip"][q], rel=0.02)
+    assert "RVQ round trip of held-out GT" in results and "| val |" in results and "| test |" in results
 
 
 # ~1 min on 2 idle cores (53 s measured); the learning check runs and is checked for shape, not for a pass (the
