@@ -91,16 +91,19 @@ def load_seed_motion(lm: LoadedModel, path: str | os.PathLike) -> SeedMotion:
     try:
         m = load_motion(p)
     except BeatDataError as e:
-        raise InputError(f"--seed-motion: {e}") from e
+        raise InputError(f"{e}; --seed-motion takes a BEAT2-format npz (poses (T,165), trans (T,3), betas, "
+                         "expressions, 30 fps)") from e
     need = lm.opts.overlap_frames
     if m["poses"].shape[0] < need:
-        raise InputError(f"{p}: a seed motion needs at least {need} frames at 30 fps, got {m['poses'].shape[0]}")
+        raise InputError(f"{p}: a seed motion needs at least {need} frames at 30 fps, got {m['poses'].shape[0]}; "
+                         f"pass a longer npz")  # fmt: skip
     _, trans_v = process_trans(m["trans"])
     dev = lm.device
     poses = torch.as_tensor(np.asarray(m["poses"], np.float32))[None].to(dev)
     tv = torch.as_tensor(np.asarray(trans_v, np.float32))[None].to(dev)
     lat = seed_from_motion(lm.codec, poses, tv, lm.opts)
-    return SeedMotion(lat, f"first {need} frames of {p}")
+    # the encoder sees up to one window of the motion; its first latents (16 frames) seed the first window
+    return SeedMotion(lat, f"first {need} frames of {p} (encoded with up to {lm.opts.window_frames} frames)")
 
 
 def check_output_dir(out_dir: str | os.PathLike) -> Path:

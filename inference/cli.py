@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.add_argument("--betas", help="SMPL-X shape: .npy vector or .npz with 'betas' (default zeros)")
     p.add_argument("--seed-motion", dest="seed_motion",
-                   help="BEAT2-format npz whose first 16 frames the motion continues from (default: the mean pose)")
+                   help="BEAT2-format npz whose start the motion continues from (its first 16 frames seed the first "
+                        "window; default: the mean pose)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     p.add_argument("--stream", action="store_true", help="generate window by window as the audio arrives")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

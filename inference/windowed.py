@@ -138,7 +138,6 @@ class WindowedOutput:
 
 
 @torch.no_grad()
-@torch.no_grad()
 def seed_from_motion(codec: MotionCodec, poses: Tensor, trans_v: Tensor, opts: WindowOptions) -> Tensor:
     """Seed latents (B, seed_latents, 384) from a motion's first frames (poses (B,n,165), trans_v (B,n,3)): what
     the first window continues from when a user gives a starting pose sequence. Needs n >= ``overlap_frames``."""
@@ -150,6 +149,7 @@ def seed_from_motion(codec: MotionCodec, poses: Tensor, trans_v: Tensor, opts: W
     return codec.encode(poses[:, :n_enc], trans_v[:, :n_enc])[:, : opts.seed_latents]
 
 
+@torch.no_grad()
 def generate_windowed(
     generator: torch.nn.Module,
     codec: MotionCodec,

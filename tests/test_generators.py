@@ -374,6 +374,13 @@ def test_generator_prediction_option():
     out = gen.sample(audio, word, seed, n_steps=1, guidance=1.0, noise=noise)
     expected = gen.denoiser(noise, torch.full((3,), 1e-8), torch.ones(3), seed, gen.encode(audio, word))
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    # many steps too: the training clamp of 1 − t (0.05) must not stop the last steps short of x̂₁
+    c = torch.randn(1, 384, 1, 32)
+    const = ShortcutGenerator(ToyEncoder(), ToyDenoiser(), prediction="data").eval()
+    const.denoiser.forward = lambda x, *a: c.expand_as(x)
+    for n in (20, 21, 50):
+        torch.testing.assert_close(const.sample(audio, word, seed, n_steps=n, guidance=2.0, noise=noise),
+                                   c.expand(3, -1, -1, -1), atol=1e-4, rtol=0)
     assert build_generator({"name": "shortcut", "params": dict(params)}).net is not None
     with pytest.raises(ConfigError, match="prediction must be one of"):
         build_generator({"name": "shortcut", "params": {**params, "prediction": "epsilon"}})

@@ -136,7 +136,7 @@ def test_seed_motion_from_a_user_npz(pipe, clip, lm, tmp_path):
     assert main(["--audio", str(clip["wav"]), "--out", str(out), "--ckpt", str(pipe["out"]), "--seed-motion",
                  str(gt), "-q"]) == 0  # fmt: skip
     meta = json.loads((out / "talk16.json").read_text())
-    assert meta["fields"]["first_window_seed"] == f"first 16 frames of {gt}"
+    assert meta["fields"]["first_window_seed"] == f"first 16 frames of {gt} (encoded with up to 128 frames)"
     mean_seed = generate_from_audio(lm, clip["wav"], seed=0)
     assert np.abs(np.load(out / "talk16.npz")["poses"][:16] - mean_seed.poses[:16]).max() > 1e-3
     streamed = main(["--audio", str(clip["wav"]), "--out", str(tmp_path / "s"), "--ckpt", str(pipe["out"]),

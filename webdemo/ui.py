@@ -10,8 +10,10 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +150,12 @@ def serve(
     from utils.paths import resolve_path
 
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # nothing is sent anywhere
+    if "GRADIO_TEMP_DIR" not in os.environ:
+        # Gradio's default upload/cache folder (/tmp/gradio) is shared by every Gradio app on the machine: give this
+        # server its own, so a request's paths can only point at this server's uploads (removed at exit)
+        private = tempfile.mkdtemp(prefix="gesturelsm-gradio-")
+        os.environ["GRADIO_TEMP_DIR"] = private
+        atexit.register(shutil.rmtree, private, True)
     import gradio as gr
 
     limits = limits or Limits()

@@ -126,7 +126,8 @@ def guided_prediction(
 
 
 PREDICTIONS = ("velocity", "data")
-MIN_GAP = 0.05  # 1 − t is clamped here when a data prediction is turned into a velocity (and back)
+MIN_GAP = 0.05  # 1 − t is clamped here in training, where t (and t + d) reach 1 and beyond
+SAMPLING_MIN_GAP = 1e-6  # sampling grids keep 1 − t >= 1/n: the last Euler step must land exactly on x̂₁
 
 
 def time_gap(t: Tensor, like: Tensor, min_gap: float = MIN_GAP) -> Tensor:
@@ -297,8 +298,15 @@ class LatentGenerator(nn.Module):
 
     @property
     def net(self) -> NetFn:
-        """What objective and sampler call: the denoiser, or its data prediction seen as a velocity field."""
+        """What the objective calls: the denoiser, or its data prediction seen as a velocity field."""
         return self.denoiser if self.prediction == "velocity" else DataPrediction(self.denoiser)
+
+    @property
+    def sampling_net(self) -> NetFn:
+        """What the sampler calls: as `net`, with 1 − t clamped only against division by zero (any n lands on x̂₁)."""
+        if self.prediction == "velocity":
+            return self.denoiser
+        return DataPrediction(self.denoiser, min_gap=SAMPLING_MIN_GAP)
 
     @property
     def null_cond(self) -> Tensor:
@@ -349,7 +357,7 @@ class LatentGenerator(nn.Module):
             noise = randn((b, LATENT_CHANNELS, 1, cond.shape[1]), cond, generator)
         elif noise.shape[0] != b:
             raise ValueError(f"noise batch {noise.shape[0]} != condition batch {b}")
-        return self.sampler(self.net, noise, seed, cond, self.null_cond, n_steps, guidance, generator)
+        return self.sampler(self.sampling_net, noise, seed, cond, self.null_cond, n_steps, guidance, generator)
 
     def sample(
         self,

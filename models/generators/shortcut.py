@@ -6,6 +6,7 @@ Spec: shared/spec/gesturelsm.md §4.3-4.5 (upstream ``models/LSM.py``, v2 ``Gest
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -258,3 +259,7 @@ class ShortcutGenerator(LatentGenerator):
             EulerShortcutSampler(**dict(sampler or {})),
             prediction=prediction,
         )
+        if prediction == "data" and self.objective.consistency_time == "shared":
+            warnings.warn("shortcut: prediction=data with objective.consistency_time=shared sends consistency steps "
+                          "past t = 1, where a data prediction's velocity is clamped; use consistency_time: within",
+                          stacklevel=2)  # fmt: skip
