@@ -73,23 +73,33 @@ def rasterize(
     (back-face culling for a consistently wound closed mesh). Pixel centres are at integer + 0.5."""
     if faces.shape[0] >= _EMPTY:
         raise ValueError(f"rasterize: at most {_EMPTY - 1} faces, got {faces.shape[0]}")
+    # structure of arrays: contiguous 1-D columns and np.take (much faster than fancy indexing of (F,3,2) arrays)
     xy = np.asarray(xy, np.float32)
-    tri = xy[faces]  # (F,3,2)
-    e1 = tri[:, 1] - tri[:, 0]
-    e2 = tri[:, 2] - tri[:, 0]
-    area = e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]
+    depth = np.asarray(depth, np.float32)
+    ft = np.ascontiguousarray(np.asarray(faces).T, dtype=np.intp)  # (3,F)
+    tx = np.take(np.ascontiguousarray(xy[:, 0]), ft)  # (3,F) vertex x per corner
+    ty = np.take(np.ascontiguousarray(xy[:, 1]), ft)
+    e1x, e1y = tx[1] - tx[0], ty[1] - ty[0]
+    e2x, e2y = tx[2] - tx[0], ty[2] - ty[0]
+    area = e1x * e2y - e1y * e2x
     ok = area * cull > 1e-9 if cull else np.abs(area) > 1e-9
-    fid = np.flatnonzero(ok)  # cull first: everything below runs on the kept faces only
-    fid = fid[(depth[faces[fid]] > near).all(1)]
-    tri, e1, e2, area = tri[fid], e1[fid], e2[fid], area[fid]
-    p0, p1, p2 = tri[:, 0], tri[:, 1], tri[:, 2]
-    lo = np.ceil(np.minimum(np.minimum(p0, p1), p2) - 0.5)  # (faster than a reduction over the middle axis)
-    hi = np.floor(np.maximum(np.maximum(p0, p1), p2) - 0.5)
-    np.maximum(lo, 0, out=lo)
-    np.minimum(hi, [width - 1, height - 1], out=hi)
-    size = hi - lo + 1
-    keep = np.flatnonzero((size > 0).all(1))
-    fid, p0, e1, e2, area, lo, size = fid[keep], p0[keep], e1[keep], e2[keep], area[keep], lo[keep], size[keep]
+    if not (depth > near).all():  # usually nothing is behind the near plane: skip the per-face test then
+        vn = depth > near
+        ok &= np.take(vn, ft).all(0)
+    lox = np.ceil(np.minimum(np.minimum(tx[0], tx[1]), tx[2]) - 0.5)
+    loy = np.ceil(np.minimum(np.minimum(ty[0], ty[1]), ty[2]) - 0.5)
+    hix = np.floor(np.maximum(np.maximum(tx[0], tx[1]), tx[2]) - 0.5)
+    hiy = np.floor(np.maximum(np.maximum(ty[0], ty[1]), ty[2]) - 0.5)
+    np.maximum(lox, 0, out=lox)
+    np.maximum(loy, 0, out=loy)
+    np.minimum(hix, width - 1, out=hix)
+    np.minimum(hiy, height - 1, out=hiy)
+    szx, szy = hix - lox + 1, hiy - loy + 1
+    ok &= (szx > 0) & (szy > 0)
+    fid = np.flatnonzero(ok)  # one compaction of everything the kept faces need
+    x0, y0, e1x, e1y, e2x, e2y, area, lox, loy, szx, szy = np.take(
+        np.stack([tx[0], ty[0], e1x, e1y, e2x, e2y, area, lox, loy, szx, szy]), fid, axis=1
+    )
     zbuf = _ZBUF.get((height, width))
     if zbuf is None:  # reused between frames: a fresh 8-byte-per-pixel buffer costs page faults every frame
         zbuf = _ZBUF.setdefault((height, width), torch.empty(height * width, dtype=torch.int64))
@@ -98,41 +108,40 @@ def rasterize(
         return np.full((height, width), -1, np.int32)
     inv_z = (1.0 / np.maximum(depth, near)).astype(np.float32)
     ia = 1.0 / area
-    x0, y0 = p0[:, 0], p0[:, 1]
     # b1 = a1 x + b1 y + c1 at pixel centres (x + 0.5, y + 0.5); likewise b2 and the inverse depth
-    a1, bb1 = e2[:, 1] * ia, -e2[:, 0] * ia
-    c1 = (-x0 * e2[:, 1] + y0 * e2[:, 0]) * ia + 0.5 * (a1 + bb1)
-    a2, bb2 = -e1[:, 1] * ia, e1[:, 0] * ia
-    c2 = (-e1[:, 0] * y0 + e1[:, 1] * x0) * ia + 0.5 * (a2 + bb2)
-    w = inv_z[faces[fid]]
-    d1, d2 = w[:, 1] - w[:, 0], w[:, 2] - w[:, 0]
-    coef = np.stack([a1, bb1, c1, a2, bb2, c2, a1 * d1 + a2 * d2, bb1 * d1 + bb2 * d2, w[:, 0] + c1 * d1 + c2 * d2])
-    lo_f = lo.astype(np.float32)
-    sz = size.astype(np.int32)
-    n_t = sz[:, 0] * sz[:, 1]
+    a1, bb1 = e2y * ia, -e2x * ia
+    c1 = (-x0 * e2y + y0 * e2x) * ia + 0.5 * (a1 + bb1)
+    a2, bb2 = -e1y * ia, e1x * ia
+    c2 = (-e1x * y0 + e1y * x0) * ia + 0.5 * (a2 + bb2)
+    w = np.take(inv_z, ft[:, fid])  # (3,n)
+    d1, d2 = w[1] - w[0], w[2] - w[0]
+    coef = np.stack([a1, bb1, c1, a2, bb2, c2, a1 * d1 + a2 * d2, bb1 * d1 + bb2 * d2, w[0] + c1 * d1 + c2 * d2])
+    sz = szx.astype(np.int32)
+    n_t = sz * szy.astype(np.int32)
     t_idx = np.repeat(np.arange(fid.size, dtype=np.int32), n_t)  # candidate -> triangle
     start = np.cumsum(n_t, dtype=np.int32) - n_t
-    k = np.arange(t_idx.size, dtype=np.int32) - start[t_idx]
-    wt = sz[:, 0][t_idx]
-    kf, wf = k.astype(np.float32), wt.astype(np.float32)
+    k = np.arange(t_idx.size, dtype=np.int32) - np.repeat(start, n_t)
+    kf, wf = k.astype(np.float32), np.repeat(szx, n_t)
     oy = np.floor((kf + np.float32(0.5)) / wf)  # float division: much faster than integer // (exact: k < 2^24)
-    pxf = lo_f[:, 0][t_idx] + (kf - oy * wf)
-    pyf = lo_f[:, 1][t_idx] + oy
+    pxf = np.repeat(lox, n_t) + (kf - oy * wf)
+    pyf = np.repeat(loy, n_t) + oy
     # test b1 first, then evaluate the rest only where it passes (contiguous column gathers, no strided views)
-    b1 = coef[0][t_idx] * pxf + coef[1][t_idx] * pyf + coef[2][t_idx]
+    b1 = np.take(coef[0], t_idx) * pxf + np.take(coef[1], t_idx) * pyf + np.take(coef[2], t_idx)
     m = np.flatnonzero(b1 >= -1e-6)
-    t_m, x_m, y_m, b1 = t_idx[m], pxf[m], pyf[m], b1[m]
-    b2 = coef[3][t_m] * x_m + coef[4][t_m] * y_m + coef[5][t_m]
+    t_m, x_m, y_m, b1 = np.take(t_idx, m), np.take(pxf, m), np.take(pyf, m), np.take(b1, m)
+    b2 = np.take(coef[3], t_m) * x_m + np.take(coef[4], t_m) * y_m + np.take(coef[5], t_m)
     m = np.flatnonzero((b2 >= -1e-6) & (b1 + b2 <= 1 + 1e-6))
-    t_m, x_m, y_m = t_m[m], x_m[m], y_m[m]
-    iz = coef[6][t_m] * x_m + coef[7][t_m] * y_m + coef[8][t_m]
-    key = (np.clip(iz * near, 0, 1) * _DEPTH_SCALE).astype(np.int64) << _FACE_BITS | fid[t_m]
+    t_m, x_m, y_m = np.take(t_m, m), np.take(x_m, m), np.take(y_m, m)
+    iz = np.take(coef[6], t_m) * x_m + np.take(coef[7], t_m) * y_m + np.take(coef[8], t_m)
+    key = (np.clip(iz * near, 0, 1) * _DEPTH_SCALE).astype(np.int64) << _FACE_BITS | np.take(fid, t_m)
     pix = y_m.astype(np.int64) * width + x_m.astype(np.int64)
     zbuf.scatter_reduce_(0, torch.from_numpy(pix), torch.from_numpy(key), reduce="amax")
-    z = zbuf.numpy()
-    np.bitwise_and(z, _EMPTY, out=z)  # empty pixels: -1 & mask = all ones = _EMPTY
-    face = z.astype(np.int32)
-    face[face == _EMPTY] = -1
+    # the face index is in the low bits: truncate to int32 first (half the memory traffic); ((low + 1) & mask) - 1
+    # maps empty (-1) to -1 and a key to its face (face + 1 < _EMPTY: no carry into the depth bits), no masking pass
+    face = zbuf.numpy().astype(np.int32)
+    face += 1
+    face &= _EMPTY
+    face -= 1
     return face.reshape(height, width)
 
 

@@ -215,7 +215,7 @@ class _Panel:
             used = np.zeros(self.faces.shape[0], bool)
             used[fc] = True
             f_used = np.flatnonzero(used)  # shade only the visible faces
-            tri = v[self.faces[f_used]]
+            tri = np.take(v, np.take(self.faces, f_used, axis=0), axis=0)  # np.take: faster than fancy indexing
             n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
             n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
             flip = np.einsum("ij,ij->i", n, self.cam.eye.astype(np.float32) - tri[:, 0]) < 0
@@ -224,7 +224,7 @@ class _Panel:
             lam = np.maximum(n @ light, 0)
             colour = np.zeros((self.faces.shape[0], 3), np.uint8)
             colour[f_used] = np.clip((0.38 + 0.62 * lam)[:, None] * self.colours[f_used], 0, 255).astype(np.uint8)
-            img.reshape(-1, 3)[cov] = colour[fc]
+            img.reshape(-1, 3)[cov] = np.take(colour, fc, axis=0)
         return img
 
     def _draw_skeleton(self, img: np.ndarray, joints: torch.Tensor) -> np.ndarray:
