@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 __all__ = ["Camera", "rasterize", "FloorBackground", "look_at"]
 
@@ -193,26 +197,44 @@ class FloorBackground:
             self._key, self._base = key, img
         return self._base
 
-    def render(self, eye: np.ndarray, root_xz: np.ndarray | None = None, radius: float = 0.35) -> np.ndarray:
-        """(H,W,3) uint8 image for a camera at ``eye`` (same rotation), shadow centred on ``root_xz``."""
-        img = self._floor(eye).copy()
-        if root_xz is None:
-            return img
+    def _shadow(self, eye: np.ndarray, root_xz: np.ndarray, radius: float) -> tuple[tuple, np.ndarray] | None:
+        """Screen window (rows, cols slices) of the contact shadow and its darkening factor (h,w), or None."""
+        h, w = self.cam.height, self.cam.width
         r = 2.0 * radius  # screen window of the shadow: the projected square around the root
         corners = np.array(
             [[root_xz[0] + sx * r, self.floor_y, root_xz[1] + sz * r] for sx in (-1, 1) for sz in (-1, 1)]
         )
-        cam = Camera(self.cam.rot, np.asarray(eye), self.cam.width, self.cam.height, self.cam.fov_y_deg)
+        cam = Camera(self.cam.rot, np.asarray(eye), w, h, self.cam.fov_y_deg)
         cxy, cd = cam.project(corners)
         if (cd <= 0).any():
-            return img
-        x0, y0 = np.clip(np.floor(cxy.min(0)).astype(int), 0, [img.shape[1], img.shape[0]])
-        x1, y1 = np.clip(np.ceil(cxy.max(0)).astype(int) + 1, 0, [img.shape[1], img.shape[0]])
+            return None
+        x0, y0 = np.clip(np.floor(cxy.min(0)).astype(int), 0, [w, h])
+        x1, y1 = np.clip(np.ceil(cxy.max(0)).astype(int) + 1, 0, [w, h])
         if x1 <= x0 or y1 <= y0:
-            return img
+            return None
         win = (slice(y0, y1), slice(x0, x1))
         dx = self.rel_x[win] + np.float32(eye[0] - root_xz[0])
         dz = self.rel_z[win] + np.float32(eye[2] - root_xz[1])
         dark = 1 - 0.45 * np.exp(-(dx * dx + dz * dz) / np.float32(radius * radius * 0.5)) * self.mask[win]
-        img[win] = (img[win] * dark[..., None]).astype(np.uint8)
+        return win, dark
+
+    def render(self, eye: np.ndarray, root_xz: np.ndarray | None = None, radius: float = 0.35) -> np.ndarray:
+        """(H,W,3) uint8 image for a camera at ``eye`` (same rotation), shadow centred on ``root_xz``."""
+        img = self._floor(eye).copy()
+        sh = None if root_xz is None else self._shadow(eye, root_xz, radius)
+        if sh is not None:
+            win, dark = sh
+            img[win] = (img[win] * dark[..., None]).astype(np.uint8)
         return img
+
+    def render_pil(self, eye: np.ndarray, root_xz: np.ndarray | None = None, radius: float = 0.35) -> Image.Image:
+        """``render`` as a Pillow image for drawing on: one full-frame copy (into Pillow) instead of two."""
+        from PIL import Image
+
+        base = self._floor(eye)
+        im = Image.fromarray(base)
+        sh = None if root_xz is None else self._shadow(eye, root_xz, radius)
+        if sh is not None:
+            win, dark = sh
+            im.paste(Image.fromarray((base[win] * dark[..., None]).astype(np.uint8)), (win[1].start, win[0].start))
+        return im
