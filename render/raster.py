@@ -187,14 +187,29 @@ class FloorBackground:
     def _floor(self, eye: np.ndarray) -> np.ndarray:
         key = (round(float(eye[0]), 4), round(float(eye[2]), 4))
         if key != self._key:
-            img = self.sky_u8.copy()
-            if self.r0 < img.shape[0]:
-                ix = np.floor(self.sx + np.float32(eye[0] / self.tile)).astype(np.int32)
-                ix += np.floor(self.sz + np.float32(eye[2] / self.tile)).astype(np.int32)
+            if self._base is None:  # one buffer, rewritten in place: callers copy it before drawing
+                self._base = self.sky_u8.copy()
+                # both tile shades once, as uint8 (the same float64 rounding as shading per frame would give)
+                self._light_u8 = self.base.astype(np.uint8)
+                dark_u8 = (self.base.astype(np.float64) - self.dark.astype(np.float64)[..., None]).astype(np.uint8)
+                self._step_u8 = self._light_u8 - dark_u8  # >= 0: dark tiles are light minus this
+                self._ix = np.empty(self.sx.shape, np.int32)
+                self._iz = np.empty(self.sx.shape, np.int32)
+                self._tmp = np.empty(self.sx.shape, np.float32)
+            if self.r0 < self._base.shape[0]:
+                ix, iz, tmp = self._ix, self._iz, self._tmp
+                np.floor(np.add(self.sx, np.float32(eye[0] / self.tile), out=tmp), out=tmp)
+                ix[...] = tmp
+                np.floor(np.add(self.sz, np.float32(eye[2] / self.tile), out=tmp), out=tmp)
+                iz[...] = tmp
+                ix += iz
                 ix &= 1
-                out = self.base - (ix * self.dark)[..., None]
-                img[self.r0 :] = out.astype(np.uint8)
-            self._key, self._base = key, img
+                slab = self._base[self.r0 :]  # uint8 select by arithmetic: light - parity * step
+                # parity repeated per channel: a (...,1) -> (...,3) broadcast is several times slower in numpy
+                par3 = np.repeat(ix.astype(np.uint8), 3, axis=1).reshape(slab.shape)
+                np.multiply(self._step_u8, par3, out=slab)
+                np.subtract(self._light_u8, slab, out=slab)
+            self._key = key
         return self._base
 
     def _shadow(self, eye: np.ndarray, root_xz: np.ndarray, radius: float) -> tuple[tuple, np.ndarray] | None:
