@@ -149,6 +149,13 @@ def rasterize(
     return face.reshape(height, width)
 
 
+def _darken(rgb: np.ndarray, factor: np.ndarray) -> np.ndarray:
+    """``rgb`` (h,w,3) uint8 times ``factor`` (h,w) float32, truncated to uint8. The factor is repeated per channel:
+    numpy's (h,w,1) -> (h,w,3) broadcast is several times slower."""
+    f3 = np.repeat(factor, 3, axis=1).reshape(rgb.shape)
+    return (rgb * f3).astype(np.uint8)
+
+
 class FloorBackground:
     """A sky gradient and an infinite checkered floor at height ``floor_y``, for a camera that only translates.
 
@@ -239,7 +246,7 @@ class FloorBackground:
         sh = None if root_xz is None else self._shadow(eye, root_xz, radius)
         if sh is not None:
             win, dark = sh
-            img[win] = (img[win] * dark[..., None]).astype(np.uint8)
+            img[win] = _darken(img[win], dark)
         return img
 
     def render_pil(self, eye: np.ndarray, root_xz: np.ndarray | None = None, radius: float = 0.35) -> Image.Image:
@@ -251,5 +258,5 @@ class FloorBackground:
         sh = None if root_xz is None else self._shadow(eye, root_xz, radius)
         if sh is not None:
             win, dark = sh
-            im.paste(Image.fromarray((base[win] * dark[..., None]).astype(np.uint8)), (win[1].start, win[0].start))
+            im.paste(Image.fromarray(_darken(base[win], dark)), (win[1].start, win[0].start))
         return im
