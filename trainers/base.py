@@ -74,7 +74,7 @@ import contextlib
 import itertools
 import math
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -92,13 +92,23 @@ from trainers.checkpointing import (
     write_checkpoint_files,
 )
 from trainers.optim import build_optimizer, build_scheduler
-from utils.config import ConfigError, to_container
+from utils.config import ConfigError, instantiate_from_config, to_container
 from utils.device import rng_state, seed_everything, set_rng_state, torch_threads
 from utils.io import remove_stale_temp_files, save_json
 from utils.logging import Logger, build_logger, progress
 from utils.runs import create_run_dir
 
 VAL_UNITS = ("epoch", "iter")
+
+
+def window_dataset(cfg: DictConfig, split: str, default: Callable[[Any, str], Dataset]) -> Dataset:
+    """A stage's dataset of ``split``: ``cfg.dataset`` ({target, params}, called with data_cfg and split) when set,
+    else ``default(cfg.data, split)``."""
+    if cfg.get("dataset"):
+        return instantiate_from_config(cfg.dataset, "dataset", data_cfg=cfg.get("data"), split=split)
+    if cfg.get("data") is None:
+        raise ConfigError("config has neither 'data' (configs/data/*.yaml) nor 'dataset'")
+    return default(cfg.data, split)
 
 
 def move_to_device(obj: Any, device: torch.device, non_blocking: bool = False) -> Any:

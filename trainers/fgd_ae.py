@@ -32,8 +32,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from evaluation.fgd_autoencoder import VAESKConv
-from trainers.base import BaseTrainer
-from utils.config import ConfigError, instantiate_from_config, load_config, to_container
+from trainers.base import BaseTrainer, window_dataset
+from utils.config import ConfigError, load_config, to_container
 from utils.paths import resolve_path
 
 LOSS_KEYS = ("vel", "acc")
@@ -42,15 +42,10 @@ METRICS = ("loss", "rec", "vel", "acc")
 
 # ----------------------------------------------------------------------------------------------- data
 def build_window_dataset(cfg: DictConfig, split: str) -> Dataset:
-    """``cfg.dataset`` ({target, params}, called with data_cfg and split) when set, else
-    dataloaders.datasets.Rot6dWindowDataset(cfg.data, split)."""
-    if cfg.get("dataset"):
-        return instantiate_from_config(cfg.dataset, "dataset", data_cfg=cfg.get("data"), split=split)
-    if cfg.get("data") is None:
-        raise ConfigError("config has neither 'data' (configs/data/*.yaml) nor 'dataset'")
+    """``cfg.dataset`` when set, else dataloaders.datasets.Rot6dWindowDataset(cfg.data, split)."""
     from dataloaders.datasets import Rot6dWindowDataset
 
-    return Rot6dWindowDataset(cfg.data, split)
+    return window_dataset(cfg, split, Rot6dWindowDataset)
 
 
 def prepare_data(cfg: DictConfig) -> None:

@@ -39,8 +39,8 @@ from dataloaders.stats import denormalise_rot6d, load_stats
 from evaluation.fgd_autoencoder import load_fgd_autoencoder
 from geometry.skeleton import FRAME_DIM, PARTS, ROT6D_SLICE, check_part, part_frame_indices
 from models.vq.rvqvae import RVQVAE, load_rvqvae
-from trainers.base import BaseTrainer
-from utils.config import ConfigError, instantiate_from_config, load_config, to_container
+from trainers.base import BaseTrainer, window_dataset
+from utils.config import ConfigError, load_config, to_container
 from utils.io import load_torch
 from utils.logging import progress
 from utils.paths import REPO_ROOT
@@ -104,17 +104,15 @@ class PartWindows(Dataset):
 
 
 def build_window_dataset(cfg: DictConfig, split: str) -> Dataset:
-    """``cfg.dataset`` ({target, params}, called with data_cfg and split) when set, else
-    dataloaders.datasets.RVQWindowDataset(cfg.data, split)."""
-    if cfg.get("dataset"):
-        return instantiate_from_config(cfg.dataset, "dataset", data_cfg=cfg.get("data"), split=split)
-    if cfg.get("data") is None:
-        raise ConfigError("config has neither 'data' (configs/data/*.yaml) nor 'dataset'")
+    """``cfg.dataset`` when set, else dataloaders.datasets.RVQWindowDataset(cfg.data, split), after the data step."""
     from dataloaders.datasets import RVQWindowDataset
     from dataloaders.prepare import prepare_data
 
-    prepare_data(cfg.data)  # training owns the data step (corpus, caches, statistics; reused when current)
-    return RVQWindowDataset(cfg.data, split)
+    def prepared(data: Any, split: str) -> Dataset:
+        prepare_data(data)  # training owns the data step (corpus, caches, statistics; reused when current)
+        return RVQWindowDataset(data, split)
+
+    return window_dataset(cfg, split, prepared)
 
 
 # ----------------------------------------------------------------------------------------------- losses
