@@ -15,8 +15,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from inference import cli
+
+if TYPE_CHECKING:
+    from render.video import RenderOptions
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,12 +67,19 @@ def _written(args: argparse.Namespace) -> list[tuple[Path, Path]]:
     return [(out / f"{f.stem}.npz", f) for f in files]
 
 
-def render_outputs(args: argparse.Namespace) -> int:
-    from render.motion import RenderError
-    from render.video import RenderOptions, render_video
+def render_options(args: argparse.Namespace) -> RenderOptions:
+    from render.video import RenderOptions, check_options
 
     opt = RenderOptions(width=args.render_video_width, height=args.render_video_height, fps=args.render_video_fps,
                         title=True, progress=False)  # fmt: skip
+    check_options(opt)
+    return opt
+
+
+def render_outputs(args: argparse.Namespace, opt: RenderOptions) -> int:
+    from render.motion import RenderError
+    from render.video import render_video
+
     for npz, audio in _written(args):
         try:
             info = render_video(npz, npz.with_suffix(".mp4"), audio, None, opt)
@@ -81,10 +92,19 @@ def render_outputs(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    opt = None
+    if args.render_video:  # bad video options stop the command before any generation
+        from render.motion import RenderError
+
+        try:
+            opt = render_options(args)
+        except RenderError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return cli.EXIT_BAD_INPUT
     rc = cli.main(to_gesture_inference_argv(args))
-    if rc != 0 or not args.render_video:
+    if rc != 0 or opt is None:
         return rc
-    return render_outputs(args)
+    return render_outputs(args, opt)
 
 
-__all__ = ["build_parser", "main", "render_outputs", "to_gesture_inference_argv"]
+__all__ = ["build_parser", "main", "render_options", "render_outputs", "to_gesture_inference_argv"]

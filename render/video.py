@@ -393,6 +393,18 @@ def _encode(
     return render_s
 
 
+def check_options(opt: RenderOptions) -> None:
+    """RenderError for options no video can be made with (callers that generate first check before generating)."""
+    if opt.body not in BODIES:
+        raise RenderError(f"unknown body {opt.body!r}; expected one of {BODIES}")
+    if opt.camera not in CAMERAS:
+        raise RenderError(f"unknown camera {opt.camera!r}; expected one of {CAMERAS}")
+    if opt.width < 16 or opt.height < 16 or opt.width % 2 or opt.height % 2:
+        raise RenderError(f"--size {opt.width}x{opt.height}: width and height must be even and >= 16 (H.264 4:2:0)")
+    if opt.fps is not None and not (0 < opt.fps <= 240):
+        raise RenderError(f"--fps {opt.fps}: expected 0 < fps <= 240")
+
+
 def render_video(
     input_path: str | os.PathLike,
     output: str | os.PathLike,
@@ -404,12 +416,7 @@ def render_video(
     """Render ``input_path`` (and ``gt`` side by side) to ``output`` (mp4). Returns a summary dict."""
     opt = opt or RenderOptions()
     output = Path(output)
-    if opt.body not in BODIES:
-        raise RenderError(f"unknown body {opt.body!r}; expected one of {BODIES}")
-    if opt.camera not in CAMERAS:
-        raise RenderError(f"unknown camera {opt.camera!r}; expected one of {CAMERAS}")
-    if opt.width < 16 or opt.height < 16 or opt.width % 2 or opt.height % 2:
-        raise RenderError(f"--size {opt.width}x{opt.height}: width and height must be even and >= 16 (H.264 4:2:0)")
+    check_options(opt)
     motion = load_motion(input_path)
     motions = [motion] if gt is None else [load_motion(gt), motion]
     fps = float(opt.fps or motion.fps)

@@ -468,6 +468,11 @@ def test_inference_cli_accepts_upstream_flags(pipe, clip, tmp_path, capsys):
     n = np.load(out / "result.npz")["poses"].shape[0]
     assert "160x120" in info["video"][0] and "15 fps" in info["video"][0] and info["audio"]
     assert abs(info["duration"] - n / 30) < 0.1  # the motion's duration at any video frame rate
+    # a size no video can have stops the command before generating anything
+    bad = tmp_path / "bad"
+    rc = upstream_main(["--audio_path", str(clip["wav"]), "--output_dir", str(bad), "--render_video",
+                        "--render_video_width", "161", "--ckpt", str(pipe["out"])])  # fmt: skip
+    assert rc == 2 and "even" in capsys.readouterr().err and not bad.exists()
     ref = tmp_path / "ref"
     assert main(["--audio", str(clip["wav"]), "--out", str(ref), "--seed", "42", "--ckpt", str(pipe["out"]), "-q"]) == 0
     np.testing.assert_array_equal(np.load(out / "result.npz")["poses"], np.load(ref / "talk16.npz")["poses"])
