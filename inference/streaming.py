@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -36,6 +36,9 @@ from geometry.rotations import rot6d_to_poses
 from geometry.skeleton import GENERATOR_PARTS
 from inference.model_source import LoadedModel
 from inference.windowed import WindowOptions, plan_windows
+
+if TYPE_CHECKING:  # inference.api imports this module
+    from inference.api import SeedMotion
 
 CONTEXT_S = 5.0
 LOOKAHEAD_S = 0.25
@@ -249,7 +252,7 @@ def collect(parts: list[Emitted]) -> dict[str, np.ndarray]:
 def stream_file(
     lm: LoadedModel, audio: Any, *, text: str | None = None, textgrid: Any = None, asr: str | None = None,
     seed: int = 0, betas: np.ndarray | None = None, chunk_s: float = 0.1, verbose: bool = False,
-    seed_motion: Any = None,
+    seed_motion: SeedMotion | None = None,
 ) -> Any:  # fmt: skip
     """Stream a file through :class:`GestureStream` in ``chunk_s`` chunks (as if it arrived in real time); returns
     an inference.api.GestureResult whose json records per-window latency and the algorithmic delay. Words (if any)
@@ -289,7 +292,7 @@ def stream_file(
 def stream_pcm(
     lm: LoadedModel, reader: Any, *, textgrid: Any = None, seed: int = 0, betas: np.ndarray | None = None,
     name: str = "stdin", chunk_bytes: int = 3200, verbose: bool = False,
-    seed_motion: Any = None,
+    seed_motion: SeedMotion | None = None,
 ) -> Any:  # fmt: skip
     """Stream raw 16 kHz mono PCM16 (little-endian) from a binary reader (e.g. stdin) until EOF. The samples are used
     as they arrive (no 22.05 kHz round trip: that cannot be done chunk by chunk). Words: a TextGrid or none."""

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dataloaders.stats import load_stats_dir
+from dataloaders.stats import Stats, load_stats_dir
 from evaluation.realism import pooled_realism, realism_stats
 from geometry.body_model import get_fk
 from geometry.rotations import poses_to_rot6d, rot6d_to_poses
@@ -28,7 +28,7 @@ from pipeline.runner import load_record
 from utils.device import torch_threads
 
 
-def round_trip(poses: np.ndarray, trans_v: np.ndarray, vqs: dict, stats) -> np.ndarray:
+def round_trip(poses: np.ndarray, trans_v: np.ndarray, vqs: dict[str, Any], stats: Stats) -> np.ndarray:
     """Whole-file round trip of the given parts (T cropped to a multiple of 4); other joints stay GT."""
     t = poses.shape[0] // 4 * 4
     p = torch.from_numpy(poses[:t]).float()[None]

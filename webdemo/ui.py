@@ -65,7 +65,7 @@ def handle_request(app: DemoApp, audio: Any, transcript: Any, textgrid: Any, mod
             round(out.real_time_factor, 4), status, out.request_id)  # fmt: skip
 
 
-def build_ui(app: DemoApp, examples: list[list[str | None]] | None = None):
+def build_ui(app: DemoApp, examples: list[list[str | None]] | None = None) -> Any:
     """The page (a ``gr.Blocks``), queue enabled."""
     import gradio as gr
 
