@@ -271,6 +271,27 @@ def test_data_loss_space_is_the_endpoint_error_of_a_data_prediction():
         ShortcutObjective(loss_space="noise")
 
 
+def test_derivative_weights_penalise_the_temporal_differences_of_the_error():
+    b = 16
+    data = torch.randn(b, 384, 1, 32, dtype=torch.float64)
+    guess = torch.randn(1, 384, 1, 32, dtype=torch.float64)
+    rec = Recorder()
+    net = DataPrediction(lambda *a: (rec(*a), guess.expand(b, -1, -1, -1))[1])
+    args = (torch.zeros(b, 4, 384), torch.ones(b, 32, 8), torch.zeros(32, 8))
+    obj = ShortcutObjective(flow_fraction=1.0, flow_weighting="none", loss_space="data", derivative_weights=[2.0, 3.0])
+    out = obj(net, data, *args, torch.Generator().manual_seed(4))
+    x_t, t = rec.calls[0]["x"], rec.calls[0]["t"].double().reshape(-1, 1, 1, 1)
+    r = (guess - x_t) - (data - x_t) / (1 - t) * (1 - t).clamp_min(0.05)  # data-space residual, by hand
+    d1, d2 = r[..., 1:] - r[..., :-1], r[..., 2:] - 2 * r[..., 1:-1] + r[..., :-2]
+    torch.testing.assert_close(out["loss_derivative"], 2.0 * (d1**2).mean() + 3.0 * (d2**2).mean(), rtol=1e-6, atol=0)
+    torch.testing.assert_close(out["loss"].detach(), out["loss_flow"] + out["loss_derivative"])
+    assert "loss_derivative" not in ShortcutObjective(flow_fraction=1.0, loss_space="data")(net, data, *args)
+    with pytest.raises(ValueError, match="need loss_space='data'"):
+        ShortcutObjective(derivative_weights=[1.0])
+    with pytest.raises(ValueError, match=">= 0"):
+        ShortcutObjective(loss_space="data", derivative_weights=[-1.0])
+
+
 def test_consistency_time_within_keeps_every_step_inside_the_path():
     b = 4000
     data = torch.randn(b, 2, 1, 4)
