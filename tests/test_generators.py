@@ -246,14 +246,20 @@ def test_flow_weighting_options_differ_as_documented():
         ShortcutObjective(flow_weighting="bogus")
 
 
-def test_data_loss_space_is_the_endpoint_error_of_a_data_prediction():
-    # loss_space=data with a data-predicting net: residuals × (1 − t), i.e. x̂₁ − x₁ wherever 1 − t >= 0.05
-    b = 64
+def _constant_guess(b: int):
+    """Data latents, a fixed guess x̂₁, a Recorder of the calls, the data-predicting net answering the guess, and the
+    (seed, condition, null condition) arguments of an objective call."""
     data = torch.randn(b, 384, 1, 32, dtype=torch.float64)
     guess = torch.randn(1, 384, 1, 32, dtype=torch.float64)
     rec = Recorder()
     net = DataPrediction(lambda *a: (rec(*a), guess.expand(b, -1, -1, -1))[1])
-    args = (torch.zeros(b, 4, 384), torch.ones(b, 32, 8), torch.zeros(32, 8))
+    return data, guess, rec, net, (torch.zeros(b, 4, 384), torch.ones(b, 32, 8), torch.zeros(32, 8))
+
+
+def test_data_loss_space_is_the_endpoint_error_of_a_data_prediction():
+    # loss_space=data with a data-predicting net: residuals × (1 − t), i.e. x̂₁ − x₁ wherever 1 − t >= 0.05
+    b = 64
+    data, guess, rec, net, args = _constant_guess(b)
     kw = dict(flow_fraction=1.0, flow_weighting="none", time_alpha=1.0, time_beta=1.0)
     out = ShortcutObjective(loss_space="data", **kw)(net, data, *args, torch.Generator().manual_seed(3))
     x_t, t = rec.calls[0]["x"], rec.calls[0]["t"].double().reshape(-1, 1, 1, 1)
@@ -273,11 +279,7 @@ def test_data_loss_space_is_the_endpoint_error_of_a_data_prediction():
 
 def test_derivative_weights_penalise_the_temporal_differences_of_the_error():
     b = 16
-    data = torch.randn(b, 384, 1, 32, dtype=torch.float64)
-    guess = torch.randn(1, 384, 1, 32, dtype=torch.float64)
-    rec = Recorder()
-    net = DataPrediction(lambda *a: (rec(*a), guess.expand(b, -1, -1, -1))[1])
-    args = (torch.zeros(b, 4, 384), torch.ones(b, 32, 8), torch.zeros(32, 8))
+    data, guess, rec, net, args = _constant_guess(b)
     obj = ShortcutObjective(flow_fraction=1.0, flow_weighting="none", loss_space="data", derivative_weights=[2.0, 3.0])
     out = obj(net, data, *args, torch.Generator().manual_seed(4))
     x_t, t = rec.calls[0]["x"], rec.calls[0]["t"].double().reshape(-1, 1, 1, 1)
