@@ -1,7 +1,9 @@
-"""Train a latent gesture generator (GestureLSM shortcut model or the DDIM baseline). Logic: trainers/generative.py.
+"""Train a latent gesture generator (GestureLSM shortcut model, Shortcut-ReFlow or the DDIM baseline).
+Logic: trainers/generative.py (trainers/reflow.py when the config has a ``reflow:`` node).
 
     python train.py -c configs/shortcut_rvqvae_128.yaml [key=value ...] [--resume RUN/checkpoints/last.pt]
     python train.py -c configs/diffuser_rvqvae_128.yaml
+    python train.py -c configs/shortcut_reflow.yaml reflow.teacher=RUN/checkpoints/best.pt   # couplings, then ReFlow
     python train.py -c configs/shortcut_tiny.yaml                        # CPU smoke run on the synthetic corpus
     torchrun --nproc_per_node 4 train.py -c configs/shortcut_rvqvae_128.yaml amp=bf16   # DDP, batch_size per GPU
 """
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from trainers.generative import GenerativeTrainer
+from trainers.reflow import ReflowTrainer
 from utils.config import load_config
 
 
@@ -24,14 +27,15 @@ def run_training(config: str | Path, overrides: Sequence[str] = (), resume: str 
     run_dir = None
     if resume is not None and Path(resume).parent.name == "checkpoints":
         run_dir = Path(resume).parent.parent  # continue in the same run folder
-    with GenerativeTrainer(cfg, run_dir=run_dir) as trainer:
+    trainer_cls = ReflowTrainer if cfg.get("reflow") is not None else GenerativeTrainer
+    with trainer_cls(cfg, run_dir=run_dir) as trainer:
         if resume is not None:
             trainer.resume(resume)
         return trainer.fit(until_iteration=until_iteration)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(description="Train a GestureLSM latent generator (shortcut or diffusion).")
+    ap = argparse.ArgumentParser(description="Train a GestureLSM latent generator (shortcut, reflow or diffusion).")
     ap.add_argument("-c", "--config", required=True, help="experiment YAML, e.g. configs/shortcut_rvqvae_128.yaml")
     ap.add_argument("--resume", help="trainer checkpoint (RUN/checkpoints/last.pt) to continue exactly")
     ap.add_argument("overrides", nargs="*", help="key=value config overrides")

@@ -73,20 +73,26 @@ def released(tmp_path_factory):
     gen.load_state_dict(sd, strict=True)
     export_upstream_checkpoint(gen, folder / "ckpt.pth", layout="v2")
     export_upstream_checkpoint(gen, folder / "new_540_shortcut.bin", layout="v1")
+    export_upstream_checkpoint(gen, folder / "shortcut_reflow.bin", layout="v1")  # same layout and sampler (2 steps)
     return {"dir": folder, "d": d}
 
 
-def _load(released, monkeypatch, tmp_path, *extra):
+def _load(released, monkeypatch, tmp_path, *extra, config: str = "configs/released_v2.yaml"):
     monkeypatch.setenv("GESTURELSM_CKPT", str(released["dir"]))
     over = [*SMALL, f"data.cache_dir={tmp_path / 'cache'}", *extra]
-    return load_model(resolve_model_source(None, "configs/released_v2.yaml", over), "cpu")
+    return load_model(resolve_model_source(None, config, over), "cpu")
 
 
-@pytest.mark.parametrize("init", ["ckpt.pth", "new_540_shortcut.bin"])
-def test_released_files_reproduce_the_upstream_windowed_latents(released, monkeypatch, tmp_path, init):
+@pytest.mark.parametrize(("config", "init"), [("released_v2", "ckpt.pth"), ("released_v2", "new_540_shortcut.bin"),
+                                              ("shortcut_reflow_test", None)])  # fmt: skip
+def test_released_files_reproduce_the_upstream_windowed_latents(released, monkeypatch, tmp_path, config, init):
     d = released["d"]
-    lm = _load(released, monkeypatch, tmp_path, f"model.init_from={released['dir'] / init}")
-    assert lm.source.kind == "released" and lm.source.checkpoint.name == init
+    extra = [f"model.init_from={released['dir'] / init}"] if init else []
+    lm = _load(released, monkeypatch, tmp_path, *extra, config=f"configs/{config}.yaml")
+    assert lm.source.kind == "released" and lm.source.checkpoint.name == (init or "shortcut_reflow.bin")
+    if config == "shortcut_reflow_test":  # the seed's released 2-step model, by its own config
+        assert type(lm.model).__name__ == "ReflowGenerator"
+        assert lm.model.sampler.settings()["n_steps"] == 2 and lm.model.sampler.settings()["guidance"] == 2.0
     assert lm.vocab.n_words == 64 and (tmp_path / "cache").is_dir()  # vocab.pkl converted, not unpickled
     assert lm.cfg.data.onset_mode == "reference" and lm.opts.audio_indexing == "reference"
     pose = torch.from_numpy(d["in_pose"])

@@ -118,9 +118,11 @@ def apply_overrides(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
         if not key:
             raise ConfigError(f"override {item!r} has an empty key")
         current = OmegaConf.select(cfg, key, default=_MISSING, throw_on_missing=False)
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent, default=None) if parent else cfg
+        if current is _MISSING and isinstance(node, DictConfig) and leaf in node.keys():
+            current = None  # a mandatory value (???): the key exists, it just has no value yet
         if not add and current is _MISSING:
-            parent, _, leaf = key.rpartition(".")
-            node = OmegaConf.select(cfg, parent, default=None) if parent else cfg
             hint = _close(leaf, node.keys()) if isinstance(node, DictConfig) else ""
             raise ConfigError(f"unknown config key {key!r} in override {item!r}{hint} (use +{key}=... to add a new "
                               "key)")  # fmt: skip

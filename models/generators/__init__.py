@@ -24,12 +24,14 @@ from models.generators.base import (
     guided_prediction,
 )
 from models.generators.diffusion import DDIMSampler, DiffusionGenerator, DiffusionObjective
+from models.generators.reflow import ReflowGenerator, ReflowObjective
 from models.generators.shortcut import EulerShortcutSampler, ShortcutGenerator, ShortcutObjective
 from utils.config import ConfigError, instantiate_from_config, to_container
 
 GENERATORS: dict[str, str] = {
     "shortcut": "models.generators.shortcut.ShortcutGenerator",
     "diffusion": "models.generators.diffusion.DiffusionGenerator",
+    "reflow": "models.generators.reflow.ReflowGenerator",
 }
 
 
@@ -62,6 +64,8 @@ __all__ = [
     "NetFn",
     "Objective",
     "PathSample",
+    "ReflowGenerator",
+    "ReflowObjective",
     "Sampler",
     "SampleOutput",
     "ShortcutGenerator",

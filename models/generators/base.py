@@ -4,8 +4,10 @@ Three pieces, kept apart the way flow-matching libraries separate the path from 
 
 * **Path** (`LinearFlowPath`): how a data latent and a noise draw are mixed at time t, and what the regression
   target is there. Only flow objectives use it.
-* **Objective** (`Objective.__call__(net, data, seed, at_feat, null_cond, generator) -> dict`): one training loss.
-  Every objective has the same signature, so the generator module and the trainer never branch on the method.
+* **Objective** (`Objective.__call__(net, data, seed, at_feat, null_cond, generator, noise) -> dict`): one training
+  loss. Every objective has the same signature, so the generator module and the trainer never branch on the method.
+  ``noise`` is the coupling's noise end: None draws it independently (flow matching, diffusion); ReFlow passes the
+  noise its teacher started from.
 * **Sampler** (`Sampler.__call__(net, noise, seed, at_feat, null_cond, n_steps, guidance, generator) -> SampleOutput`):
   the inference loop, from a noise draw to a latent.
 
@@ -199,7 +201,10 @@ class SampleOutput:
 
 
 class Objective(ABC):
-    """A training loss over data latents. ``net`` follows `NetFn`; returns a dict with ``loss`` plus its parts."""
+    """A training loss over data latents. ``net`` follows `NetFn`; returns a dict with ``loss`` plus its parts.
+
+    ``noise`` (same shape as ``data``): the noise paired with each data latent; None draws it from ``generator``.
+    """
 
     @abstractmethod
     def __call__(
@@ -210,6 +215,7 @@ class Objective(ABC):
         at_feat: Tensor,
         null_cond: Tensor,
         generator: torch.Generator | None = None,
+        noise: Tensor | None = None,
     ) -> dict[str, Tensor]: ...
 
 
@@ -331,11 +337,18 @@ class LatentGenerator(nn.Module):
         seed: Tensor,
         generator: torch.Generator | None = None,
         at_feat: Tensor | None = None,
+        noise: Tensor | None = None,
     ) -> dict[str, Tensor]:
-        """Training loss for data latents (B,384,1,32) or (B,32,384); seed (B,4,384). Returns dict(loss=..., parts)."""
+        """Training loss for data latents (B,384,1,32) or (B,32,384); seed (B,4,384). Returns dict(loss=..., parts).
+
+        ``noise``: a coupled noise draw in the generator layout (ReFlow); None draws one inside the objective."""
         data = to_generator_layout(latents)
         cond = self._condition(audio, word, at_feat)
-        return self.objective(self.net, data, seed, cond, self.null_cond, generator)
+        if noise is not None:
+            noise = to_generator_layout(noise)
+            if noise.shape != data.shape:
+                raise ValueError(f"noise shape {tuple(noise.shape)} != latents shape {tuple(data.shape)}")
+        return self.objective(self.net, data, seed, cond, self.null_cond, generator, noise=noise)
 
     @torch.no_grad()
     def sample_with_stats(

@@ -83,10 +83,12 @@ class DiffusionObjective(Objective):
         at_feat: Tensor,
         null_cond: Tensor,
         generator: torch.Generator | None = None,
+        noise: Tensor | None = None,
     ) -> dict[str, Tensor]:
         b, dev = data.shape[0], data.device
         n_train = int(self.scheduler.config.num_train_timesteps)
-        noise = randn(tuple(data.shape), data, generator)
+        if noise is None:
+            noise = randn(tuple(data.shape), data, generator)
         t = torch.randint(0, n_train, (b,), generator=generator, device=dev)
         x_t = self.scheduler.add_noise(data, noise, t)
         cond = drop_condition(at_feat, null_cond, rand(b, dev, generator) < self.cond_drop_prob)

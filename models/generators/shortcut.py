@@ -152,11 +152,13 @@ class ShortcutObjective(Objective):
         at_feat: Tensor,
         null_cond: Tensor,
         generator: torch.Generator | None = None,
+        noise: Tensor | None = None,
     ) -> dict[str, Tensor]:
         b, dev = data.shape[0], data.device
         n_flow = self.split(b)
         n_cons = b - n_flow
-        noise = randn(tuple(data.shape), data, generator)
+        if noise is None:
+            noise = randn(tuple(data.shape), data, generator)
         t = sample_beta_time(b, self.time_alpha, self.time_beta, self.time_eps, dev, generator)
         d_cons = None
         if n_cons > 0 and self.consistency_time == "within":
@@ -244,6 +246,8 @@ class ShortcutGenerator(LatentGenerator):
     ``velocity`` (upstream, the released checkpoints) or ``data`` (the denoiser predicts x̂₁; see `DataPrediction`).
     """
 
+    objective_class: type[ShortcutObjective] = ShortcutObjective
+
     def __init__(
         self,
         modality_encoder: Any,
@@ -255,11 +259,12 @@ class ShortcutGenerator(LatentGenerator):
         super().__init__(
             modality_encoder,
             denoiser,
-            ShortcutObjective(**dict(objective or {})),
+            self.objective_class(**dict(objective or {})),
             EulerShortcutSampler(**dict(sampler or {})),
             prediction=prediction,
         )
         if prediction == "data" and self.objective.consistency_time == "shared":
-            warnings.warn("shortcut: prediction=data with objective.consistency_time=shared sends consistency steps "
-                          "past t = 1, where a data prediction's velocity is clamped; use consistency_time: within",
+            warnings.warn(f"{type(self).__name__}: prediction=data with objective.consistency_time=shared sends "
+                          "consistency steps past t = 1, where a data prediction's velocity is clamped; use "
+                          "consistency_time: within",
                           stacklevel=2)  # fmt: skip

@@ -1,0 +1,169 @@
+"""Shortcut-ReFlow: the objective on given couplings, couplings deterministic and resumable, the trainer (teacher
+initialisation, frozen or trainable encoder, exact resume), and its checkpoint read back by its config."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dataloaders.couplings import CouplingDataset, CouplingsError, CouplingStore
+from inference.loading import load_trained_generator
+from models.generators import ReflowObjective, ShortcutObjective
+from tests.test_generative_trainer import assets, cfg_overrides  # noqa: F401  (module fixture + helper)
+from trainers.generative import GenerativeTrainer
+from trainers.reflow import ReflowTrainer, make_couplings, teacher_config
+from utils.config import ConfigError, load_config
+
+
+def toy_net(x, t, d, seed, at_feat):  # a NetFn whose output depends on every input
+    return 0.5 * x + t.view(-1, 1, 1, 1) + (0 if d is None else d.view(-1, 1, 1, 1)) + at_feat.mean() + seed.mean()
+
+
+def _toy_batch(b=8):
+    g = torch.Generator().manual_seed(0)
+    data = torch.randn(b, 384, 1, 32, generator=g)
+    return data, torch.randn(b, 4, 384, generator=g), torch.randn(b, 32, 16, generator=g), torch.randn(32, 16)
+
+
+def test_objective_uses_the_given_noise_and_requires_it():
+    data, seed, feat, null = _toy_batch()
+    noise = torch.randn(data.shape, generator=torch.Generator().manual_seed(5))
+    rf, sc = ReflowObjective(), ShortcutObjective(cond_drop_prob=0.0, consistency_null_prob=0.0)
+    a = rf(toy_net, data, seed, feat, null, torch.Generator().manual_seed(1), noise=noise)
+    b = sc(toy_net, data, seed, feat, null, torch.Generator().manual_seed(1), noise=noise)
+    assert float(a["loss"]) == float(b["loss"])  # the shortcut losses, on the given coupling
+    c = rf(toy_net, data, seed, feat, null, torch.Generator().manual_seed(1), noise=noise + 1.0)
+    assert float(c["loss"]) != float(a["loss"])  # the noise is used, not redrawn
+    with pytest.raises(ValueError, match="coupled noise"):
+        rf(toy_net, data, seed, feat, null)
+    # the flow rows' target is exactly data − noise: a net that outputs it has zero flow loss
+    out = ReflowObjective(flow_fraction=1.0, flow_weighting="none")(
+        lambda x, t, d, s, f: data - noise, data, seed, feat, null, noise=noise)  # fmt: skip
+    assert float(out["loss_flow"]) == 0.0
+
+
+@pytest.fixture(scope="module")
+def teacher(assets, tmp_path_factory):  # noqa: F811
+    """A shortcut model trained for one epoch: the teacher of the tests below."""
+    run = tmp_path_factory.mktemp("teacher") / "run"
+    cfg = load_config("configs/shortcut_tiny.yaml", cfg_overrides(assets, **{"solver.epochs": 1}))
+    with GenerativeTrainer(cfg, run_dir=run) as tr:
+        tr.fit()
+    return run / "checkpoints" / "last.pt"
+
+
+def reflow_cfg(assets, teacher, tmp, **over):  # noqa: F811
+    o = {"reflow.teacher": teacher, "reflow.steps": 2, "reflow.batch_size": 5, "solver.epochs": 2,
+         "output_dir": tmp / "out"}  # fmt: skip
+    o.update(over)
+    return load_config("configs/shortcut_reflow_tiny.yaml", cfg_overrides(assets, **o))
+
+
+def test_couplings_are_deterministic_and_resume_after_an_interruption(assets, teacher, tmp_path):  # noqa: F811
+    cfg = reflow_cfg(assets, teacher, tmp_path)
+    tr = ReflowTrainer(cfg, run_dir=tmp_path / "run")
+    full = tr.couplings_folder
+    ds = CouplingDataset(full)
+    assert len(ds) == len(tr.windows) and len(ds.manifest["chunks"]) == -(-len(ds) // 5)
+    it = ds[3]
+    assert it["noise"].shape == (384, 1, 32) and it["latents"].shape == (384, 1, 32) and it["seed"].shape == (4, 384)
+    assert int(it["index"]) == 3
+    # the teacher's sample from the stored noise and condition is the stored latent
+    tcfg = teacher_config(cfg, str(teacher))
+    t = load_trained_generator(tcfg, teacher, torch.device("cpu"))
+    b = ds[0]
+    again = t.sample(None, None, b["seed"][None], 2, 2.0, noise=b["noise"][None], at_feat=b["at_feat"][None])
+    torch.testing.assert_close(again[0], b["latents"])
+
+    # an interrupted run (killed after 2 chunks) resumes to the same arrays
+    fp = tr.couplings_fingerprint(len(tr.windows))
+    store = CouplingStore(tmp_path / "cut", fp)
+    real_add, calls = store.add_chunk, []
+
+    def add_then_die(arrays):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(1)
+        real_add(arrays)
+
+    store.add_chunk = add_then_die
+    t.eval()
+    args = (t, tr.codec, tr.windows, None, tr.pre_frames, 2, 2.0, 0, 5, torch.device("cpu"))
+    with pytest.raises(KeyboardInterrupt):
+        make_couplings(*args[:3], store, *args[4:])
+    with pytest.raises(CouplingsError, match="incomplete"):
+        CouplingDataset(tmp_path / "cut")
+    resumed = CouplingStore(tmp_path / "cut", fp)
+    assert resumed.n_chunks == 2
+    make_couplings(*args[:3], resumed, *args[4:])
+    cut = CouplingDataset(tmp_path / "cut")
+    for i in range(len(ds)):
+        for k, v in ds[i].items():
+            assert torch.equal(v, cut[i][k]), (i, k)
+    # other settings never reuse the folder: the store starts over
+    assert CouplingStore(tmp_path / "cut", {**fp, "seed": 1}).n_chunks == 0
+    tr.close()
+
+
+def test_reflow_trainer_starts_from_the_teacher_and_resumes_exactly(assets, teacher, tmp_path):  # noqa: F811
+    cfg = reflow_cfg(assets, teacher, tmp_path)
+    tsd = load_trained_generator(teacher_config(cfg, str(teacher)), teacher, torch.device("cpu")).state_dict()
+    with ReflowTrainer(cfg, run_dir=tmp_path / "a") as tr:  # (building a model draws from the global RNG: first)
+        start = {k: v.clone() for k, v in tr.model.state_dict().items()}
+        assert all(torch.equal(start[k], tsd[k]) for k in tsd)
+        trainable = {n for n, p in tr.model.named_parameters() if p.requires_grad}
+        assert trainable and not any(n.startswith("modality_encoder.") for n in trainable)  # frozen: upstream
+        tr.fit()
+        final = {k: v.clone() for k, v in tr.model.state_dict().items()}
+        n_iter = tr.iteration
+    assert n_iter > 2
+    assert all(torch.equal(final[k], start[k]) for k in final if k.startswith("modality_encoder."))
+    assert any(not torch.equal(final[k], start[k]) for k in final if k.startswith("denoiser."))
+    with ReflowTrainer(cfg, run_dir=tmp_path / "b") as tr:
+        tr.fit(until_iteration=n_iter // 2 + 1)
+    with ReflowTrainer(cfg, run_dir=tmp_path / "b") as tr:
+        tr.resume(tmp_path / "b" / "checkpoints" / "last.pt")
+        tr.fit()
+        for k, v in tr.model.state_dict().items():
+            assert torch.equal(v, final[k]), k
+    # the checkpoint is a reflow model: its config reads it back; a shortcut config refuses it
+    gen = load_trained_generator(cfg, tmp_path / "a" / "checkpoints" / "last.pt", torch.device("cpu"))
+    assert type(gen).__name__ == "ReflowGenerator" and gen.sampler.settings()["n_steps"] == 2
+    with pytest.raises(Exception, match="ReflowGenerator"):
+        load_trained_generator(load_config("configs/shortcut_tiny.yaml", cfg_overrides(assets)),
+                               tmp_path / "a" / "checkpoints" / "last.pt", torch.device("cpu"))  # fmt: skip
+
+
+def test_trainable_encoder_re_encodes_the_windows(assets, teacher, tmp_path):  # noqa: F811
+    cfg = reflow_cfg(assets, teacher, tmp_path, **{"reflow.encoder": "trainable", "solver.epochs": 1})
+    with ReflowTrainer(cfg, run_dir=tmp_path / "t") as tr:
+        batch = tr.collate_fn([tr.train_dataset[i] for i in range(4)])
+        assert batch["audio"].shape[0] == 4 and batch["word"].shape == (4, 128)
+        start = {k: v.clone() for k, v in tr.model.state_dict().items() if k.startswith("modality_encoder.")}
+        tr.fit()
+        enc = tr.model.state_dict()
+        assert any(not torch.equal(enc[k], v) for k, v in start.items())
+
+
+def test_config_errors(assets, teacher, tmp_path):  # noqa: F811
+    with pytest.raises(ConfigError, match="reflow.teacher"):
+        ReflowTrainer(load_config("configs/shortcut_reflow_tiny.yaml", cfg_overrides(assets)))
+    with pytest.raises(ConfigError, match="reflow.encoder"):
+        ReflowTrainer(reflow_cfg(assets, teacher, tmp_path, **{"reflow.encoder": "thawed"}))
+    with pytest.raises(ConfigError, match="ReflowGenerator"):
+        ReflowTrainer(reflow_cfg(assets, teacher, tmp_path, **{"model.generator.name": "shortcut"}))
+
+
+def test_coupling_reader_names_a_damaged_file(tmp_path):
+    store = CouplingStore(tmp_path / "c", {"x": 1})
+    arrays = {"noise": np.zeros((2, 384, 1, 32)), "latents": np.zeros((2, 384, 1, 32)),
+              "at_feat": np.zeros((2, 32, 8)), "seed": np.zeros((2, 4, 384)), "index": np.arange(2)}  # fmt: skip
+    store.add_chunk(arrays)
+    store.finish()
+    assert len(CouplingDataset(tmp_path / "c")) == 2
+    (tmp_path / "c" / "chunk_00000_seed.npy").write_bytes(b"not an array")
+    with pytest.raises(CouplingsError, match="chunk_00000_seed.npy"):
+        CouplingDataset(tmp_path / "c")
+    with pytest.raises(ValueError, match="lacks arrays"):
+        store.add_chunk({"noise": np.zeros((1, 384, 1, 32))})

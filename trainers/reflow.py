@@ -1,0 +1,203 @@
+"""Shortcut-ReFlow training (spec §4.6): couplings from a trained shortcut model, then fine-tuning on them.
+
+Step 1, `make_couplings`: run the teacher over every training window of the train split (no shuffling): condition
+features from its encoder, ground-truth seed latents as in training, a noise draw ε per window and the teacher's
+sample x̂ from it. Stored by `dataloaders.couplings.CouplingStore` (npy + manifest, atomic, resumable). The noise of
+chunk k is drawn on the CPU from a generator seeded by (reflow.seed, k), so the couplings are the same for a seed
+whether or not the run was interrupted.
+
+Step 2, `ReflowTrainer`: a `GenerativeTrainer` whose model (``models.generators.reflow.ReflowGenerator``) starts
+from the teacher's weights and whose batches are the stored couplings; validation (val split), checkpoints, exact
+resume and DDP are unchanged. ``reflow.encoder: frozen`` (upstream) trains on the stored condition features and
+freezes the encoder; ``trainable`` re-encodes each window's audio and words and trains the encoder too.
+
+Config (beyond GenerativeTrainer's; configs/shortcut_reflow*.yaml)::
+
+    reflow:
+      teacher: RUN/checkpoints/best.pt   # our shortcut checkpoint (its saved model node builds the teacher) or a
+                                         # released upstream file (built with this config's networks)
+      couplings_dir: null                # default: <output_dir>/<exp_name>_couplings/<teacher sha256[:12]>_<hash>
+      steps: 20                          # teacher sampling steps and guidance for the couplings
+      guidance: 2.0
+      seed: 0
+      batch_size: 64                     # windows per chunk (a chunk is also the resume unit)
+      encoder: frozen                    # frozen | trainable
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.utils.data import Dataset
+
+from dataloaders.couplings import CouplingDataset, CouplingStore
+from dataloaders.datasets import GeneratorWindowDataset
+from inference.loading import load_trained_generator, resolve_checkpoint_path
+from models.checkpoints import TRAINER_CHECKPOINT_FORMAT
+from models.generators import LatentGenerator, ReflowGenerator
+from models.motion_codec import MotionCodec
+from trainers.generative import GenerativeTrainer
+from utils.config import ConfigError, to_container
+from utils.io import load_torch, sha256_file
+from utils.logging import progress
+from utils.paths import resolve_path
+
+ENCODER_MODES = ("frozen", "trainable")
+
+
+def chunk_generator(seed: int, chunk: int) -> torch.Generator:
+    """The CPU generator of chunk ``chunk``'s noise: independent of how many chunks an earlier run finished."""
+    state = np.random.SeedSequence([int(seed), int(chunk)]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def teacher_config(cfg: DictConfig, ckpt: str) -> DictConfig:
+    """``cfg`` with ``model.generator`` replaced by the teacher's: the node saved in our trainer checkpoint, or, for a
+    released upstream file, this config's networks under the shortcut generator."""
+    obj = load_torch(ckpt, map_location="cpu")
+    node = None
+    if isinstance(obj, dict) and obj.get("format") == TRAINER_CHECKPOINT_FORMAT:
+        node = ((obj.get("config") or {}).get("model") or {}).get("generator")
+    if node is None:
+        node = to_container(cfg.model.generator)
+        node.pop("name", None)
+        node["target"] = "models.generators.shortcut.ShortcutGenerator"
+    tcfg = OmegaConf.create(to_container(cfg))
+    tcfg.model.generator = OmegaConf.create(node)
+    tcfg.model.init_from = None
+    return tcfg
+
+
+@torch.no_grad()
+def make_couplings(
+    teacher: LatentGenerator,
+    codec: MotionCodec,
+    dataset: GeneratorWindowDataset,
+    store: CouplingStore,
+    pre_frames: int,
+    steps: int,
+    guidance: float,
+    seed: int,
+    batch_size: int,
+    device: torch.device,
+) -> CouplingStore:
+    """Fill ``store`` with the teacher's couplings for every window of ``dataset`` (resumes at its first missing
+    chunk). The teacher must be in eval mode (DropPath off), so a chunk depends only on its noise and its windows."""
+    if teacher.training:
+        raise ValueError("make_couplings: put the teacher in eval mode first (DropPath would randomise the samples)")
+    if store.complete:
+        return store
+    n = len(dataset)
+    n_chunks = (n + batch_size - 1) // batch_size
+    for k in progress(range(store.n_chunks, n_chunks), desc="reflow couplings", unit="chunk",
+                      initial=store.n_chunks, total=n_chunks):  # fmt: skip
+        idx = list(range(k * batch_size, min(n, (k + 1) * batch_size)))
+        items = [dataset[i] for i in idx]
+        batch = {key: torch.stack([torch.as_tensor(np.asarray(it[key])) for it in items]).to(device)
+                 for key in ("pose", "trans_v", "audio", "word")}  # fmt: skip
+        z = codec.encode(batch["pose"].float(), batch["trans_v"].float())  # (n,32,384)
+        seed_lat = z[:, :pre_frames]
+        at_feat = teacher.encode(batch["audio"], batch["word"])
+        noise = torch.randn((len(idx), z.shape[2], 1, z.shape[1]), generator=chunk_generator(seed, k))
+        out = teacher.sample(None, None, seed_lat, steps, guidance, noise=noise.to(device), at_feat=at_feat)
+        store.add_chunk({"noise": noise.numpy(), "latents": out.float().cpu().numpy(),
+                         "at_feat": at_feat.float().cpu().numpy(), "seed": seed_lat.float().cpu().numpy(),
+                         "index": np.asarray(idx, np.int64)})  # fmt: skip
+    store.finish()
+    return store
+
+
+class ReflowTrainer(GenerativeTrainer):
+    """Fine-tunes a `ReflowGenerator` from a shortcut teacher on that teacher's couplings (module docstring)."""
+
+    def __init__(self, cfg: DictConfig, run_dir: str | Path | None = None, **kwargs: Any) -> None:
+        if not isinstance(cfg, DictConfig):
+            cfg = OmegaConf.create(cfg)
+        node = cfg.get("reflow")
+        if node is None or OmegaConf.is_missing(node, "teacher") or not node.get("teacher"):
+            raise ConfigError("reflow.teacher: the trained shortcut checkpoint whose couplings the model learns")
+        self.rf = to_container(node)
+        self.rf.setdefault("encoder", "frozen")
+        if self.rf["encoder"] not in ENCODER_MODES:
+            raise ConfigError(f"reflow.encoder must be one of {ENCODER_MODES}, got {self.rf['encoder']!r}")
+        self.teacher_path = resolve_checkpoint_path(str(node.teacher), "reflow.teacher")
+        super().__init__(cfg, run_dir, **kwargs)
+
+    def build_model(self) -> nn.Module:
+        model = super().build_model()
+        if not isinstance(model, ReflowGenerator):
+            raise ConfigError(f"model.generator builds {type(model).__name__}; the reflow trainer needs "
+                              "models.generators.reflow.ReflowGenerator (name: reflow)")  # fmt: skip
+        tcfg = teacher_config(self.cfg, self.teacher_path)
+        self.teacher = load_trained_generator(tcfg, self.teacher_path, torch.device("cpu"))
+        try:
+            model.load_state_dict(self.teacher.state_dict(), strict=True)
+        except RuntimeError as e:
+            raise ConfigError(f"reflow.teacher {self.teacher_path}: its networks differ from model.generator's "
+                              f"({str(e).splitlines()[0]})") from e  # fmt: skip
+        if self.rf["encoder"] == "frozen":
+            model.modality_encoder.requires_grad_(False)  # before DDP: its parameters are not DDP's to reduce
+        return model
+
+    def couplings_fingerprint(self, n_windows: int) -> dict[str, Any]:
+        return {"teacher_sha256": sha256_file(self.teacher_path), "steps": int(self.rf.get("steps", 20)),
+                "guidance": float(self.rf.get("guidance", 2.0)), "seed": int(self.rf.get("seed", 0)),
+                "batch_size": int(self.rf.get("batch_size", 64)), "pre_frames": self.pre_frames,
+                "windows": n_windows, "latent_scale": float(self.cfg.get("latent_scale", 5)),
+                "data": to_container(self.cfg.data), "rvq": to_container(self.cfg.rvq)}  # fmt: skip
+
+    def couplings_dir(self, fingerprint: Mapping[str, Any]) -> Path:
+        if self.rf.get("couplings_dir"):
+            return resolve_path(str(self.rf["couplings_dir"]))
+        h = hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()[:8]
+        root = resolve_path(str(self.cfg.get("output_dir", "outputs")))
+        return root / f"{self.cfg.get('exp_name', 'reflow')}_couplings" / f"{fingerprint['teacher_sha256'][:12]}_{h}"
+
+    def build_datasets(self) -> dict[str, Dataset | None]:
+        datasets = super().build_datasets()
+        self.windows = datasets["train"]
+        fp = self.couplings_fingerprint(len(self.windows))
+        folder = self.couplings_dir(fp)
+        if self.is_main:
+            store = CouplingStore(folder, fp)
+            if not store.complete:
+                self.logger.log_text(f"reflow: making the teacher's couplings in {folder}")
+                teacher = self.teacher.to(self.device).eval()
+                make_couplings(teacher, self.codec, self.windows, store, self.pre_frames, fp["steps"], fp["guidance"],
+                               fp["seed"], fp["batch_size"], self.device)  # fmt: skip
+        self.barrier()
+        del self.teacher  # its weights are the student's starting point; not needed any more
+        self.couplings_folder = folder
+        datasets["train"] = CouplingDataset(folder)
+        return datasets
+
+    def collate_fn(self, items: list[Any]) -> Any:
+        batch = torch.utils.data.default_collate(items)
+        if self.rf["encoder"] == "trainable":  # the window's audio and words, re-encoded by the trained encoder
+            wins = [self.windows[int(i)] for i in batch["index"]]
+            for key in ("audio", "word"):
+                batch[key] = torch.stack([torch.as_tensor(np.asarray(w[key])) for w in wins])
+        return batch
+
+    def set_train_mode(self) -> None:
+        super().set_train_mode()
+        if self.rf["encoder"] == "frozen":
+            self.model.modality_encoder.eval()
+
+    def train_step(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.rf["encoder"] == "frozen":
+            return self.forward_model(batch["latents"], None, None, batch["seed"], at_feat=batch["at_feat"],
+                                      noise=batch["noise"], method="loss")  # fmt: skip
+        return self.forward_model(batch["latents"], batch["audio"], batch["word"], batch["seed"],
+                                  noise=batch["noise"], method="loss")  # fmt: skip
+
+
+__all__ = ["ReflowTrainer", "chunk_generator", "make_couplings", "teacher_config"]
