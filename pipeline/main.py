@@ -15,10 +15,11 @@ from omegaconf import DictConfig
 
 from pipeline import stages
 from pipeline.learning_check import learning_check_stage
+from pipeline.nfe_table import nfe_markdown, nfe_table_stage
 from pipeline.provenance import fingerprints
 from pipeline.report import load_json, plot_speed_vs_onsets, plot_training_curves, write_report
 from pipeline.runner import StageError, banner, record_path, run_stage, stage_names
-from utils.config import load_config, to_container
+from utils.config import ConfigError, load_config, to_container
 from utils.device import seed_everything
 from utils.io import save_json, save_text
 from utils.runs import git_info
@@ -28,9 +29,15 @@ RVQ_PARTS = ("upper", "hands", "lower_trans")
 
 def all_stage_names(cfg: DictConfig) -> list[str]:
     names = ["corpus", "cache", "fgd_ae", *(f"rvq_{p}" for p in cfg.rvq.parts)]
-    names += [f"gen_{g}" for g in cfg.generators]
+    gens = list(cfg.generators)
+    for i, g in enumerate(gens):
+        teacher = cfg.generators[g].get("teacher")
+        if teacher and teacher not in gens[:i]:
+            raise ConfigError(f"generators.{g}.teacher={teacher!r}: must name a generator listed before it "
+                              f"(listed: {gens})")  # fmt: skip
+    names += [f"gen_{g}" for g in gens]
     names += [f"test_{r}" for r in cfg.test.runs]
-    return names + ["learning_check", "report"]
+    return names + ["nfe_table", "learning_check", "report"]
 
 
 def report_stage(cfg: DictConfig, command: str, stage_log: list[dict[str, Any]]) -> dict[str, Any]:
@@ -42,6 +49,9 @@ def report_stage(cfg: DictConfig, command: str, stage_log: list[dict[str, Any]])
     if (out / "learning_check.json").is_file() and "learning_check" in stage_names(cfg.get("stages"),
                                                                                     all_stage_names(cfg)):
         check = load_json(out / "learning_check.json")
+    nfe = None
+    if (out / "nfe_table.json").is_file() and "nfe_table" in stage_names(cfg.get("stages"), all_stage_names(cfg)):
+        nfe = nfe_markdown(load_json(out / "nfe_table.json"))
     fgd_rec = stages.record(cfg, "fgd_ae")
     fgd_metrics = fgd_rec["paths"].get("metrics")  # absent when the AE was given (or in a pre-BaseTrainer record)
     runs = {"fgd_ae": Path(fgd_metrics)} if fgd_metrics else {}
@@ -77,7 +87,7 @@ def report_stage(cfg: DictConfig, command: str, stage_log: list[dict[str, Any]])
     codec = rvq_roundtrip(out, ("val", "test"), tuple(cfg.rvq.parts))
     save_json(codec, rdir / "rvq_roundtrip.json")
     paths = write_report(rdir, tests, labels, check, command, commit, stage_log, notes, plots,
-                         roundtrip_markdown(codec))
+                         roundtrip_markdown(codec), nfe)
     paths["rvq_roundtrip"] = rdir / "rvq_roundtrip.json"
     all_paths = {k: str(v) for k, v in paths.items()}
     all_paths.update({p.stem: str(p) for p in plots})
@@ -121,7 +131,8 @@ def run(cfg: DictConfig, command: str) -> dict[str, Any]:
     enabled = stage_names(to_container(cfg.get("stages")), all_stage_names(cfg))
     log: list[dict[str, Any]] = []
     fns = {"corpus": lambda: stages.corpus(cfg), "cache": lambda: stages.cache(cfg),
-           "fgd_ae": lambda: stages.fgd_ae(cfg), "learning_check": lambda: learning_check_stage(cfg)}  # fmt: skip
+           "fgd_ae": lambda: stages.fgd_ae(cfg), "learning_check": lambda: learning_check_stage(cfg),
+           "nfe_table": lambda: nfe_table_stage(cfg)}  # fmt: skip
     for p in cfg.rvq.parts:
         fns[f"rvq_{p}"] = lambda p=p: stages.rvq(cfg, p)
     for g in cfg.generators:

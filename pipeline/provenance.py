@@ -47,14 +47,18 @@ def stage_inputs(cfg: DictConfig, name: str) -> tuple[dict[str, Any], list[str]]
     if name.startswith("gen_"):
         g = name[len("gen_") :]
         node = cfg.generators[g]
-        rvqs = [f"rvq_{p}" for p in cfg.rvq.parts]
-        return {**common, "generator": to_container(node), "stage": _stage_yaml(cfg, node)}, ["cache", "fgd_ae",
-                                                                                               *rvqs]  # fmt: skip
+        deps = ["cache", "fgd_ae", *(f"rvq_{p}" for p in cfg.rvq.parts)]
+        if node.get("teacher"):  # reflow: the couplings come from the teacher generator's checkpoint
+            deps.append(f"gen_{node.teacher}")
+        return {**common, "generator": to_container(node), "stage": _stage_yaml(cfg, node)}, deps
     if name.startswith("test_"):
         r = name[len("test_") :]
         node = cfg.test.runs[r]
         rest = {k: v for k, v in to_container(cfg.test).items() if k != "runs"}
         return {**common, "run": to_container(node), "test": rest}, [f"gen_{node.generator}", "fgd_ae", "cache"]
+    if name == "nfe_table":
+        return {**common, "n_boot": cfg.test.get("n_boot"), "body_model": cfg.test.get("body_model")}, [
+            *(f"test_{r}" for r in cfg.test.runs), "fgd_ae", "cache"]
     if name == "learning_check":
         lc = cfg.learning_check
         return {**common, "learning_check": to_container(lc)}, [f"gen_{lc.generator}", "fgd_ae", "cache"]

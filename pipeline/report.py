@@ -202,6 +202,7 @@ def write_report(
     notes: list[str],
     plots: list[Path],
     codec: str | None = None,
+    nfe: str | None = None,
 ) -> dict[str, Path]:
     """metrics/<run>.json copies, report.md and results.md under ``report_dir``; returns their paths."""
     from utils.io import save_json
@@ -216,9 +217,12 @@ def write_report(
     check_line = learning_check_line(check) if check else "Learning check not run."
     codec_part = ["RVQ round trip of held-out GT (encode -> decode; motion realism vs GT, bootstrap over files):", "",
                   codec, ""] if codec else []  # fmt: skip
+    nfe_part = ["Network calls per window vs quality (same test split, FGD autoencoder and sampling seed; per-file "
+                "means with 95% bootstrap CIs over files; NFE counts a classifier-free-guided call once, on a doubled "
+                "batch):", "", nfe, ""] if nfe else []  # fmt: skip
     results = "\n".join([
         "## Results on the synthetic corpus (produced by the pipeline)", "",
-        f"Command: `{command}`  ", f"Git commit: `{commit}`", "", table, "", check_line, "", *codec_part,
+        f"Command: `{command}`  ", f"Git commit: `{commit}`", "", table, "", *nfe_part, check_line, "", *codec_part,
         "FGD uses an FGD autoencoder trained on this corpus (not AESKConv_240_100.bin), so its values are not "
         "comparable with published numbers. BC/L1div: EMAGE protocol (emage2024). Shortcut and diffusion rows: "
         "95% CIs are percentile bootstraps over test sequences.", "",
@@ -231,7 +235,7 @@ def write_report(
     gt_copied = sorted({f for rep in tests.values() for f in rep.get("gt_copied", [])})
     body = [
         "# Pipeline report", "", f"Command: `{command}`  ", f"Git commit: `{commit}`", "", "## Results", "", table,
-        "", check_line, "", *codec_part, "## Notes", "",
+        "", *nfe_part, check_line, "", *codec_part, "## Notes", "",
         *[f"- {n}" for n in notes],
         f"- Fields of the predictions copied from ground truth (reference test protocol): {gt_copied}.",
         "", "## Stages", "", *timing, "", "## Plots", "", *[f"![{p.stem}]({p.name})" for p in plots], "",

@@ -1,6 +1,7 @@
 """The stages of the research loop, each a function of the pipeline config with explicit path outputs.
 
-corpus -> cache (+ statistics) -> fgd_ae -> rvq_<part> -> gen_<name> -> test_<run> -> learning_check -> report
+corpus -> cache (+ statistics) -> fgd_ae -> rvq_<part> -> gen_<name> (a reflow generator after its teacher)
+-> test_<run> -> nfe_table -> learning_check -> report
 
 Every stage returns ``{"paths": {name: path, ...}, ...}`` (see pipeline.runner); later stages read earlier stages'
 records, so a rerun with complete stages skips them. Stage configs are the stage owners' own YAML files
@@ -167,10 +168,20 @@ def generator_config(cfg: DictConfig, name: str, extra: list[str] | None = None)
 
 
 def generator(cfg: DictConfig, name: str) -> dict[str, Any]:
-    """Train one generator (trainers.generative.GenerativeTrainer)."""
+    """Train one generator (trainers.generative.GenerativeTrainer); a node with ``teacher: <generator>`` is a
+    Shortcut-ReFlow fine-tuning of that trained generator on its couplings (trainers.reflow.ReflowTrainer)."""
     from trainers.generative import GenerativeTrainer
 
-    return fit_and_record(GenerativeTrainer(generator_config(cfg, name)))
+    teacher = cfg.generators[name].get("teacher")
+    if not teacher:
+        return fit_and_record(GenerativeTrainer(generator_config(cfg, name)))
+    from trainers.reflow import ReflowTrainer
+
+    ck = record(cfg, f"gen_{teacher}")["paths"]["checkpoint"]
+    extra = [f"reflow.teacher={ck}", f"reflow.couplings_dir={out_dir(cfg) / 'couplings' / name}"]
+    rec = fit_and_record(ReflowTrainer(generator_config(cfg, name, extra)))
+    rec["paths"]["couplings"] = str(out_dir(cfg) / "couplings" / name)
+    return rec
 
 
 def test_run(cfg: DictConfig, run: str) -> dict[str, Any]:

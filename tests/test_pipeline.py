@@ -109,9 +109,11 @@ def _assert_artefacts(out: Path) -> None:
     load_fgd_autoencoder(rec("fgd_ae")["paths"]["checkpoint"])
     for part in ("upper", "hands", "lower_trans"):
         load_rvqvae(rec(f"rvq_{part}")["paths"]["checkpoint"], part=part)
-    for g in ("shortcut", "diffusion"):
+    for g in ("shortcut", "reflow", "diffusion"):
         assert Path(rec(f"gen_{g}")["paths"]["checkpoint"]).is_file()
-    for run in ("shortcut_n2", "shortcut_n20", "diffusion_20"):
+    couplings = json.loads((Path(rec("gen_reflow")["paths"]["couplings"]) / "manifest.json").read_text())
+    assert couplings["complete"] and couplings["fingerprint"]["steps"] == 4  # ci_tiny's teacher sampling
+    for run in ("shortcut_n2", "shortcut_n20", "reflow_n2", "diffusion_20"):
         d = out / "test" / run
         ids = sorted(p.name[4:] for p in d.glob("res_*.npz"))
         assert len(ids) == 2 and ids == sorted(p.name[3:] for p in d.glob("gt_*.npz"))
@@ -124,6 +126,15 @@ def _assert_artefacts(out: Path) -> None:
     assert "| GT |" in report and "| shortcut (n=2) |" in report and "Learning check" in report
     results = (out / "report" / "results.md").read_text()
     assert "python run_pipeline.py" in results and "Git commit" in results
+    nfe = json.loads((out / "nfe_table.json").read_text())  # issue 19's NFE-vs-quality table
+    nfes = [r["nfe_per_window"] for r in nfe["rows"]]
+    assert nfes == sorted(nfes, reverse=True)
+    assert {r["run"] for r in nfe["rows"]} == {"shortcut_n2", "shortcut_n20", "reflow_n2", "diffusion_20"}
+    for r in nfe["rows"]:
+        for k in ("bc", "bc_emage2024", "fgd_file", "beat_placement"):
+            v, (lo, hi) = r[k]
+            assert np.isfinite(v) and lo <= v + 1e-12 and v <= hi + 1e-12, (r["run"], k)
+    assert "| shortcut-reflow (n=2) | 2 (×2 rows, w = 2) |" in results and "paired per-file FGD" in results
     for png in ("training_curves.png", "speed_vs_onsets.png"):
         assert (out / "report" / png).read_bytes()[:4] == b"\x89PNG"
     lc = json.loads((out / "learning_check.json").read_text())
@@ -178,16 +189,23 @@ def test_ci_pipeline_artefacts_and_skip(tmp_path: Path, capsys: pytest.CaptureFi
 
 
 def test_fingerprints_follow_the_dependencies() -> None:
+    from pipeline.main import all_stage_names
     from pipeline.provenance import fingerprints
-    from utils.config import load_config
+    from utils.config import ConfigError, load_config
 
     path = REPO / "configs/pipeline/ci_tiny.yaml"
     base = fingerprints(load_config(path))
     changed = fingerprints(load_config(path, ["rvq.overrides.solver.iterations=60"]))
     same = {n for n in base if base[n] == changed[n]}
     assert same == {"corpus", "cache", "fgd_ae"}  # RVQs, generators, tests and the check depend on the RVQ settings
+    teacher = fingerprints(load_config(path, ["generators.shortcut.overrides.solver.epochs=3"]))
+    assert {n for n in base if base[n] != teacher[n]} == {"gen_shortcut", "gen_reflow", "test_shortcut_n2",
+                                                          "test_shortcut_n20", "test_reflow_n2", "nfe_table",
+                                                          "learning_check"}  # reflow learns the teacher's couplings
     lc = fingerprints(load_config(path, ["learning_check.seeds=5"]))
     assert {n for n in base if base[n] != lc[n]} == {"learning_check"}
+    with pytest.raises(ConfigError, match="teacher"):
+        all_stage_names(load_config(path, ["generators.reflow.teacher=diffusion"]))
     seed = fingerprints(load_config(path, ["seed=7"]))
     assert {n for n in base if base[n] != seed[n]} == set(base) - {"corpus", "cache"}
 
