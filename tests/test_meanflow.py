@@ -312,10 +312,14 @@ def _toy_data(n: int, g: torch.Generator) -> torch.Tensor:
     return x.view(n, 2, 1, 1)
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "criteria fixed before the first run; measured (600 steps, 1 thread): 93.2% within 1.0, 47.8% right mode, "
-    "means within 0.08 of the centres, but mode stds [0.195, 0.200] and [0.283, 0.207] vs >= 0.2: the one-step "
-    "samples are under-dispersed (also with 2000 steps: stds 0.17-0.24, and with 8 sampler steps)"))
+@pytest.mark.xfail(
+    strict=False,
+    reason=(
+        "criteria fixed before the first run; measured (600 steps, 1 thread): 93.2% within 1.0, 47.8% right mode, "
+        "means within 0.08 of the centres, but mode stds [0.195, 0.200] and [0.283, 0.207] vs >= 0.2: the one-step "
+        "samples are under-dispersed (after 2000 steps: 0.17-0.24; with 2 or 8 sampler steps: 0.13-0.21)"
+    ),
+)
 def test_toy_mixture_one_step_samples_land_on_the_data():
     """Data: ½N((−2, 1), 0.3²I) + ½N((2, 1), 0.3²I). Train ToyMLP with MeanFlowObjective (paper defaults: linear
     path, adaptive p = 1, logit-normal(−0.4, 1), 75% r = t; no condition) for 600 Adam steps of batch 256, then

@@ -137,7 +137,9 @@ class MeanFlowObjective(Objective):
         if not 0.0 <= cfg_kappa < 1.0:
             raise ConfigError(f"cfg_kappa must be in [0, 1), got {cfg_kappa}")
         if not 0.0 <= cfg_min_t <= cfg_max_t <= 1.0:
-            raise ConfigError(f"need 0 <= cfg_min_t <= cfg_max_t <= 1, got cfg_min_t={cfg_min_t}, cfg_max_t={cfg_max_t}")
+            raise ConfigError(
+                f"need 0 <= cfg_min_t <= cfg_max_t <= 1, got cfg_min_t={cfg_min_t}, cfg_max_t={cfg_max_t}"
+            )
         if not 0.0 <= cond_drop_prob <= 1.0:
             raise ConfigError(f"cond_drop_prob must be in [0, 1], got {cond_drop_prob}")
         self.path_type, self.weighting, self.flow_mode = path_type, weighting, flow_mode

@@ -3,7 +3,8 @@
 Upstream picks the class from ``model_name``/``g_name`` (LSM/GestureLSM, Diffusion/GestureDiffusion,
 MeanFlow/GestureMF), keeps sampling settings (``n_steps``, ``guidance_scale``) at the top of ``model:``, reads the
 word table from ``<data_path>weights/vocab.pkl`` inside the ModalityEncoder, and puts ``num_inference_steps``/``eta``
-beside the scheduler's ``params``; a MeanFlow config also carries its objective keys at the top of ``model:``. Ours: one {target, params} node per generator, with the word table size given explicitly.
+beside the scheduler's ``params``; a MeanFlow config also carries its objective keys at the top of ``model:``.
+Ours: one {target, params} node per generator, with the word table size given explicitly.
 """
 
 from __future__ import annotations
