@@ -421,7 +421,6 @@ def _ddp_grad_worker(rank: int, world: int, port: int, tmp: str) -> None:
         dist.destroy_process_group()
 
 
-@pytest.mark.slow  # ~30-50 s on the shared 2-core machine (two spawned processes)
 def test_ddp_gradients_are_synchronised_across_two_ranks(tmp_path):
     import torch.multiprocessing as mp
 
