@@ -5,7 +5,7 @@ Build one from config with `build_generator(node)`:
 * ``{target: models.generators.shortcut.ShortcutGenerator, params: {...}}`` (any importable class), or
 * ``{name: shortcut, params: {...}}`` with a name from `GENERATORS`.
 
-Adding a generator (reflow, MeanFlow, ...) means a new file here with its Objective/Sampler and a thin
+Adding a generator (e.g. reflow) means a new file here with its Objective/Sampler and a thin
 `LatentGenerator` subclass; point a config's ``target`` at it (or add it to `GENERATORS` for a short name).
 """
 
@@ -24,6 +24,7 @@ from models.generators.base import (
     guided_prediction,
 )
 from models.generators.diffusion import DDIMSampler, DiffusionGenerator, DiffusionObjective
+from models.generators.meanflow import MeanFlowGenerator, MeanFlowObjective, MeanFlowSampler
 from models.generators.reflow import ReflowGenerator, ReflowObjective
 from models.generators.shortcut import EulerShortcutSampler, ShortcutGenerator, ShortcutObjective
 from utils.config import ConfigError, instantiate_from_config, to_container
@@ -31,6 +32,7 @@ from utils.config import ConfigError, instantiate_from_config, to_container
 GENERATORS: dict[str, str] = {
     "shortcut": "models.generators.shortcut.ShortcutGenerator",
     "diffusion": "models.generators.diffusion.DiffusionGenerator",
+    "meanflow": "models.generators.meanflow.MeanFlowGenerator",
     "reflow": "models.generators.reflow.ReflowGenerator",
 }
 
@@ -61,6 +63,9 @@ __all__ = [
     "EulerShortcutSampler",
     "LatentGenerator",
     "LinearFlowPath",
+    "MeanFlowGenerator",
+    "MeanFlowObjective",
+    "MeanFlowSampler",
     "NetFn",
     "Objective",
     "PathSample",

@@ -1,9 +1,10 @@
 """Translate an upstream GestureLSM v2 ``model:`` config into our generator node (for released checkpoints/fixtures).
 
-Upstream picks the class from ``model_name``/``g_name`` (LSM/GestureLSM, Diffusion/GestureDiffusion), keeps sampling
-settings (``n_steps``, ``guidance_scale``) at the top of ``model:``, reads the word table from
-``<data_path>weights/vocab.pkl`` inside the ModalityEncoder, and puts ``num_inference_steps``/``eta`` beside the
-scheduler's ``params``. Ours: one {target, params} node per generator, with the word table size given explicitly.
+Upstream picks the class from ``model_name``/``g_name`` (LSM/GestureLSM, Diffusion/GestureDiffusion,
+MeanFlow/GestureMF), keeps sampling settings (``n_steps``, ``guidance_scale``) at the top of ``model:``, reads the
+word table from ``<data_path>weights/vocab.pkl`` inside the ModalityEncoder, and puts ``num_inference_steps``/``eta``
+beside the scheduler's ``params``; a MeanFlow config also carries its objective keys at the top of ``model:``.
+Ours: one {target, params} node per generator, with the word table size given explicitly.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from utils.config import ConfigError, to_container
 UPSTREAM_GENERATORS = {
     ("LSM", "GestureLSM"): "models.generators.shortcut.ShortcutGenerator",
     ("Diffusion", "GestureDiffusion"): "models.generators.diffusion.DiffusionGenerator",
+    ("MeanFlow", "GestureMF"): "models.generators.meanflow.MeanFlowGenerator",
 }
 UPSTREAM_TARGETS = {
     "models.layers.modality_encoder.ModalityEncoder": "models.modality_encoder.ModalityEncoder",
@@ -22,6 +24,10 @@ UPSTREAM_TARGETS = {
 }
 # upstream ModalityEncoder arguments that have no counterpart here (the word table comes from vocab_size/weights)
 _DROPPED_ENCODER_KEYS = ("data_path",)
+# the MeanFlow config's objective keys (spec §1.4); upstream only samples, ours trains with them (MeanFlowObjective)
+MEANFLOW_OBJECTIVE_KEYS = ("flow_mode", "weighting", "adaptive_p", "path_type", "noise_dist", "time_mu", "time_sigma",
+                           "time_min", "time_max", "data_proportion", "cfg_omega", "cfg_kappa", "cfg_min_t",
+                           "cfg_max_t")  # fmt: skip
 
 
 def _network_node(node: dict[str, Any], name: str, **extra: Any) -> dict[str, Any]:
@@ -59,5 +65,7 @@ def generator_node_from_upstream(model_cfg: Any, vocab_size: int | None = None) 
                 f"model.scheduler.num_inference_steps={steps} differs from model.n_steps={cfg['n_steps']}"
             )
         params["scheduler"] = {"target": sched["target"], "params": sched.get("params") or {}}
+    if key[0] == "MeanFlow":
+        params["objective"] = {k: cfg[k] for k in MEANFLOW_OBJECTIVE_KEYS if k in cfg}
     params["sampler"] = sampler
     return {"target": UPSTREAM_GENERATORS[key], "params": params}

@@ -6,9 +6,17 @@
   ``in_proj_bias``, ``out_proj``) so released checkpoints load, computed with ``scaled_dot_product_attention``.
 * ``JointAttention``: temporal attention (per part, over frames) then spatial attention (per frame, over parts).
 * ``SpatialTemporalBlock``: pre-LN ``JointAttention`` + residual, pre-LN MLP + residual.
+
+Every attention goes through `scaled_dot_product`: fused SDPA, or inside ``with math_attention():`` the explicit
+softmax(QKᵀ/√d)V. The fused CPU kernel has no forward-mode AD formula, so ``torch.func.jvp`` through the denoiser
+(the MeanFlow objective) runs under `math_attention`; both paths agree within float tolerance.
 """
 
 from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +25,28 @@ from torch import nn
 from models.layers.embeddings import RotaryEmbedding
 
 JOINT_RESIDUALS = ("reference", "clean")
+
+_MATH_ATTENTION: contextvars.ContextVar[bool] = contextvars.ContextVar("math_attention", default=False)
+
+
+@contextlib.contextmanager
+def math_attention() -> Iterator[None]:
+    """Inside this block every attention of these layers is the explicit softmax(QKᵀ/√d)V (forward-AD capable)."""
+    token = _MATH_ATTENTION.set(True)
+    try:
+        yield
+    finally:
+        _MATH_ATTENTION.reset(token)
+
+
+def scaled_dot_product(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
+    """softmax(q kᵀ / √d) v over (..., N, d) inputs: fused SDPA, or the explicit math inside `math_attention`."""
+    if not _MATH_ATTENTION.get():
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+    weights = torch.softmax((q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5, dim=-1)
+    if dropout_p > 0.0:
+        weights = F.dropout(weights, dropout_p)
+    return weights @ v
 
 
 class DropPath(nn.Module):
@@ -80,7 +110,7 @@ class CrossAttention(nn.Module):
         q = _heads(self.q(x), self.num_heads)
         k, v = self.kv(context).chunk(2, dim=-1)
         k, v = _heads(k.contiguous(), self.num_heads), _heads(v.contiguous(), self.num_heads)
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+        out = scaled_dot_product(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
         return self.proj_drop(self.proj(_merge(out)))
 
 
@@ -122,7 +152,7 @@ class MultiheadSelfAttention(nn.Module):
         return tuple(_heads(t.contiguous(), self.num_heads) for t in (q, k, v))
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        out = scaled_dot_product(q, k, v, dropout_p=self.dropout if self.training else 0.0)
         return self.out_proj(_merge(out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
