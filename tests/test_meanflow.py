@@ -313,7 +313,7 @@ def _toy_data(n: int, g: torch.Generator) -> torch.Tensor:
 
 
 @pytest.mark.xfail(
-    strict=False,
+    strict=True,
     reason=(
         "criteria fixed before the first run; measured (600 steps, 1 thread): 93.2% within 1.0, 47.8% right mode, "
         "means within 0.08 of the centres, but mode stds [0.195, 0.200] and [0.283, 0.207] vs >= 0.2: the one-step "
