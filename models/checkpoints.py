@@ -48,7 +48,7 @@ class CheckpointError(RuntimeError):
 @dataclass
 class LoadReport:
     path: str
-    layout: str  # "v1" | "v2" | "raw"
+    layout: str  # "v1" | "v2" | "trainer" | "raw"
     n_tensors: int
     had_prefix: bool
     dropped: list[str] = field(default_factory=list)
@@ -64,6 +64,8 @@ def extract_state_dict(obj: Any, path: str | os.PathLike = "<memory>") -> tuple[
         return dict(obj["model_state_dict"]), "v2", meta
     if "model_state" in obj:
         return dict(obj["model_state"]), "v1", {}
+    if obj.get("format") == TRAINER_CHECKPOINT_FORMAT:  # ours (trainers.base): a warm start from another run
+        return dict(obj["model"]), "trainer", {k: obj[k] for k in ("epoch", "iteration") if k in obj}
     if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return dict(obj), "raw", {}
     raise CheckpointError(f"{path}: no 'model_state_dict' (v2) or 'model_state' (v1) entry and not a bare state "

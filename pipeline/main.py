@@ -31,10 +31,11 @@ def all_stage_names(cfg: DictConfig) -> list[str]:
     names = ["corpus", "cache", "fgd_ae", *(f"rvq_{p}" for p in cfg.rvq.parts)]
     gens = list(cfg.generators)
     for i, g in enumerate(gens):
-        teacher = cfg.generators[g].get("teacher")
-        if teacher and teacher not in gens[:i]:
-            raise ConfigError(f"generators.{g}.teacher={teacher!r}: must name a generator listed before it "
-                              f"(listed: {gens})")  # fmt: skip
+        for key in ("teacher", "init_from"):
+            other = cfg.generators[g].get(key)
+            if other and other not in gens[:i]:
+                raise ConfigError(f"generators.{g}.{key}={other!r}: must name a generator listed before it "
+                                  f"(listed: {gens})")  # fmt: skip
     names += [f"gen_{g}" for g in gens]
     names += [f"test_{r}" for r in cfg.test.runs]
     return names + ["nfe_table", "learning_check", "report"]

@@ -48,8 +48,9 @@ def stage_inputs(cfg: DictConfig, name: str) -> tuple[dict[str, Any], list[str]]
         g = name[len("gen_") :]
         node = cfg.generators[g]
         deps = ["cache", "fgd_ae", *(f"rvq_{p}" for p in cfg.rvq.parts)]
-        if node.get("teacher"):  # reflow: the couplings come from the teacher generator's checkpoint
-            deps.append(f"gen_{node.teacher}")
+        for key in ("teacher", "init_from"):  # reflow's couplings / a warm start come from another generator
+            if node.get(key):
+                deps.append(f"gen_{node[key]}")
         return {**common, "generator": to_container(node), "stage": _stage_yaml(cfg, node)}, deps
     if name.startswith("test_"):
         r = name[len("test_") :]

@@ -172,9 +172,13 @@ def generator(cfg: DictConfig, name: str) -> dict[str, Any]:
     Shortcut-ReFlow fine-tuning of that trained generator on its couplings (trainers.reflow.ReflowTrainer)."""
     from trainers.generative import GenerativeTrainer
 
-    teacher = cfg.generators[name].get("teacher")
+    node = cfg.generators[name]
+    teacher = node.get("teacher")
     if not teacher:
-        return fit_and_record(GenerativeTrainer(generator_config(cfg, name)))
+        extra = []
+        if node.get("init_from"):  # a warm start from another trained generator's weights (same networks)
+            extra.append(f"model.init_from={record(cfg, f'gen_{node.init_from}')['paths']['checkpoint']}")
+        return fit_and_record(GenerativeTrainer(generator_config(cfg, name, extra)))
     from trainers.reflow import ReflowTrainer
 
     ck = record(cfg, f"gen_{teacher}")["paths"]["checkpoint"]

@@ -109,11 +109,11 @@ def _assert_artefacts(out: Path) -> None:
     load_fgd_autoencoder(rec("fgd_ae")["paths"]["checkpoint"])
     for part in ("upper", "hands", "lower_trans"):
         load_rvqvae(rec(f"rvq_{part}")["paths"]["checkpoint"], part=part)
-    for g in ("shortcut", "reflow", "diffusion"):
+    for g in ("shortcut", "reflow", "meanflow", "diffusion"):
         assert Path(rec(f"gen_{g}")["paths"]["checkpoint"]).is_file()
     couplings = json.loads((Path(rec("gen_reflow")["paths"]["couplings"]) / "manifest.json").read_text())
     assert couplings["complete"] and couplings["fingerprint"]["steps"] == 4  # ci_tiny's teacher sampling
-    for run in ("shortcut_n2", "shortcut_n20", "reflow_n2", "diffusion_20"):
+    for run in ("shortcut_n2", "shortcut_n20", "reflow_n2", "meanflow_n1", "diffusion_20"):
         d = out / "test" / run
         ids = sorted(p.name[4:] for p in d.glob("res_*.npz"))
         assert len(ids) == 2 and ids == sorted(p.name[3:] for p in d.glob("gt_*.npz"))
@@ -129,7 +129,9 @@ def _assert_artefacts(out: Path) -> None:
     nfe = json.loads((out / "nfe_table.json").read_text())  # issue 19's NFE-vs-quality table
     nfes = [r["nfe_per_window"] for r in nfe["rows"]]
     assert nfes == sorted(nfes, reverse=True)
-    assert {r["run"] for r in nfe["rows"]} == {"shortcut_n2", "shortcut_n20", "reflow_n2", "diffusion_20"}
+    assert {r["run"] for r in nfe["rows"]} == {"shortcut_n2", "shortcut_n20", "reflow_n2", "meanflow_n1",
+                                               "diffusion_20"}  # fmt: skip
+    assert nfe["rows"][-1]["run"] == "meanflow_n1" and nfe["rows"][-1]["nfe_per_window"] == 1
     for r in nfe["rows"]:
         for k in ("bc", "bc_emage2024", "fgd_file", "beat_placement"):
             v, (lo, hi) = r[k]
@@ -199,9 +201,10 @@ def test_fingerprints_follow_the_dependencies() -> None:
     same = {n for n in base if base[n] == changed[n]}
     assert same == {"corpus", "cache", "fgd_ae"}  # RVQs, generators, tests and the check depend on the RVQ settings
     teacher = fingerprints(load_config(path, ["generators.shortcut.overrides.solver.epochs=3"]))
-    assert {n for n in base if base[n] != teacher[n]} == {"gen_shortcut", "gen_reflow", "test_shortcut_n2",
-                                                          "test_shortcut_n20", "test_reflow_n2", "nfe_table",
-                                                          "learning_check"}  # reflow learns the teacher's couplings
+    # reflow learns the shortcut model's couplings, MeanFlow starts from its weights
+    assert {n for n in base if base[n] != teacher[n]} == {"gen_shortcut", "gen_reflow", "gen_meanflow",
+                                                          "test_shortcut_n2", "test_shortcut_n20", "test_reflow_n2",
+                                                          "test_meanflow_n1", "nfe_table", "learning_check"}
     lc = fingerprints(load_config(path, ["learning_check.seeds=5"]))
     assert {n for n in base if base[n] != lc[n]} == {"learning_check"}
     with pytest.raises(ConfigError, match="teacher"):
