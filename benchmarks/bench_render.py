@@ -10,13 +10,15 @@ for each libx264 ``preset:crf`` of ``--encodings`` (default: render_video's defa
 ``--rounds`` times (medians printed: the cores may be shared), with the file size and the PSNR (dB, all frames, RGB)
 of the decoded mp4 against the rendered frames themselves. Motion: the given npz, else one synthetic-corpus file
 (dataloaders.synthetic, 1 speaker, 6 s), cut to ``--frames``. Reports the machine's load average: on a shared machine
-the numbers are lower than on idle cores.
+the numbers are lower than on idle cores; the CPU milliseconds per frame of this process and of ffmpeg (medians)
+say what two idle cores would give: about min(one core / python, two cores / (python + ffmpeg)).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -44,6 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--frames", type=int, default=90)
     ap.add_argument("--bodies", nargs="+", default=["mannequin", "skeleton"])
     ap.add_argument("--npz", help="motion to render (default: a synthetic-corpus file)")
+    ap.add_argument("--seconds", type=float, default=6.0, help="length of the synthetic-corpus file (default 6 s)")
     ap.add_argument("--no-encode", action="store_true", help="skip the end-to-end (mp4) measurement")
     default = f"{RenderOptions.preset}:{RenderOptions.crf}"
     ap.add_argument("--encodings", nargs="+", default=[default], metavar="PRESET:CRF",
@@ -57,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
         if npz is None:
             from dataloaders.synthetic import generate_corpus
 
-            corpus = generate_corpus(Path(tmp) / "corpus", speakers=1, files_per_speaker=1, seconds=6.0)
+            corpus = generate_corpus(Path(tmp) / "corpus", speakers=1, files_per_speaker=1, seconds=a.seconds)
             npz = str(next((corpus / "smplxflame_30").glob("*.npz")))
         full = load_motion(npz)
         n = min(a.frames, full.num_frames)
@@ -92,23 +95,31 @@ def main(argv: list[str] | None = None) -> None:
             if a.no_encode:
                 continue
             e2e: dict[tuple[str, int], list[float]] = {e: [] for e in encodings}
+            cpu_ms: dict[tuple[str, int], list[tuple[float, float]]] = {e: [] for e in encodings}
             for r in range(a.rounds):
                 for preset, crf in encodings if r % 2 == 0 else encodings[::-1]:  # A B, B A, ...: no order bias
                     o = RenderOptions(body=body_name, width=w, height=h, progress=False, preset=preset, crf=crf)
                     out = Path(tmp) / f"{body_name}_{preset}_{crf}.mp4"
+                    u0, k0 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
                     t0 = time.perf_counter()
                     render_video(short, out, opt=o, log=lambda *_: None)
                     e2e[(preset, crf)].append(n / (time.perf_counter() - t0))
+                    u1, k1 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+                    ours = u1.ru_utime + u1.ru_stime - u0.ru_utime - u0.ru_stime
+                    ffm = k1.ru_utime + k1.ru_stime - k0.ru_utime - k0.ru_stime  # ffmpeg (it has exited)
+                    cpu_ms[(preset, crf)].append((1000 * ours / n, 1000 * ffm / n))
             first = None
             for preset, crf in encodings:
                 out = Path(tmp) / f"{body_name}_{preset}_{crf}.mp4"
                 dec, _ = read_video_frames(out)
                 first = dec if first is None else first
                 fps = e2e[(preset, crf)]
+                ours, ffm = np.median(np.array(cpu_ms[(preset, crf)]), 0)
                 print(f"{'':10s} end to end (H.264 mp4, {preset}, crf {crf}) {np.median(fps):6.1f} frames/s wall "
                       f"(rounds {' '.join(f'{x:.1f}' for x in fps)}); {out.stat().st_size / 1024:7.0f} KiB, "
                       f"PSNR {psnr(dec, ref):5.2f} dB vs the rendered frames, {psnr(dec, first):5.2f} dB vs "
-                      f"{encodings[0][0]}:{encodings[0][1]}")  # fmt: skip
+                      f"{encodings[0][0]}:{encodings[0][1]}; CPU per frame: python {ours:.1f} ms, "
+                      f"ffmpeg {ffm:.1f} ms")  # fmt: skip
         print(f"load average after: {os.getloadavg()[0]:.1f}")
 
 

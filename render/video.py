@@ -355,41 +355,6 @@ def render_still(motion: Motion | str | os.PathLike, frame: int = 0, opt: Render
         return _Panel(body, motion, track, opt).frame(frame)
 
 
-class _PipeWriter:
-    """Writes frames to ffmpeg's stdin from a thread, so the next frame renders while ffmpeg reads this one (a 2 MB
-    write blocks until ffmpeg has consumed it; ``write`` releases the GIL). At most ``depth`` frames wait. After a
-    broken pipe (ffmpeg exited) it drops what it is given and ``failed`` is set: the caller stops and reads the exit
-    code."""
-
-    def __init__(self, stream, depth: int = 2):
-        import queue
-        import threading
-
-        self.stream, self.failed = stream, False
-        self.q: queue.Queue = queue.Queue(maxsize=depth)
-        self.thread = threading.Thread(target=self._run, name="ffmpeg-stdin", daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while (buf := self.q.get()) is not None:
-            if not self.failed:
-                try:
-                    self.stream.write(buf)
-                except (BrokenPipeError, OSError):
-                    self.failed = True
-        try:
-            self.stream.close()
-        except (BrokenPipeError, OSError):
-            self.failed = True
-
-    def put(self, buf: bytes) -> None:
-        self.q.put(buf)
-
-    def close(self) -> None:
-        self.q.put(None)
-        self.thread.join()
-
-
 def _encode(
     cmd: list[str], output: Path, panels: list, n_frames: int, fps: float, texts: list, title_h: int, opt: RenderOptions
 ) -> float:
@@ -397,7 +362,6 @@ def _encode(
     render_s = 0.0
     with atomic_path(output) as tmp, tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(cmd + [str(tmp)], stdin=subprocess.PIPE, stderr=err)
-        writer = _PipeWriter(proc.stdin)
         bar = None
         if opt.progress:
             from tqdm import tqdm
@@ -405,8 +369,6 @@ def _encode(
             bar = tqdm(total=n_frames, desc=f"render {output.name}", unit="frame", file=sys.stderr)
         try:
             for k in range(n_frames):
-                if writer.failed:
-                    break
                 t1 = time.perf_counter()
                 imgs = []
                 for p in panels:
@@ -416,11 +378,13 @@ def _encode(
                 if texts:
                     frame = _overlay_text(frame, texts, (0, title_h - 1) if title_h else None)
                 render_s += time.perf_counter() - t1
-                writer.put(np.ascontiguousarray(frame).tobytes())  # a copy: panels may reuse their buffers
+                proc.stdin.write(np.ascontiguousarray(frame).tobytes())
                 if bar is not None:
                     bar.update(1)
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
         finally:
-            writer.close()
             if bar is not None:
                 bar.close()
         rc = proc.wait()

@@ -166,8 +166,8 @@ def test_bad_inputs_are_one_clear_error_naming_the_file(tmp_path, wave):
 
 
 def test_an_encoder_that_dies_mid_stream_is_a_clear_error(tmp_path, wave, monkeypatch):
-    """Frames go to ffmpeg from a writer thread: an encoder exiting after a few frames stops the render (no hang)
-    and its last stderr line is the error; nothing is left at the output path."""
+    """An encoder exiting after a few frames stops the render (a broken pipe, no hang) and its last stderr line is
+    the error; nothing is left at the output path."""
     import render.video
 
     fake = tmp_path / "ffmpeg"
