@@ -197,7 +197,7 @@ def test_cli_prints_one_line_error_and_writes_a_video(tmp_path, wave):
                        text=True, cwd=REPO_ROOT)  # fmt: skip
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and str(bad) in r.stderr
     args = ["--input", str(wave), "--output", str(tmp_path / "o.mp4"), "--body", "skeleton", "--camera",
-            "three-quarter", "--title"]  # fmt: skip
+            "three-quarter", "--title", "--preset", "superfast", "--crf", "25"]  # fmt: skip
     r = subprocess.run(cmd + args, capture_output=True, text=True, cwd=REPO_ROOT)
     assert r.returncode == 0, r.stderr
     assert "30 frames" in r.stdout and read_video_frames(tmp_path / "o.mp4")[0].shape[0] == 30
