@@ -2,6 +2,7 @@
 
 python render_video.py --input result.npz [--audio speech.wav] --output video.mp4 [--gt gt.npz]
     [--body mannequin|skeleton|smplx] [--size 960x720] [--fps 30] [--camera front|three-quarter] [--title]
+    [--preset superfast --crf 25]
 """
 
 from __future__ import annotations
@@ -23,9 +24,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--camera", default="front", choices=["front", "three-quarter"])
     ap.add_argument("--title", action="store_true", help="title strip: file name and settings")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    from render.video import PRESETS, RenderOptions
+
+    ap.add_argument("--preset", default=RenderOptions.preset, choices=PRESETS,
+                    help=f"libx264 speed preset (default {RenderOptions.preset}; slower presets make smaller files at "
+                         "the same crf and take CPU from the renderer)")  # fmt: skip
+    ap.add_argument("--crf", type=int, default=RenderOptions.crf,
+                    help=f"libx264 quality, 0-51, lower is better (default {RenderOptions.crf})")  # fmt: skip
     a = ap.parse_args(argv)
     from render.motion import RenderError
-    from render.video import RenderOptions, render_video
+    from render.video import render_video
 
     try:
         w, h = (int(x) for x in a.size.lower().split("x"))
@@ -33,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --size {a.size!r}: expected WIDTHxHEIGHT, e.g. 960x720", file=sys.stderr)
         return 2
     opt = RenderOptions(body=a.body, width=w, height=h, fps=a.fps, camera=a.camera, title=a.title,
-                        smplx_model=a.smplx_model, progress=not a.quiet)  # fmt: skip
+                        smplx_model=a.smplx_model, progress=not a.quiet, preset=a.preset, crf=a.crf)  # fmt: skip
     try:
         info = render_video(a.input, a.output, a.audio, a.gt, opt, log=lambda m: print(m, file=sys.stderr))
     except RenderError as e:

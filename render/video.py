@@ -39,10 +39,12 @@ __all__ = [
     "probe_media",
     "read_video_frames",
     "PATH_NAME",
+    "PRESETS",
 ]
 
 PATH_NAME = "pure numpy/torch z-buffer rasteriser (CPU, no OpenGL)"
 CAMERAS = ("front", "three-quarter")
+PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")  # libx264
 _LIGHT = np.array([0.35, 0.75, 0.55])
 _LIGHT = _LIGHT / np.linalg.norm(_LIGHT)
 _CHUNK = 16
@@ -403,6 +405,10 @@ def check_options(opt: RenderOptions) -> None:
         raise RenderError(f"--size {opt.width}x{opt.height}: width and height must be even and >= 16 (H.264 4:2:0)")
     if opt.fps is not None and not (0 < opt.fps <= 240):
         raise RenderError(f"--fps {opt.fps}: expected 0 < fps <= 240")
+    if opt.preset not in PRESETS:
+        raise RenderError(f"--preset {opt.preset!r}: expected one of the libx264 presets {PRESETS}")
+    if not (0 <= opt.crf <= 51):
+        raise RenderError(f"--crf {opt.crf}: expected 0 <= crf <= 51 (libx264, 8 bit)")
 
 
 def render_video(

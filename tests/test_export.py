@@ -190,3 +190,13 @@ def test_export_errors_name_the_file(tmp_path):
     args = ["--input", str(good), "--format", "bvh", "--output", str(tmp_path / "o.bvh")]
     r = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, cwd=REPO_ROOT, env=env)
     assert r.returncode == 2 and "nowhere" in r.stderr and r.stderr.strip().count("\n") == 0
+
+
+def test_the_threejs_pin_is_one_version_everywhere():
+    """render/threejs.py's THREE_VERSION is what .ci/run, the README's install line and glb_probe.mjs install."""
+    from render.threejs import THREE_VERSION
+
+    pin = f"three@{THREE_VERSION}"
+    for rel in (".ci/run", "README.md", "render/js/glb_probe.mjs"):
+        text = (REPO_ROOT / rel).read_text()
+        assert pin in text and text.count("three@") == text.count(pin), rel

@@ -160,6 +160,23 @@ def test_bad_inputs_are_one_clear_error_naming_the_file(tmp_path, wave):
     assert not list(tmp_path.glob("*.mp4")) and not list(tmp_path.glob(".*tmp"))  # nothing half-written
     with pytest.raises(RenderError, match="SMPL-X model"):
         render_video(wave, tmp_path / "o.mp4", opt=RenderOptions(body="smplx", smplx_model=None, **SMALL))
+    for bad_opt, what in ((dict(preset="quick"), "--preset 'quick'"), (dict(crf=52), "--crf 52")):
+        with pytest.raises(RenderError, match=what):
+            render_video(wave, tmp_path / "o.mp4", opt=RenderOptions(**bad_opt, **SMALL))
+
+
+def test_an_encoder_that_dies_mid_stream_is_a_clear_error(tmp_path, wave, monkeypatch):
+    """An encoder exiting after a few frames stops the render (a broken pipe, no hang) and its last stderr line is
+    the error; nothing is left at the output path."""
+    import render.video
+
+    fake = tmp_path / "ffmpeg"
+    fake.write_text("#!/bin/sh\nhead -c 100000 >/dev/null\necho 'encoder gave up' >&2\nexit 3\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(render.video, "ffmpeg_exe", lambda: str(fake))
+    with pytest.raises(RenderError, match="exit 3.*encoder gave up"):
+        render_video(wave, tmp_path / "o.mp4", opt=RenderOptions(body="skeleton", **SMALL))
+    assert not list(tmp_path.glob("*.mp4"))
 
 
 def test_smplx_body_renders_a_model_file(tmp_path, wave, monkeypatch):
@@ -180,7 +197,7 @@ def test_cli_prints_one_line_error_and_writes_a_video(tmp_path, wave):
                        text=True, cwd=REPO_ROOT)  # fmt: skip
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and str(bad) in r.stderr
     args = ["--input", str(wave), "--output", str(tmp_path / "o.mp4"), "--body", "skeleton", "--camera",
-            "three-quarter", "--title"]  # fmt: skip
+            "three-quarter", "--title", "--preset", "superfast", "--crf", "25"]  # fmt: skip
     r = subprocess.run(cmd + args, capture_output=True, text=True, cwd=REPO_ROOT)
     assert r.returncode == 0, r.stderr
     assert "30 frames" in r.stdout and read_video_frames(tmp_path / "o.mp4")[0].shape[0] == 30
