@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
                          "the same crf and take CPU from the renderer)")  # fmt: skip
     ap.add_argument("--crf", type=int, default=RenderOptions.crf,
                     help=f"libx264 quality, 0-51, lower is better (default {RenderOptions.crf})")  # fmt: skip
+    ap.add_argument("--workers", type=int, default=RenderOptions.workers,
+                    help="render threads (default 0: one per CPU core, at most 2); the video is the same for any "
+                         "number")  # fmt: skip
     a = ap.parse_args(argv)
     from render.motion import RenderError
     from render.video import render_video
@@ -41,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --size {a.size!r}: expected WIDTHxHEIGHT, e.g. 960x720", file=sys.stderr)
         return 2
     opt = RenderOptions(body=a.body, width=w, height=h, fps=a.fps, camera=a.camera, title=a.title,
-                        smplx_model=a.smplx_model, progress=not a.quiet, preset=a.preset, crf=a.crf)  # fmt: skip
+                        smplx_model=a.smplx_model, progress=not a.quiet, preset=a.preset, crf=a.crf,
+                        workers=a.workers)  # fmt: skip
     try:
         info = render_video(a.input, a.output, a.audio, a.gt, opt, log=lambda m: print(m, file=sys.stderr))
     except RenderError as e:

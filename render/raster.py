@@ -9,6 +9,7 @@ int64 keys ``(inverse depth << 17) | face``.
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -23,7 +24,7 @@ __all__ = ["Camera", "rasterize", "FloorBackground", "look_at"]
 _FACE_BITS = 17  # up to 131072 faces per mesh
 _DEPTH_SCALE = float(1 << 40)
 _EMPTY = (1 << _FACE_BITS) - 1  # so meshes may have up to 131070 faces
-_ZBUF: dict[tuple[int, int], torch.Tensor] = {}
+_ZBUF = threading.local()  # one z-buffer per size and thread (render threads must not share one)
 
 
 def look_at(eye: np.ndarray, target: np.ndarray, up: np.ndarray | None = None) -> np.ndarray:
@@ -104,9 +105,10 @@ def rasterize(
     x0, y0, e1x, e1y, e2x, e2y, area, lox, loy, szx, szy = np.take(
         np.stack([tx[0], ty[0], e1x, e1y, e2x, e2y, area, lox, loy, szx, szy]), fid, axis=1
     )
-    zbuf = _ZBUF.get((height, width))
+    bufs = _ZBUF.__dict__.setdefault("by_size", {})
+    zbuf = bufs.get((height, width))
     if zbuf is None:  # reused between frames: a fresh 8-byte-per-pixel buffer costs page faults every frame
-        zbuf = _ZBUF.setdefault((height, width), torch.empty(height * width, dtype=torch.int64))
+        zbuf = bufs.setdefault((height, width), torch.empty(height * width, dtype=torch.int64))
     zbuf.fill_(-1)
     if fid.size == 0:
         return np.full((height, width), -1, np.int32)

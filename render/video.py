@@ -63,6 +63,7 @@ class RenderOptions:
     preset: str = "veryfast"
     progress: bool = True
     extra_title: list[str] = field(default_factory=list)
+    workers: int = 0  # render threads (0: one per CPU core, at most 2); each renders whole 16-frame chunks
 
 
 def ffmpeg_exe() -> str:
@@ -355,11 +356,34 @@ def render_still(motion: Motion | str | os.PathLike, frame: int = 0, opt: Render
         return _Panel(body, motion, track, opt).frame(frame)
 
 
+def render_workers(opt: RenderOptions) -> int:
+    """Render threads: ``opt.workers``, or one per core up to 2 (numpy releases the GIL in the rasteriser; more
+    threads would only take cores from the encoder)."""
+    return int(opt.workers) if opt.workers > 0 else max(1, min(2, os.cpu_count() or 1))
+
+
 def _encode(
-    cmd: list[str], output: Path, panels: list, n_frames: int, fps: float, texts: list, title_h: int, opt: RenderOptions
+    cmd: list[str], output: Path, panel_sets: list[list], n_frames: int, fps: float, texts: list, title_h: int,
+    opt: RenderOptions,
 ) -> float:
-    """Render every frame and pipe it to ffmpeg writing a temp file renamed onto ``output``; render seconds."""
+    """Render every frame and pipe it to ffmpeg writing a temp file renamed onto ``output``; render seconds (summed
+    over the render threads). ``panel_sets``: one list of panels per render thread (panels keep per-frame state);
+    thread i renders the 16-frame chunks i, i + n, i + 2n, ..., so each computes only its chunks' vertices. Frames
+    reach ffmpeg in order and are the same whatever the number of threads."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(k: int, panels: list) -> tuple[np.ndarray, float]:
+        t1 = time.perf_counter()
+        imgs = [p.frame(int(math.floor(k * p.motion.fps / fps + 1e-6))) for p in panels]
+        frame = np.concatenate(imgs, 1) if len(imgs) > 1 else imgs[0]
+        if texts:
+            frame = _overlay_text(frame, texts, (0, title_h - 1) if title_h else None)
+        return np.ascontiguousarray(frame), time.perf_counter() - t1
+
     render_s = 0.0
+    n_workers = len(panel_sets)
+    pools = [ThreadPoolExecutor(1) for _ in range(n_workers)]
     with atomic_path(output) as tmp, tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(cmd + [str(tmp)], stdin=subprocess.PIPE, stderr=err)
         bar = None
@@ -367,24 +391,28 @@ def _encode(
             from tqdm import tqdm
 
             bar = tqdm(total=n_frames, desc=f"render {output.name}", unit="frame", file=sys.stderr)
+        pending: deque = deque()
+        ahead = 2 * _CHUNK * n_workers  # frames in flight (2.1 MB each at 960x720)
         try:
+            nxt = 0
             for k in range(n_frames):
-                t1 = time.perf_counter()
-                imgs = []
-                for p in panels:
-                    f = int(math.floor(k * p.motion.fps / fps + 1e-6))
-                    imgs.append(p.frame(f))
-                frame = np.concatenate(imgs, 1) if len(imgs) > 1 else imgs[0]
-                if texts:
-                    frame = _overlay_text(frame, texts, (0, title_h - 1) if title_h else None)
-                render_s += time.perf_counter() - t1
-                proc.stdin.write(np.ascontiguousarray(frame).tobytes())
+                while nxt < n_frames and nxt < k + ahead:
+                    w = (nxt // _CHUNK) % n_workers
+                    pending.append(pools[w].submit(one, nxt, panel_sets[w]))
+                    nxt += 1
+                frame, sec = pending.popleft().result()
+                render_s += sec
+                proc.stdin.write(frame.tobytes())
                 if bar is not None:
                     bar.update(1)
             proc.stdin.close()
         except BrokenPipeError:
             pass
         finally:
+            for f in pending:
+                f.cancel()
+            for pool in pools:
+                pool.shutdown(wait=True)
             if bar is not None:
                 bar.close()
         rc = proc.wait()
@@ -409,6 +437,8 @@ def check_options(opt: RenderOptions) -> None:
         raise RenderError(f"--preset {opt.preset!r}: expected one of the libx264 presets {PRESETS}")
     if not (0 <= opt.crf <= 51):
         raise RenderError(f"--crf {opt.crf}: expected 0 <= crf <= 51 (libx264, 8 bit)")
+    if not (0 <= opt.workers <= 64):
+        raise RenderError(f"--workers {opt.workers}: expected 0 (automatic) to 64 render threads")
 
 
 def render_video(
@@ -442,7 +472,9 @@ def render_video(
     _check_output(output)
     bodies = [make_body(opt.body, m, opt.smplx_model) for m in motions]
     tracks = _frame_all(bodies, motions, opt)
-    panels = [_Panel(b, m, t, opt) for b, m, t in zip(bodies, motions, tracks)]
+    n_workers = render_workers(opt)
+    panel_sets = [[_Panel(b, m, t, opt) for b, m, t in zip(bodies, motions, tracks)] for _ in range(n_workers)]
+    panels = panel_sets[0]
     if gt is not None and motions[0].num_frames != motion.num_frames:
         log(f"note: ground truth {gt} has {motions[0].num_frames} frames, generated {motion.num_frames}: the video "
             "follows the generated motion (ground truth cropped or held on its last frame)")  # fmt: skip
@@ -470,11 +502,12 @@ def render_video(
             "-movflags", "+faststart", "-t", f"{duration:.6f}", "-f", "mp4"]  # fmt: skip
     t0 = time.perf_counter()
     render_s = 0.0
-    with torch_threads(1):  # small tensors: one thread is faster, and leaves a core to the encoder
-        render_s = _encode(cmd, output, panels, n_frames, fps, texts, title_h, opt)
+    with torch_threads(1):  # small tensors: one torch thread per render thread is faster
+        render_s = _encode(cmd, output, panel_sets, n_frames, fps, texts, title_h, opt)
     total = time.perf_counter() - t0
     return {
         "output": str(output), "frames": n_frames, "fps": fps, "duration": duration, "size": [width, height],
-        "body": opt.body, "path": PATH_NAME, "source": bodies[-1].source, "render_fps": n_frames / max(render_s, 1e-9),
+        "body": opt.body, "path": PATH_NAME, "source": bodies[-1].source, "render_workers": n_workers,
+        "render_fps": n_frames / max(render_s / n_workers, 1e-9),
         "total_fps": n_frames / max(total, 1e-9), "audio": None if audio is None else str(audio),
     }  # fmt: skip

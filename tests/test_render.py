@@ -53,6 +53,19 @@ def test_video_has_the_motion_length_frames_and_audio(tmp_path, wave, body):
         assert _body_mask(frames[0]).sum() > 300
 
 
+@pytest.mark.parametrize("body", ["mannequin", "skeleton"])
+def test_render_threads_make_the_same_video(tmp_path, wave, body):
+    # 30 frames = chunks 0 (frames 0-15) and 1 (16-29): with 2 threads each renders one, and ffmpeg gets them in order
+    one = render_video(wave, tmp_path / "1.mp4", opt=RenderOptions(body=body, workers=1, crf=0, **SMALL))
+    two = render_video(wave, tmp_path / "2.mp4", opt=RenderOptions(body=body, workers=2, crf=0, **SMALL))
+    assert one["render_workers"] == 1 and two["render_workers"] == 2
+    a, b = read_video_frames(tmp_path / "1.mp4")[0], read_video_frames(tmp_path / "2.mp4")[0]
+    assert a.shape == b.shape == (30, H, W, 3) and np.array_equal(a, b)
+    assert np.abs(a[0].astype(int) - a[-1]).max() > 40  # and the motion is in it
+    with pytest.raises(RenderError, match="--workers"):
+        render_video(wave, tmp_path / "3.mp4", opt=RenderOptions(workers=-1, **SMALL))
+
+
 def test_short_audio_is_padded_with_silence(tmp_path, wave):
     audio = write_tone(tmp_path / "short.wav", 0.4)
     out = tmp_path / "v.mp4"
