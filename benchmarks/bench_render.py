@@ -1,12 +1,13 @@
 """Rendering speed: frames per second at 960x720 for each body, on this CPU.
 
     python benchmarks/bench_render.py [--size 960x720 --frames 90 --bodies mannequin skeleton --npz result.npz]
-        [--encodings superfast:20 veryfast:20 --rounds 3]
+        [--encodings superfast:20 veryfast:20 veryfast:20:1 --rounds 3]
 
 For each body: "render" = frames drawn per second (geometry, rasteriser, shading, floor; one thread), in wall time
 and per CPU-second of this process (what an idle core gives; on a shared machine wall time is lower), and
 "end to end" = render_video to an H.264 mp4 (ffmpeg encoding in parallel, no audio) in frames per second of video,
-for each libx264 ``preset:crf`` of ``--encodings`` (default: render_video's default), run interleaved A/B/A/B
+for each libx264 ``preset:crf[:workers]`` of ``--encodings`` (default: render_video's default; workers = render
+threads, 0 = automatic: one per core up to 2), run interleaved A/B/A/B
 ``--rounds`` times (medians printed: the cores may be shared), with the file size and the PSNR (dB, all frames, RGB)
 of the decoded mp4 against the rendered frames themselves. Motion: the given npz, else one synthetic-corpus file
 (dataloaders.synthetic, 1 speaker, 6 s), cut to ``--frames``. Reports the machine's load average: on a shared machine
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rounds", type=int, default=1, help="interleaved repeats of every measurement (medians)")
     a = ap.parse_args(argv)
     w, h = (int(x) for x in a.size.split("x"))
-    encodings = [(e.split(":")[0], int(e.split(":")[1])) for e in a.encodings]
+    encodings = [(e.split(":")[0], int(e.split(":")[1]), int((e.split(":") + ["0"])[2])) for e in a.encodings]
     with tempfile.TemporaryDirectory(prefix="bench_render_") as tmp:
         npz = a.npz
         if npz is None:
@@ -94,28 +95,31 @@ def main(argv: list[str] | None = None) -> None:
                   f"CPU-second); rounds {' '.join(f'{x:.1f}' for x in render)}")  # fmt: skip
             if a.no_encode:
                 continue
-            e2e: dict[tuple[str, int], list[float]] = {e: [] for e in encodings}
-            cpu_ms: dict[tuple[str, int], list[tuple[float, float]]] = {e: [] for e in encodings}
+            e2e: dict[tuple[str, int, int], list[float]] = {e: [] for e in encodings}
+            cpu_ms: dict[tuple[str, int, int], list[tuple[float, float]]] = {e: [] for e in encodings}
             for r in range(a.rounds):
-                for preset, crf in encodings if r % 2 == 0 else encodings[::-1]:  # A B, B A, ...: no order bias
-                    o = RenderOptions(body=body_name, width=w, height=h, progress=False, preset=preset, crf=crf)
-                    out = Path(tmp) / f"{body_name}_{preset}_{crf}.mp4"
+                for preset, crf, wk in encodings if r % 2 == 0 else encodings[::-1]:  # A B, B A: no order bias
+                    o = RenderOptions(body=body_name, width=w, height=h, progress=False, preset=preset, crf=crf,
+                                      workers=wk)  # fmt: skip
+                    out = Path(tmp) / f"{body_name}_{preset}_{crf}_{wk}.mp4"
                     u0, k0 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
                     t0 = time.perf_counter()
                     render_video(short, out, opt=o, log=lambda *_: None)
-                    e2e[(preset, crf)].append(n / (time.perf_counter() - t0))
+                    e2e[(preset, crf, wk)].append(n / (time.perf_counter() - t0))
                     u1, k1 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
                     ours = u1.ru_utime + u1.ru_stime - u0.ru_utime - u0.ru_stime
                     ffm = k1.ru_utime + k1.ru_stime - k0.ru_utime - k0.ru_stime  # ffmpeg (it has exited)
-                    cpu_ms[(preset, crf)].append((1000 * ours / n, 1000 * ffm / n))
+                    cpu_ms[(preset, crf, wk)].append((1000 * ours / n, 1000 * ffm / n))
             first = None
-            for preset, crf in encodings:
-                out = Path(tmp) / f"{body_name}_{preset}_{crf}.mp4"
+            for preset, crf, wk in encodings:
+                out = Path(tmp) / f"{body_name}_{preset}_{crf}_{wk}.mp4"
                 dec, _ = read_video_frames(out)
                 first = dec if first is None else first
-                fps = e2e[(preset, crf)]
-                ours, ffm = np.median(np.array(cpu_ms[(preset, crf)]), 0)
-                print(f"{'':10s} end to end (H.264 mp4, {preset}, crf {crf}) {np.median(fps):6.1f} frames/s wall "
+                fps = e2e[(preset, crf, wk)]
+                ours, ffm = np.median(np.array(cpu_ms[(preset, crf, wk)]), 0)
+                threads = "auto" if wk == 0 else wk
+                print(f"{'':10s} end to end (H.264 mp4, {preset}, crf {crf}, render threads {threads}) "
+                      f"{np.median(fps):6.1f} frames/s wall "
                       f"(rounds {' '.join(f'{x:.1f}' for x in fps)}); {out.stat().st_size / 1024:7.0f} KiB, "
                       f"PSNR {psnr(dec, ref):5.2f} dB vs the rendered frames, {psnr(dec, first):5.2f} dB vs "
                       f"{encodings[0][0]}:{encodings[0][1]}; CPU per frame: python {ours:.1f} ms, "
