@@ -90,6 +90,24 @@ def test_meanflow_sampler_matches_upstream_fixture():
     assert (ob.cfg_omega, ob.cfg_kappa, ob.cfg_min_t, ob.cfg_max_t) == (0.5, 0.5, 0.0, 0.9)
 
 
+@pytest.mark.parametrize("layout", ["v1", "v2"])
+def test_released_format_checkpoint_round_trips(tmp_path, layout):
+    """A MeanFlow model written in upstream's file layout (meanflow.pth) loads strictly and samples identically."""
+    from models.checkpoints import export_upstream_checkpoint, load_generator_checkpoint
+
+    gen, d = _load_fixture_generator("sampler_meanflow_small_v2")
+    path = export_upstream_checkpoint(gen, tmp_path / "meanflow.pth", layout=layout)
+    fresh, _ = _load_fixture_generator("sampler_meanflow_small_v2")
+    with torch.no_grad():
+        for p in fresh.parameters():
+            p.zero_()
+    load_generator_checkpoint(fresh, path)
+    args = (_t(d, "audio_onset"), _t(d, "word"), _t(d, "seed"))
+    a = gen.sample(*args, n_steps=2, guidance=2.0, noise=_t(d, "n4_w2_init_noise"))
+    b = fresh.eval().sample(*args, n_steps=2, guidance=2.0, noise=_t(d, "n4_w2_init_noise"))
+    assert torch.equal(a, b)
+
+
 def test_sampler_calls_time_pairs_and_settings():
     s = MeanFlowSampler()
     assert s.settings() == {"sampler": "MeanFlowSampler", "n_steps": 1, "guidance": 1.0, "nfe_per_window": 1,
