@@ -271,6 +271,11 @@ def test_synthetic_cpu_main_job_runs_the_check(main_job: dict) -> None:
     motions = out / "report" / "learning_check"
     assert len(list((motions / "own" / "seed0").glob("res_*.npz"))) == lc["n_files"]
     assert "Learning check" in (out / "report" / "report.md").read_text()
+    # issue 19: the few-step generators are in the NFE-vs-quality table, on the same test split
+    nfe = json.loads((out / "nfe_table.json").read_text())
+    assert {(r["run"], r["nfe_per_window"]) for r in nfe["rows"]} >= {("reflow_n2", 2), ("meanflow_n1", 1),
+                                                                     ("shortcut_n20", 20), ("diffusion_20", 20)}
+    assert all(r["n_files"] == lc["n_files"] for r in nfe["rows"])
 
 
 @pytest.mark.slow
