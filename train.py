@@ -1,5 +1,5 @@
 """Train a latent gesture generator (GestureLSM shortcut model, Shortcut-ReFlow or the DDIM baseline).
-Logic: trainers/generative.py (trainers/reflow.py when the config has a ``reflow:`` node).
+Logic: trainers/generative.py (trainers/reflow.py for the reflow generator: couplings, then fine-tuning).
 
     python train.py -c configs/shortcut_rvqvae_128.yaml [key=value ...] [--resume RUN/checkpoints/last.pt]
     python train.py -c configs/diffuser_rvqvae_128.yaml
@@ -15,9 +15,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from inference.loading import generator_kind
 from trainers.generative import GenerativeTrainer
 from trainers.reflow import ReflowTrainer
 from utils.config import load_config
+
+REFLOW = "models.generators.reflow.ReflowGenerator"
 
 
 def run_training(config: str | Path, overrides: Sequence[str] = (), resume: str | Path | None = None,
@@ -27,7 +30,7 @@ def run_training(config: str | Path, overrides: Sequence[str] = (), resume: str 
     run_dir = None
     if resume is not None and Path(resume).parent.name == "checkpoints":
         run_dir = Path(resume).parent.parent  # continue in the same run folder
-    trainer_cls = ReflowTrainer if cfg.get("reflow") is not None else GenerativeTrainer
+    trainer_cls = ReflowTrainer if generator_kind(cfg.model.generator) == REFLOW else GenerativeTrainer
     with trainer_cls(cfg, run_dir=run_dir) as trainer:
         if resume is not None:
             trainer.resume(resume)

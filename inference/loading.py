@@ -55,8 +55,11 @@ def build_codec(cfg: DictConfig, stats: Stats, device: torch.device | str = "cpu
     return codec.to(device)
 
 
-def build_generator_from_config(cfg: DictConfig, load_init: bool = True) -> LatentGenerator:
-    """The generator of ``cfg.model.generator``; the word table comes from the data vocabulary (``word_table``)."""
+def build_generator_from_config(cfg: DictConfig, load_init: bool = True, warm_start: bool = False) -> LatentGenerator:
+    """The generator of ``cfg.model.generator``; the word table comes from the data vocabulary (``word_table``).
+
+    ``model.init_from``: a released upstream file; with ``warm_start`` (training) also one of our trainer
+    checkpoints of any generator with the same networks (e.g. MeanFlow started from a shortcut model)."""
     node = to_container(cfg.model.generator)
     if not isinstance(node, dict) or "params" not in node:
         raise ConfigError("model.generator must be {name|target, params: {modality_encoder, denoiser, ...}}")
@@ -86,7 +89,7 @@ def build_generator_from_config(cfg: DictConfig, load_init: bool = True) -> Late
     gen = build_generator(node, "model.generator")
     init = cfg.model.get("init_from")
     if load_init and init:
-        load_generator_checkpoint(gen, resolve_checkpoint_path(str(init), "model.init_from"))
+        load_generator_checkpoint(gen, resolve_checkpoint_path(str(init), "model.init_from"), allow_trainer=warm_start)
     return gen
 
 

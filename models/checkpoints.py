@@ -55,8 +55,12 @@ class LoadReport:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def extract_state_dict(obj: Any, path: str | os.PathLike = "<memory>") -> tuple[dict[str, torch.Tensor], str, dict]:
-    """Return (state dict, layout, metadata) from a loaded checkpoint object."""
+def extract_state_dict(obj: Any, path: str | os.PathLike = "<memory>",
+                       allow_trainer: bool = False) -> tuple[dict[str, torch.Tensor], str, dict]:
+    """Return (state dict, layout, metadata) from a loaded checkpoint object.
+
+    ``allow_trainer``: also accept our trainer checkpoints (a training warm start from another run). Off elsewhere:
+    ours are loaded by ``inference.loading.load_trained_generator``, which checks the generator kind."""
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(obj).__name__}")
     if "model_state_dict" in obj:
@@ -64,7 +68,10 @@ def extract_state_dict(obj: Any, path: str | os.PathLike = "<memory>") -> tuple[
         return dict(obj["model_state_dict"]), "v2", meta
     if "model_state" in obj:
         return dict(obj["model_state"]), "v1", {}
-    if obj.get("format") == TRAINER_CHECKPOINT_FORMAT:  # ours (trainers.base): a warm start from another run
+    if obj.get("format") == TRAINER_CHECKPOINT_FORMAT:  # ours (trainers.base)
+        if not allow_trainer:
+            raise CheckpointError(f"{path}: a checkpoint of this project's trainer, not a released upstream file; "
+                                  "pass it as --ckpt (it carries the config that says which generator it is)")
         return dict(obj["model"]), "trainer", {k: obj[k] for k in ("epoch", "iteration") if k in obj}
     if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         return dict(obj), "raw", {}
@@ -111,9 +118,10 @@ def check_state_dict(model: nn.Module, sd: Mapping[str, torch.Tensor], path: str
         raise CheckpointError("\n  ".join(parts))
 
 
-def load_state_dict_strict(model: nn.Module, obj: Any, path: str | os.PathLike = "<memory>") -> LoadReport:
+def load_state_dict_strict(model: nn.Module, obj: Any, path: str | os.PathLike = "<memory>",
+                           allow_trainer: bool = False) -> LoadReport:
     """Key-map a loaded checkpoint object and load it into ``model`` with strict=True."""
-    sd, layout, meta = extract_state_dict(obj, path)
+    sd, layout, meta = extract_state_dict(obj, path, allow_trainer)
     mapped, had_prefix, dropped = map_upstream_keys(sd, path)
     check_state_dict(model, mapped, path)
     model.load_state_dict(mapped, strict=True)
@@ -121,14 +129,14 @@ def load_state_dict_strict(model: nn.Module, obj: Any, path: str | os.PathLike =
 
 
 def load_generator_checkpoint(model: nn.Module, path: str | os.PathLike,
-                              map_location: str | torch.device = "cpu") -> LoadReport:
+                              map_location: str | torch.device = "cpu", allow_trainer: bool = False) -> LoadReport:
     """Load a released upstream generator file (v1 or v2 layout) into ``model``.
 
     ``model``: any module whose state dict is ``modality_encoder.*`` + ``denoiser.*`` (e.g. our generators).
     Raises CheckpointError (listing keys) on any mismatch; FileNotFoundError if the file is absent.
     """
     obj = load_torch(path, map_location=map_location)
-    return load_state_dict_strict(model, obj, path)
+    return load_state_dict_strict(model, obj, path, allow_trainer)
 
 
 def export_upstream_checkpoint(model: nn.Module, path: str | os.PathLike, layout: str = "v2",

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from pipeline import stages
 from pipeline.learning_check import learning_check_stage
 from pipeline.nfe_table import nfe_markdown, nfe_table_stage
-from pipeline.provenance import fingerprints
+from pipeline.provenance import fingerprints, stage_inputs
 from pipeline.report import load_json, plot_speed_vs_onsets, plot_training_curves, write_report
 from pipeline.runner import StageError, banner, record_path, run_stage, stage_names
 from utils.config import ConfigError, load_config, to_container
@@ -142,6 +142,7 @@ def run(cfg: DictConfig, command: str) -> dict[str, Any]:
         fns[f"test_{r}"] = lambda r=r: stages.test_run(cfg, r)
     fps = fingerprints(cfg)
     t0 = time.time()
+    reran: set[str] = set()
     with output_lock(out):
         for name in enabled:
             if name == "report":
@@ -149,7 +150,15 @@ def run(cfg: DictConfig, command: str) -> dict[str, Any]:
                 log.append({"stage": "report", "seconds": None, "skipped": False})
                 run_stage("report", lambda: report_stage(cfg, command, log), out, force=True)
                 continue
-            run_stage(name, fns[name], out, force, log, fingerprint=fps[name])
+            # a stage whose inputs were just remade (forced, or stale) is remade too: a fingerprint covers settings,
+            # not the outputs of a rerun (force=gen_shortcut retrains the reflow teacher's student as well)
+            fresh_inputs = [d for d in stage_inputs(cfg, name)[1] if d in reran]
+            if fresh_inputs:
+                print(f"[pipeline] stage {name}: its inputs {fresh_inputs} were remade in this run: rerunning it",
+                      flush=True)  # fmt: skip
+            rec = run_stage(name, fns[name], out, True if fresh_inputs else force, log, fingerprint=fps[name])
+            if not rec["skipped"]:
+                reran.add(name)
     total = time.time() - t0
     print(f"[pipeline] finished in {total / 60:.1f} min; report: {out / 'report' / 'report.md'}")
     return {"seconds": total, "stages": log, "output_dir": str(out)}

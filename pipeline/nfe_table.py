@@ -45,6 +45,11 @@ def mean_ci(values: list[float], n_boot: int) -> list[Any]:
     return list(bootstrap(lambda i: float(np.nanmean(x[i])), len(x), n_boot))
 
 
+def _rtf_per_file(rep: Mapping[str, Any]) -> list[float]:
+    """Generation seconds / motion seconds of each file (the run's timing record; 30 fps motion frames)."""
+    return [f["seconds"] / (f["frames"] / 30.0) for f in rep["timing"]["files"]]
+
+
 def nfe_table(
     tests: Mapping[str, Mapping[str, Any]],
     labels: Mapping[str, str],
@@ -52,30 +57,53 @@ def nfe_table(
     mean_vel: np.ndarray,
     fk: Any,
     n_boot: int = 1000,
+    reference: str | None = None,
 ) -> dict[str, Any]:
-    """Rows sorted by network calls per window (most first); per-file means with bootstrap CIs over files."""
+    """Rows sorted by network calls per window (most first); per-file means with bootstrap CIs over files, and each
+    row's per-file difference from the ``reference`` run (default: the first run with the most network calls) with a
+    paired bootstrap CI (same resampled files for both rows), so "is the few-step model worse" has an answer."""
+    ids = {run: [f["id"] for f in rep["files"]] for run, rep in tests.items()}
+    first = next(iter(ids.values()), [])
+    for run, fids in ids.items():
+        if fids != first:
+            raise ValueError(f"test run {run!r} scored other files than {next(iter(ids))!r}: the NFE table compares "
+                             "runs on one test split")  # fmt: skip
+    per_run: dict[str, dict[str, list[float]]] = {}
     rows = []
     gt_row = None
     for run, rep in tests.items():
         per = score_run(rep, Scorer(fgd_model, mean_vel, fk))
+        per["real_time_factor"] = _rtf_per_file(rep)
+        per_run[run] = per
+        gen = rep["generation"]
         row: dict[str, Any] = {"run": run, "label": labels.get(run, run), "n_files": len(rep["files"]),
-                               "nfe_per_window": rep["generation"]["nfe_per_window"],
-                               "nfe_rows_per_window": rep["generation"].get("nfe_rows_per_window"),
-                               "sampler": rep["generation"]["sampler"], "guidance": rep["generation"]["guidance"],
-                               "real_time_factor": rep["timing"]["real_time_factor"],
+                               "nfe_per_window": gen["nfe_per_window"],
+                               "nfe_rows_per_window": gen.get("nfe_rows_per_window"),
+                               "sampler": gen.get("sampler"), "guidance": gen.get("guidance"),
                                "fgd_pooled": [rep["metrics"].get("fgd"), rep["ci95"].get("fgd")]}  # fmt: skip
         for k, v in per.items():
             row[k] = mean_ci(v, n_boot)
+            row[f"{k}_n_files"] = int(np.isfinite(np.asarray(v, np.float64)).sum())  # files behind the mean
         for q in ("speed", "acceleration", "jerk"):
             row[f"{q}_ratio"] = [rep["metrics"].get(f"{q}_ratio"), rep["ci95"].get(f"{q}_ratio")]
         rows.append(row)
-        if gt_row is None:  # GT scored the same way, once (the test split is the same for every run)
+        if gt_row is None:  # GT scored the same way, once (every run has the same test files, checked above)
             gt = {"files": [{**f, "pred": f["gt"]} for f in rep["files"]]}
             g = score_run(gt, Scorer(None, mean_vel, fk))
             gt_row = {k: mean_ci(g[k], n_boot) for k in ("bc", "bc_emage2024", "beat_placement")}
     rows.sort(key=lambda r: -r["nfe_per_window"])
-    return {"rows": rows, "gt": gt_row, "ci": "percentile bootstrap over test files (per-file means); pooled FGD "
-            "and realism ratios: the test runs' own CIs (bootstrap over sequences)"}  # fmt: skip
+    ref = reference or (rows[0]["run"] if rows else None)
+    if ref is not None and ref not in per_run:
+        raise ValueError(f"reference run {ref!r} is not one of the test runs {sorted(per_run)}")
+    for row in rows:
+        row["vs"] = ref
+        for k in ("fgd_file", "bc", "beat_placement"):
+            d = np.asarray(per_run[row["run"]][k], np.float64) - np.asarray(per_run[ref][k], np.float64)
+            row[f"{k}_minus_ref"] = mean_ci(list(d), n_boot)
+    return {"rows": rows, "gt": gt_row, "reference": ref,
+            "ci": "percentile bootstrap over test files (per-file means; differences from the reference run paired "
+                  "by file); pooled FGD and realism ratios: the test runs' own CIs (bootstrap over sequences); "
+                  "real-time factor: per file, on whatever load the machine had while that run generated"}  # fmt: skip
 
 
 def nfe_markdown(table: Mapping[str, Any]) -> str:
@@ -85,14 +113,25 @@ def nfe_markdown(table: Mapping[str, Any]) -> str:
     for r in table["rows"]:
         ratios = " / ".join("–" if r[f"{q}_ratio"][0] is None else f"{r[f'{q}_ratio'][0]:.2f}"
                             for q in ("speed", "acceleration", "jerk"))  # fmt: skip
-        nfe = f"{r['nfe_per_window']}" + (f" (×2 rows, w = {r['guidance']:g})" if r["guidance"] > 1 else "")
+        w = r.get("guidance")
+        nfe = f"{r['nfe_per_window']}" + (f" (×2 rows, w = {w:g})" if w is not None and w > 1 else "")
         out.append(f"| {r['label']} | {nfe} | {_fmt(*r['fgd_pooled'], sig=True)} | {_fmt(*r['fgd_file'], sig=True)} "
                    f"| {_fmt(*r['bc'])} | {_fmt(*r['bc_emage2024'])} | {ratios} | {_fmt(*r['beat_placement'])} | "
-                   f"{r['real_time_factor']:.3f} |")  # fmt: skip
+                   f"{_fmt(*r['real_time_factor'], digits=3)} |")  # fmt: skip
     g = table.get("gt")
     if g:
         out.append(f"| GT | – | – | – | {_fmt(*g['bc'])} | {_fmt(*g['bc_emage2024'])} | 1 / 1 / 1 | "
                    f"{_fmt(*g['beat_placement'])} | – |")  # fmt: skip
+    ref = table.get("reference")
+    if ref is not None:
+        label = next((r["label"] for r in table["rows"] if r["run"] == ref), ref)
+        out += ["", f"Per-file differences from {label} (paired bootstrap over files; FGD: lower is better, BC and "
+                "beat placement: higher is better):", "",
+                "| model | Δ paired per-file FGD | Δ BC (corrected) | Δ beat placement |", "|---|---|---|---|"]
+        for r in table["rows"]:
+            if r["run"] != ref:
+                out.append(f"| {r['label']} | {_fmt(*r['fgd_file_minus_ref'], sig=True)} | "
+                           f"{_fmt(*r['bc_minus_ref'])} | {_fmt(*r['beat_placement_minus_ref'])} |")  # fmt: skip
     return "\n".join(out)
 
 

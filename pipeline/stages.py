@@ -12,6 +12,7 @@ keys are an error), then the pipeline's ``data:`` node, output folders and upstr
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -182,9 +183,12 @@ def generator(cfg: DictConfig, name: str) -> dict[str, Any]:
     from trainers.reflow import ReflowTrainer
 
     ck = record(cfg, f"gen_{teacher}")["paths"]["checkpoint"]
-    extra = [f"reflow.teacher={ck}", f"reflow.couplings_dir={out_dir(cfg) / 'couplings' / name}"]
+    couplings = out_dir(cfg) / "couplings" / name
+    if couplings.exists():  # this stage reruns (new settings, inputs or code): so are its couplings made anew
+        shutil.rmtree(couplings)
+    extra = [f"reflow.teacher={ck}", f"reflow.couplings_dir={couplings}"]
     rec = fit_and_record(ReflowTrainer(generator_config(cfg, name, extra)))
-    rec["paths"]["couplings"] = str(out_dir(cfg) / "couplings" / name)
+    rec["paths"]["couplings"] = str(couplings)
     return rec
 
 

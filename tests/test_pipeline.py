@@ -127,8 +127,13 @@ def _assert_artefacts(out: Path) -> None:
     results = (out / "report" / "results.md").read_text()
     assert "python run_pipeline.py" in results and "Git commit" in results
     nfe = json.loads((out / "nfe_table.json").read_text())  # issue 19's NFE-vs-quality table
-    nfes = [r["nfe_per_window"] for r in nfe["rows"]]
-    assert nfes == sorted(nfes, reverse=True)
+    assert nfe["reference"] == "shortcut_n20"  # the first run with the most network calls
+    for r in nfe["rows"]:
+        m = json.loads((out / "report" / "metrics" / f"{r['run']}.json").read_text())
+        assert r["fgd_pooled"][0] == m["metrics"]["fgd"] and r["bc_emage2024"][0] == pytest.approx(m["metrics"]["bc"])
+        assert r["fgd_file_n_files"] == 2 and np.isfinite(r["real_time_factor"][0])
+        if r["run"] != "shortcut_n20":
+            assert np.isfinite(r["fgd_file_minus_ref"][0]) and np.isfinite(r["bc_minus_ref"][0])
     assert {r["run"] for r in nfe["rows"]} == {"shortcut_n2", "shortcut_n20", "reflow_n2", "meanflow_n1",
                                                "diffusion_20"}  # fmt: skip
     assert nfe["rows"][-1]["run"] == "meanflow_n1" and nfe["rows"][-1]["nfe_per_window"] == 1
@@ -188,6 +193,17 @@ def test_ci_pipeline_artefacts_and_skip(tmp_path: Path, capsys: pytest.CaptureFi
     assert "stage gen_shortcut: complete, skipped" in printed
     after = json.loads((out / "learning_check.json").read_text())
     assert before["n_seeds"] == 2 and after["n_seeds"] == 3
+    # a forced stage's outputs are new, so every stage that reads them reruns too (and only those)
+    couplings = out / "couplings" / "reflow" / "manifest.json"
+    made = couplings.stat().st_mtime_ns
+    argv = ["-c", str(REPO / "configs/pipeline/ci_tiny.yaml"), f"output_dir={out}", "learning_check.seeds=3"]
+    assert main([*argv, "force=gen_reflow"]) == 0
+    printed = capsys.readouterr().out
+    assert "stage gen_shortcut: complete, skipped" in printed and "stage test_shortcut_n2: complete, skipped" in printed
+    assert "stage test_reflow_n2: its inputs ['gen_reflow'] were remade in this run" in printed
+    assert "stage nfe_table: its inputs ['test_reflow_n2'] were remade in this run" in printed
+    assert "stage learning_check: complete, skipped" in printed  # it reads gen_shortcut only
+    assert couplings.stat().st_mtime_ns != made  # the reran stage made its couplings anew
 
 
 def test_fingerprints_follow_the_dependencies() -> None:

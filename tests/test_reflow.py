@@ -153,6 +153,32 @@ def test_config_errors(assets, teacher, tmp_path):  # noqa: F811
         ReflowTrainer(reflow_cfg(assets, teacher, tmp_path, **{"reflow.encoder": "thawed"}))
     with pytest.raises(ConfigError, match="ReflowGenerator"):
         ReflowTrainer(reflow_cfg(assets, teacher, tmp_path, **{"model.generator.name": "shortcut"}))
+    # the student must share the teacher's latent space and parameterisation
+    with pytest.raises(ConfigError, match=r"latent_scale: teacher 5(\.0)?, this config 0.8"):
+        ReflowTrainer(reflow_cfg(assets, teacher, tmp_path, latent_scale=0.8))
+    with pytest.raises(ConfigError, match="prediction"):
+        ReflowTrainer(reflow_cfg(assets, teacher, tmp_path, **{"model.generator.params.prediction": "data"}))
+    with pytest.raises(ConfigError, match="model.init_from"):
+        ReflowTrainer(reflow_cfg(assets, teacher, tmp_path, **{"model.init_from": teacher}))
+    # the plain trainer refuses a reflow model (it has no couplings to give it)
+    with pytest.raises(ConfigError, match="reflow.teacher"):
+        GenerativeTrainer(load_config("configs/shortcut_reflow_tiny.yaml", cfg_overrides(assets)))
+    # our trainer checkpoint is not a released file: loading it as one says to use --ckpt (kind-checked there)
+    from models.checkpoints import CheckpointError, load_generator_checkpoint
+
+    gen = load_trained_generator(teacher_config(reflow_cfg(assets, teacher, tmp_path), str(teacher)), teacher,
+                                 torch.device("cpu"))  # fmt: skip
+    with pytest.raises(CheckpointError, match="--ckpt"):
+        load_generator_checkpoint(gen, teacher)
+    assert load_generator_checkpoint(gen, teacher, allow_trainer=True).layout == "trainer"
+
+
+def test_resume_refuses_another_teacher(assets, teacher, tmp_path):  # noqa: F811
+    tr = ReflowTrainer(reflow_cfg(assets, teacher, tmp_path, **{"solver.epochs": 1}), run_dir=tmp_path / "r")
+    tr.load_extra_state(tr.extra_state())  # the same teacher: fine
+    with pytest.raises(ConfigError, match="original file"):
+        tr.load_extra_state({"teacher_sha256": "0" * 64, "teacher": "old.pt"})
+    tr.close()
 
 
 def test_coupling_reader_names_a_damaged_file(tmp_path):

@@ -72,6 +72,8 @@ def _load_fgd(path: str | None) -> tuple[Any, str] | None:
 class GenerativeTrainer(BaseTrainer):
     """Trains ``model.generator`` on frozen RVQ latents; see the module docstring for the config."""
 
+    trains_couplings = False  # True for trainers whose batches carry coupled noise (trainers.reflow)
+
     def __init__(self, cfg: DictConfig, run_dir: str | Path | None = None, **kwargs: Any) -> None:
         if not isinstance(cfg, DictConfig):
             cfg = OmegaConf.create(cfg)
@@ -102,7 +104,10 @@ class GenerativeTrainer(BaseTrainer):
         self.stats = load_stats(self.cfg.data)
         self.codec = build_codec(self.cfg, self.stats, self.device)  # frozen, outside self.model
         self.pre_frames = int(self.cfg.get("pre_frames", 4))
-        model = build_generator_from_config(self.cfg)
+        model = build_generator_from_config(self.cfg, warm_start=True)
+        if getattr(model.objective, "needs_couplings", False) and not self.trains_couplings:
+            raise ConfigError(f"model.generator builds {type(model).__name__}, which trains on a teacher's couplings: "
+                              "python train.py -c configs/shortcut_reflow.yaml reflow.teacher=RUN/checkpoints/best.pt")
         if bool(self.cfg.get("sync_bn", True)) and self.dist.enabled and self.device.type == "cuda":
             # upstream DDP uses SyncBN (WavEncoder BatchNorms); same state-dict keys. Not available on CPU/gloo,
             # where BN running stats follow DDP's default: rank 0's buffers are broadcast at every forward.

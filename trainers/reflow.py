@@ -51,6 +51,9 @@ from utils.logging import progress
 from utils.paths import resolve_path
 
 ENCODER_MODES = ("frozen", "trainable")
+COUPLINGS_VERSION = 1  # bump when make_couplings changes what it stores: older folders are then never reused
+# settings the student must share with its teacher (the couplings' latents and seeds are in the teacher's space)
+SHARED_SETTINGS = ("latent_scale", "pre_frames", "model.generator.params.prediction")
 
 
 def chunk_generator(seed: int, chunk: int) -> torch.Generator:
@@ -74,6 +77,23 @@ def teacher_config(cfg: DictConfig, ckpt: str) -> DictConfig:
     tcfg.model.generator = OmegaConf.create(node)
     tcfg.model.init_from = None
     return tcfg
+
+
+def check_same_settings(cfg: DictConfig, ckpt: str) -> None:
+    """ConfigError naming every `SHARED_SETTINGS` key on which ``cfg`` differs from the config saved in our teacher
+    checkpoint (a released upstream file carries no config: nothing to compare)."""
+    obj = load_torch(ckpt, map_location="cpu")
+    if not (isinstance(obj, dict) and obj.get("format") == TRAINER_CHECKPOINT_FORMAT and obj.get("config")):
+        return
+    saved = OmegaConf.create(obj["config"])
+    bad = []
+    for key in SHARED_SETTINGS:
+        a, b = OmegaConf.select(cfg, key, default=None), OmegaConf.select(saved, key, default=None)
+        if a != b:
+            bad.append(f"{key}: teacher {b!r}, this config {a!r}")
+    if bad:
+        raise ConfigError(f"reflow.teacher {ckpt} was trained with other settings than this reflow config: "
+                          + "; ".join(bad) + " (set them as the teacher had them)")  # fmt: skip
 
 
 @torch.no_grad()
@@ -118,6 +138,8 @@ def make_couplings(
 class ReflowTrainer(GenerativeTrainer):
     """Fine-tunes a `ReflowGenerator` from a shortcut teacher on that teacher's couplings (module docstring)."""
 
+    trains_couplings = True
+
     def __init__(self, cfg: DictConfig, run_dir: str | Path | None = None, **kwargs: Any) -> None:
         if not isinstance(cfg, DictConfig):
             cfg = OmegaConf.create(cfg)
@@ -128,7 +150,11 @@ class ReflowTrainer(GenerativeTrainer):
         self.rf.setdefault("encoder", "frozen")
         if self.rf["encoder"] not in ENCODER_MODES:
             raise ConfigError(f"reflow.encoder must be one of {ENCODER_MODES}, got {self.rf['encoder']!r}")
-        self.teacher_path = resolve_checkpoint_path(str(node.teacher), "reflow.teacher")
+        if cfg.model.get("init_from"):
+            raise ConfigError("model.init_from is set, but a reflow model starts from its teacher's weights "
+                              "(reflow.teacher); unset model.init_from")  # fmt: skip
+        self.teacher_path = resolve_checkpoint_path(str(node.teacher), "reflow.teacher")  # a glob: resolved once
+        self.teacher_sha256 = sha256_file(self.teacher_path)
         super().__init__(cfg, run_dir, **kwargs)
 
     def build_model(self) -> nn.Module:
@@ -137,7 +163,9 @@ class ReflowTrainer(GenerativeTrainer):
             raise ConfigError(f"model.generator builds {type(model).__name__}; the reflow trainer needs "
                               "models.generators.reflow.ReflowGenerator (name: reflow)")  # fmt: skip
         tcfg = teacher_config(self.cfg, self.teacher_path)
+        check_same_settings(self.cfg, self.teacher_path)
         self.teacher = load_trained_generator(tcfg, self.teacher_path, torch.device("cpu"))
+        self.teacher_t_min = float(getattr(self.teacher.sampler, "t_min", 0.0))
         try:
             model.load_state_dict(self.teacher.state_dict(), strict=True)
         except RuntimeError as e:
@@ -148,11 +176,25 @@ class ReflowTrainer(GenerativeTrainer):
         return model
 
     def couplings_fingerprint(self, n_windows: int) -> dict[str, Any]:
-        return {"teacher_sha256": sha256_file(self.teacher_path), "steps": int(self.rf.get("steps", 20)),
+        """What the couplings are made from: the teacher file, the codec's files (paths may be globs), sampling,
+        data and this module's version of the procedure."""
+        return {"version": COUPLINGS_VERSION, "teacher_sha256": self.teacher_sha256,
+                "rvq_sha256": {p: sha256_file(f) for p, f in sorted(self.codec.paths.items())},
+                "t_min": self.teacher_t_min, "steps": int(self.rf.get("steps", 20)),
                 "guidance": float(self.rf.get("guidance", 2.0)), "seed": int(self.rf.get("seed", 0)),
                 "batch_size": int(self.rf.get("batch_size", 64)), "pre_frames": self.pre_frames,
                 "windows": n_windows, "latent_scale": float(self.cfg.get("latent_scale", 5)),
-                "data": to_container(self.cfg.data), "rvq": to_container(self.cfg.rvq)}  # fmt: skip
+                "data": to_container(self.cfg.data)}  # fmt: skip
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"teacher_sha256": self.teacher_sha256, "teacher": str(self.teacher_path)}
+
+    def load_extra_state(self, state: Mapping[str, Any]) -> None:
+        if state.get("teacher_sha256") not in (None, self.teacher_sha256):
+            raise ConfigError(f"resume: this run was trained on the couplings of teacher {state.get('teacher')} "
+                              f"(sha256 {str(state['teacher_sha256'])[:12]}), but reflow.teacher is now "
+                              f"{self.teacher_path} (sha256 {self.teacher_sha256[:12]}); set reflow.teacher to the "
+                              "original file")  # fmt: skip
 
     def couplings_dir(self, fingerprint: Mapping[str, Any]) -> Path:
         if self.rf.get("couplings_dir"):

@@ -24,6 +24,8 @@ from models.generators.shortcut import ShortcutGenerator, ShortcutObjective
 class ReflowObjective(ShortcutObjective):
     """`ShortcutObjective` on given couplings: ``noise`` is required (the teacher's starting noise for ``data``)."""
 
+    needs_couplings = True  # trainers check it: only one that supplies coupled noise may train this objective
+
     def __init__(self, cond_drop_prob: float = 0.0, consistency_null_prob: float | None = 0.0, **kwargs: Any) -> None:
         super().__init__(cond_drop_prob=cond_drop_prob, consistency_null_prob=consistency_null_prob, **kwargs)
 
