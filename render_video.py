@@ -2,7 +2,7 @@
 
 python render_video.py --input result.npz [--audio speech.wav] --output video.mp4 [--gt gt.npz]
     [--body mannequin|skeleton|smplx] [--size 960x720] [--fps 30] [--camera front|three-quarter] [--title]
-    [--preset superfast --crf 25]
+    [--preset superfast --crf 25] [--workers 2]
 """
 
 from __future__ import annotations

@@ -397,7 +397,8 @@ def _encode(
             nxt = 0
             for k in range(n_frames):
                 while nxt < n_frames and nxt < k + ahead:
-                    w = (nxt // _CHUNK) % n_workers
+                    # by the first panel's motion frame: the chunks its vertices are computed in (fps may differ)
+                    w = (int(math.floor(nxt * panel_sets[0][0].motion.fps / fps + 1e-6)) // _CHUNK) % n_workers
                     pending.append(pools[w].submit(one, nxt, panel_sets[w]))
                     nxt += 1
                 frame, sec = pending.popleft().result()
@@ -408,6 +409,10 @@ def _encode(
             proc.stdin.close()
         except BrokenPipeError:
             pass
+        except BaseException:  # a render error or Ctrl-C: no encoder left waiting on its input
+            proc.kill()
+            proc.wait()
+            raise
         finally:
             for f in pending:
                 f.cancel()
@@ -508,6 +513,6 @@ def render_video(
     return {
         "output": str(output), "frames": n_frames, "fps": fps, "duration": duration, "size": [width, height],
         "body": opt.body, "path": PATH_NAME, "source": bodies[-1].source, "render_workers": n_workers,
-        "render_fps": n_frames / max(render_s / n_workers, 1e-9),
+        "render_fps": n_frames / max(render_s / n_workers, 1e-9),  # frames per second of render-thread time
         "total_fps": n_frames / max(total, 1e-9), "audio": None if audio is None else str(audio),
     }  # fmt: skip

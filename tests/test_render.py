@@ -64,6 +64,34 @@ def test_render_threads_make_the_same_video(tmp_path, wave, body):
     assert np.abs(a[0].astype(int) - a[-1]).max() > 40  # and the motion is in it
     with pytest.raises(RenderError, match="--workers"):
         render_video(wave, tmp_path / "3.mp4", opt=RenderOptions(workers=-1, **SMALL))
+    # side by side with a title (Pillow text drawn from the threads) and another video fps: the same video too
+    both = [render_video(wave, tmp_path / f"gt{w}.mp4", gt=wave, opt=RenderOptions(
+        body=body, workers=w, crf=0, title=True, fps=24, **SMALL)) for w in (1, 2)]  # fmt: skip
+    a, b = read_video_frames(tmp_path / "gt1.mp4")[0], read_video_frames(tmp_path / "gt2.mp4")[0]
+    assert both[0]["frames"] == 24 and a.shape == b.shape == (24, H, 2 * W, 3) and np.array_equal(a, b)
+
+
+def test_a_render_error_in_a_thread_stops_the_encoder(tmp_path, wave, monkeypatch):
+    import render.video as rv
+
+    started = []
+    real_popen = subprocess.Popen
+
+    def popen(*a, **k):
+        started.append(real_popen(*a, **k))
+        return started[-1]
+
+    def broken(self, f):
+        if f >= 20:
+            raise ValueError("boom in frame 20")
+        return np.zeros((H, W, 3), np.uint8)
+
+    monkeypatch.setattr(rv.subprocess, "Popen", popen)
+    monkeypatch.setattr(rv._Panel, "frame", broken)
+    with pytest.raises(ValueError, match="boom"):
+        render_video(wave, tmp_path / "x.mp4", opt=RenderOptions(workers=2, **SMALL))
+    assert started and started[0].poll() is not None  # ffmpeg was stopped, not left waiting on its input
+    assert not (tmp_path / "x.mp4").exists() and not list(tmp_path.glob("*.tmp"))  # nothing half-written
 
 
 def test_short_audio_is_padded_with_silence(tmp_path, wave):
