@@ -5,7 +5,7 @@ Build one from config with `build_generator(node)`:
 * ``{target: models.generators.shortcut.ShortcutGenerator, params: {...}}`` (any importable class), or
 * ``{name: shortcut, params: {...}}`` with a name from `GENERATORS`.
 
-Adding a generator (e.g. reflow) means a new file here with its Objective/Sampler and a thin
+Adding a generator (as reflow.py and meanflow.py were) means a new file here with its Objective/Sampler and a thin
 `LatentGenerator` subclass; point a config's ``target`` at it (or add it to `GENERATORS` for a short name).
 """
 

@@ -15,7 +15,7 @@ Both objectives and samplers are model-agnostic: they see the network only as a 
 signature ``net(x, timesteps, cond_time, seed, at_feat) -> out`` (`NetFn`), so toy velocity fields plug in for
 tests. Neither holds parameters, so a generator's state dict is exactly ``modality_encoder.*`` + ``denoiser.*``.
 
-`LatentGenerator` is the nn.Module. A concrete generator (shortcut, diffusion, meanflow; later reflow) is a small
+`LatentGenerator` is the nn.Module. A concrete generator (shortcut, reflow, meanflow, diffusion) is a small
 subclass in its own file that only chooses an objective and a sampler.
 """
 
