@@ -1,7 +1,7 @@
 """Property: a training killed with SIGKILL (kill -9) at arbitrary steps and resumed with ``--resume`` ends with
 parameters bit-identical to an uninterrupted run (issue 14).
 
-The smallest real trainer (a tiny RVQ-VAE on random smooth windows, 36 updates, a checkpoint and validation every
+The smallest real trainer (a tiny RVQ-VAE on random smooth windows, 48 updates, a checkpoint and validation every
 update) runs through its entry script ``rvq_beatx_train.py`` in subprocesses: one uninterrupted run, and one run
 killed three times. Each kill point comes from a seed (a fixed list, so the test is deterministic in what it asks);
 the test polls ``checkpoints/last.pt`` until it reaches that iteration and then sends SIGKILL, so the process dies
@@ -26,7 +26,7 @@ from utils.io import CheckpointReadError, atomic_temp_target, load_torch
 from utils.logging import read_metrics
 from utils.paths import REPO_ROOT
 
-ITERATIONS = 36
+ITERATIONS = 48  # >= 17 updates after the last kill point: an idle machine must not finish between two polls
 # One kill per seed, each drawn inside its own segment so the points are distinct and increasing.
 KILL_SEEDS = ((101, 3, 9), (202, 14, 20), (303, 25, 31))  # (seed, lowest, highest iteration)
 KILL_POINTS = [random.Random(seed).randint(lo, hi) for seed, lo, hi in KILL_SEEDS]
