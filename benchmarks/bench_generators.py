@@ -1,4 +1,4 @@
-"""Time one training step and one sampling call of the full-size shortcut and DDIM generators.
+"""Time one training step and one sampling call of the full-size generators (shortcut, reflow, MeanFlow, DDIM).
 
     python -m benchmarks.bench_generators [--batch 128] [--sample-batch 32] [--iters 3] [--warmup 1]
                                           [--device auto|cpu|cuda] [--bf16] [--out results.json]
@@ -27,6 +27,8 @@ ENCODER = {"target": "models.modality_encoder.ModalityEncoder", "params": {"voca
 GENERATORS = {
     "shortcut": {"name": "shortcut", "params": {"modality_encoder": ENCODER, "denoiser": DENOISER}},
     "diffusion": {"name": "diffusion", "params": {"modality_encoder": ENCODER, "denoiser": DENOISER}},
+    "reflow": {"name": "reflow", "params": {"modality_encoder": ENCODER, "denoiser": DENOISER}},
+    "meanflow": {"name": "meanflow", "params": {"modality_encoder": ENCODER, "denoiser": DENOISER}},
 }
 
 
@@ -40,7 +42,8 @@ def _inputs(b: int, device: torch.device):
     audio = torch.rand(b, 68266, 2, generator=g)
     word = torch.randint(0, 11195, (b, 128), generator=g)
     latents = torch.randn(b, 32, 384, generator=g)
-    return audio.to(device), word.to(device), latents.to(device)
+    noise = torch.randn(b, 384, 1, 32, generator=g)  # a coupled noise draw: ReFlow needs one, the others accept it
+    return audio.to(device), word.to(device), latents.to(device), noise.to(device)
 
 
 def _median_time(fn, iters: int, warmup: int, device: torch.device) -> float:
@@ -60,13 +63,13 @@ def bench(name: str, args: argparse.Namespace, device: torch.device) -> dict:
     seed_everything(0)
     gen = build_generator(GENERATORS[name]).to(device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if args.bf16 and device.type == "cuda" else nullcontext()
-    audio, word, latents = _inputs(args.batch, device)
+    audio, word, latents, noise = _inputs(args.batch, device)
 
     def train_step():
         gen.train()
         gen.zero_grad(set_to_none=True)
         with autocast:
-            out = gen.loss(latents, audio, word, latents[:, :4])
+            out = gen.loss(latents, audio, word, latents[:, :4], noise=noise)
         out["loss"].backward()
 
     sa, sw, sl = audio[: args.sample_batch], word[: args.sample_batch], latents[: args.sample_batch, :4]
@@ -94,12 +97,12 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
-    ap.add_argument("--only", choices=sorted(GENERATORS), default=None)
+    ap.add_argument("--only", nargs="+", choices=sorted(GENERATORS), default=None)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     device = get_device(args.device)
     results = {"device": str(device), "batch": args.batch, "sample_batch": args.sample_batch, "bf16": args.bf16}
-    for name in [args.only] if args.only else sorted(GENERATORS):
+    for name in args.only or sorted(GENERATORS):
         results[name] = bench(name, args, device)
         print(name, results[name], flush=True)
     if args.out:

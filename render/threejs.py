@@ -19,7 +19,7 @@ THREE_VERSION = "0.187.0"  # pinned: .ci/run and the README install exactly this
 THREE_DIR = REPO / ".cache" / "node" / "node_modules" / "three"
 PROBE = Path(__file__).resolve().parent / "js" / "glb_probe.mjs"
 NODE_INSTALL = "apt-get install -y nodejs npm"
-THREE_INSTALL = f"npm install --prefix .cache/node --no-save three@{THREE_VERSION}"
+THREE_INSTALL = f"npm install --prefix .cache/node --no-save --ignore-scripts three@{THREE_VERSION}"
 
 
 class ThreeJsUnavailable(RuntimeError):

@@ -6,13 +6,13 @@
 //   node render/js/glb_probe.mjs FILE.glb THREE_DIR [--fps 30] [--frames 0,5,10] [--vertices 0,100]
 //
 // THREE_DIR is the installed `three` package folder (render/threejs.py passes .cache/node/node_modules/three,
-// installed by `npm install --prefix .cache/node --no-save three@0.187.0`, as .ci/run does). Exit 3 with a
+// installed by `npm install --prefix .cache/node --no-save --ignore-scripts three@0.187.0`, as .ci/run does). Exit 3 with a
 // one-line message when three.js is missing, 1 when the file does not load.
 import { readFileSync, existsSync } from "node:fs";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 
-const INSTALL = "npm install --prefix .cache/node --no-save three@0.187.0";
+const INSTALL = "npm install --prefix .cache/node --no-save --ignore-scripts three@0.187.0";
 
 function arg(name, fallback) {
   const i = process.argv.indexOf(name);
