@@ -109,7 +109,10 @@ class CouplingDataset(Dataset):
         path = self.folder / "manifest.json"
         if not path.is_file():
             raise CouplingsError(f"{path} missing: make the couplings first (trainers.reflow.make_couplings)")
-        man = json.loads(path.read_text())
+        try:
+            man = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise CouplingsError(f"{path}: unreadable ({e}); delete {self.folder} to regenerate") from e
         if man.get("format") != COUPLINGS_FORMAT:
             raise CouplingsError(f"{path}: format {man.get('format')!r}, expected {COUPLINGS_FORMAT}")
         if not man.get("complete"):

@@ -191,5 +191,8 @@ def test_coupling_reader_names_a_damaged_file(tmp_path):
     (tmp_path / "c" / "chunk_00000_seed.npy").write_bytes(b"not an array")
     with pytest.raises(CouplingsError, match="chunk_00000_seed.npy"):
         CouplingDataset(tmp_path / "c")
+    (tmp_path / "c" / "manifest.json").write_text("{not json")
+    with pytest.raises(CouplingsError, match="manifest.json: unreadable"):
+        CouplingDataset(tmp_path / "c")
     with pytest.raises(ValueError, match="lacks arrays"):
         store.add_chunk({"noise": np.zeros((1, 384, 1, 32))})
