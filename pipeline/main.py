@@ -18,7 +18,7 @@ from pipeline.learning_check import learning_check_stage
 from pipeline.nfe_table import nfe_markdown, nfe_table_stage
 from pipeline.provenance import fingerprints, stage_inputs
 from pipeline.report import load_json, plot_speed_vs_onsets, plot_training_curves, write_report
-from pipeline.runner import StageError, banner, record_path, run_stage, stage_names
+from pipeline.runner import StageError, banner, load_record, record_path, run_stage, stage_names
 from utils.config import ConfigError, load_config, to_container
 from utils.device import seed_everything
 from utils.io import save_json, save_text
@@ -153,7 +153,7 @@ def run(cfg: DictConfig, command: str) -> dict[str, Any]:
             # a stage whose inputs were just remade (forced, or stale) is remade too: a fingerprint covers settings,
             # not the outputs of a rerun (force=gen_shortcut retrains the reflow teacher's student as well)
             fresh_inputs = [d for d in stage_inputs(cfg, name)[1] if d in reran]
-            if fresh_inputs:
+            if fresh_inputs and load_record(out, name, fps[name]) is not None:  # it would have been skipped
                 print(f"[pipeline] stage {name}: its inputs {fresh_inputs} were remade in this run: rerunning it",
                       flush=True)  # fmt: skip
             rec = run_stage(name, fns[name], out, True if fresh_inputs else force, log, fingerprint=fps[name])
