@@ -443,7 +443,7 @@ def test_ddp_gradients_are_synchronised_across_two_ranks(tmp_path):
     import torch.multiprocessing as mp
 
     mp.spawn(_ddp_grad_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
-    r0, r1 = (torch.load(tmp_path / f"rank{i}.pt") for i in range(2))
+    r0, r1 = (torch.load(tmp_path / f"rank{i}.pt", weights_only=True) for i in range(2))
     assert not torch.equal(r0["loss"], r1["loss"])  # the ranks saw different data
     assert r0["grads"].keys() == r1["grads"].keys() and "denoiser.null_cond_embed" in r0["grads"]
     for k, g0 in r0["grads"].items():

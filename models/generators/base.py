@@ -127,6 +127,28 @@ def guided_prediction(
     return out_u + guidance * (out_c - out_u), 2 * b
 
 
+def guided_euler(
+    net: NetFn,
+    x: Tensor,
+    grid: Tensor,
+    cond_time: Callable[[int], Tensor],
+    seed: Tensor,
+    at_feat: Tensor,
+    null_cond: Tensor,
+    guidance: float,
+) -> tuple[Tensor, int]:
+    """Euler steps x ← x + (t_{k+1} − t_k)·f(x, t_k, cond_time(k)) over the time ``grid`` (n+1,), each a
+    `guided_prediction`. ``cond_time(k)``: the (B,) second time input of step k (the shortcut's step size, MeanFlow's
+    next time). Returns (x, per-sample network evaluations)."""
+    b = x.shape[0]
+    rows = 0
+    for k in range(grid.shape[0] - 1):
+        out, used = guided_prediction(net, x, grid[k].expand(b), cond_time(k), seed, at_feat, null_cond, guidance)
+        x = x + (grid[k + 1] - grid[k]).to(x.dtype) * out
+        rows += used
+    return x, rows // b
+
+
 PREDICTIONS = ("velocity", "data")
 MIN_GAP = 0.05  # 1 − t is clamped here in training, where t (and t + d) reach 1 and beyond
 SAMPLING_MIN_GAP = 1e-6  # sampling grids keep 1 − t >= 1/n: the last Euler step must land exactly on x̂₁

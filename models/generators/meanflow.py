@@ -27,7 +27,7 @@ from models.generators.base import (
     Sampler,
     broadcast_like,
     drop_condition,
-    guided_prediction,
+    guided_euler,
     rand,
     randn,
 )
@@ -271,13 +271,9 @@ class MeanFlowSampler(Sampler):
         n, w = self.resolve(n_steps, guidance)
         b = noise.shape[0]
         grid = torch.linspace(1.0 - self.t_max_offset, 0.0, n + 1, dtype=torch.float32, device=noise.device)
-        x = noise
-        rows = 0
-        for k in range(n):
-            u, used = guided_prediction(net, x, grid[k].expand(b), grid[k + 1].expand(b), seed, at_feat, null_cond, w)
-            x = x - (grid[k] - grid[k + 1]).to(x.dtype) * u
-            rows += used
-        return SampleOutput(latents=x, nfe=n, nfe_rows=rows // b)
+        # x ← x − (t_k − t_{k+1})·u(x, r=t_{k+1}, t=t_k): an Euler step down the reversed grid
+        x, rows = guided_euler(net, noise, grid, lambda k: grid[k + 1].expand(b), seed, at_feat, null_cond, w)
+        return SampleOutput(latents=x, nfe=n, nfe_rows=rows)
 
 
 class MeanFlowGenerator(LatentGenerator):

@@ -22,7 +22,7 @@ from models.generators.base import (
     Sampler,
     broadcast_like,
     drop_condition,
-    guided_prediction,
+    guided_euler,
     rand,
     randn,
     sample_beta_time,
@@ -230,13 +230,8 @@ class EulerShortcutSampler(Sampler):
         b = noise.shape[0]
         grid = torch.linspace(self.t_min, 1.0 - self.t_min, n + 1, device=noise.device)
         d = torch.full((b,), 1.0 / n, device=noise.device)
-        x = noise
-        rows = 0
-        for k in range(n):
-            v, r = guided_prediction(net, x, grid[k].expand(b), d, seed, at_feat, null_cond, w)
-            x = x + (grid[k + 1] - grid[k]) * v
-            rows += r
-        return SampleOutput(latents=x, nfe=n, nfe_rows=rows // b)
+        x, rows = guided_euler(net, noise, grid, lambda k: d, seed, at_feat, null_cond, w)
+        return SampleOutput(latents=x, nfe=n, nfe_rows=rows)
 
 
 class ShortcutGenerator(LatentGenerator):
