@@ -176,6 +176,27 @@ def test_acceleration_and_jerk_losses(tmp_path: Path) -> None:
         RVQTrainer(small_cfg(tmp_path, **{"loss.acc": 1.0, "loss.acc_kind": "huber"}), run_dir=tmp_path / "y")
 
 
+def test_speed_profile_loss(tmp_path: Path) -> None:
+    """loss.speed: the per-joint rot6d speed profile of the reconstruction vs the target's (13 upper joints)."""
+    from trainers.rvq import joint_speed
+
+    x = torch.zeros(1, 3, 78)
+    x[0, 1, 6:12] = torch.tensor([3.0, 4.0, 0, 0, 0, 0])  # joint 1 moves by (3, 4) between frames 0 and 1 ...
+    s = joint_speed(x, 13)
+    assert s.shape == (1, 2, 13) and s[0, 0, 1] == 5.0 and s[0, 1, 1] == 5.0 and s.sum() == 10.0  # ... and back
+    cfg = small_cfg(tmp_path, iterations=2, val_period=0, val_before_train=False, **{"loss.speed": 4.0})
+    with RVQTrainer(cfg, run_dir=tmp_path / "s") as tr:
+        batch = torch.randn(4, 32, 78)
+        rec = batch + 0.1 * torch.randn_like(batch)
+        tr.forward_model = lambda b: (rec, torch.tensor(0.0), torch.tensor(1.0))
+        out = tr.train_step(batch)
+        want = torch.nn.functional.smooth_l1_loss(joint_speed(rec, 13), joint_speed(batch, 13))
+        torch.testing.assert_close(out["speed"], want)
+        torch.testing.assert_close(out["loss"], out["rec"] + 4.0 * want)
+    with pytest.raises(ConfigError, match="loss.speed"):
+        RVQTrainer(small_cfg(tmp_path, part="face", **{"loss.speed": 1.0}), run_dir=tmp_path / "f")
+
+
 def test_fgd_skipped_with_note_when_not_configured(tmp_path: Path) -> None:
     cfg = small_cfg(tmp_path, iterations=1, val_period=1, val_before_train=False)
     with RVQTrainer(cfg, run_dir=tmp_path / "f") as tr:

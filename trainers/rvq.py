@@ -14,7 +14,8 @@ Differences from the reference, on purpose:
   the velocity term to 0 whatever ``--loss-vel`` says); ``loss.acc`` and ``loss.jerk`` add the 2nd and 3rd time
   differences the same way (default 0; ``loss.<term>_kind`` picks their loss, default ``loss.recons``). Without
   them the tiny CPU codecs reconstruct with per-frame error that reads as jitter (round trip of held-out GT at ~15x
-  GT jerk on the synthetic corpus); configs/rvq/tiny_overrides.yaml turns them on;
+  GT jerk on the synthetic corpus); configs/rvq/tiny_overrides.yaml turns them on; ``loss.speed`` (default 0) adds
+  the per-joint speed profile (`joint_speed`), against the extra velocity minima a codec adds (issue 13);
 * validation uses the val split (upstream used test), FGD features are 240-D per token (upstream reshaped them to
   32-D chunks during training), and the best checkpoint follows the configured metric (upstream tracked the max L2);
 * checkpoints hold the full quantiser state (EMA sums/counts/init), so resuming does not re-initialise codebooks.
@@ -116,6 +117,13 @@ def build_window_dataset(cfg: DictConfig, split: str) -> Dataset:
 
 
 # ----------------------------------------------------------------------------------------------- losses
+def joint_speed(x: torch.Tensor, n_joints: int) -> torch.Tensor:
+    """(B, T, D) part vectors whose first 6·n_joints values are per-joint rot6d -> (B, T-1, n_joints): the norm of
+    each joint's frame-to-frame rot6d change, a speed profile in the representation's units."""
+    d = x[..., : 6 * n_joints].diff(dim=1)
+    return d.reshape(*d.shape[:-1], n_joints, 6).norm(dim=-1)
+
+
 def reconstruction_loss(rec: torch.Tensor, target: torch.Tensor, kind: str = "l1_smooth") -> torch.Tensor:
     if kind == "l1_smooth":
         return F.smooth_l1_loss(rec, target)
@@ -147,6 +155,8 @@ class RVQTrainer(BaseTrainer):
                     reconstruction_loss(torch.zeros(1), torch.zeros(1), str(loss.get(f"{name}_kind")))
                 except ConfigError as e:
                     raise ConfigError(f"loss.{name}_kind: {e}") from None
+        if float(loss.get("speed", 0.0) or 0.0) and not PARTS[self.part]["joints"]:
+            raise ConfigError(f"loss.speed: the {self.part} part has no joints to take a speed of; set it to 0")
         if self.best_metric is not None and self.best_metric == "fgd" and not self.cfg.val.get("fgd_autoencoder"):
             raise ConfigError("best_metric=fgd needs val.fgd_autoencoder (a path to the FGD autoencoder)")
 
@@ -209,6 +219,12 @@ class RVQTrainer(BaseTrainer):
                                            str(loss_cfg.get(f"{name}_kind") or loss_cfg.recons))
                 loss = loss + w * term
                 out[name] = term
+        w = float(loss_cfg.get("speed", 0.0) or 0.0)
+        if w:  # per-joint speed profile: where the motion slows (BC's beats) must not move or multiply
+            n = len(PARTS[self.part]["joints"])
+            term = reconstruction_loss(joint_speed(rec.float(), n), joint_speed(batch, n), str(loss_cfg.recons))
+            loss = loss + w * term
+            out["speed"] = term
         out["loss"] = loss
         return out
 
