@@ -62,13 +62,25 @@ def chunk_generator(seed: int, chunk: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
-def teacher_config(cfg: DictConfig, ckpt: str) -> DictConfig:
-    """``cfg`` with ``model.generator`` replaced by the teacher's: the node saved in our trainer checkpoint, or, for a
-    released upstream file, this config's networks under the shortcut generator."""
+def stack(items: list[Any], key: str) -> torch.Tensor:
+    """``items[i][key]`` (arrays or tensors of one shape) stacked into one batch tensor."""
+    return torch.stack([torch.as_tensor(np.asarray(it[key])) for it in items])
+
+
+def saved_config(ckpt: str) -> dict[str, Any] | None:
+    """The config saved in one of our trainer checkpoints; None for a released upstream file (it carries none)."""
     obj = load_torch(ckpt, map_location="cpu")
-    node = None
     if isinstance(obj, dict) and obj.get("format") == TRAINER_CHECKPOINT_FORMAT:
-        node = ((obj.get("config") or {}).get("model") or {}).get("generator")
+        return obj.get("config") or None
+    return None
+
+
+def teacher_config(cfg: DictConfig, ckpt: str, saved: dict[str, Any] | None = None) -> DictConfig:
+    """``cfg`` with ``model.generator`` replaced by the teacher's: the node saved in our trainer checkpoint, or, for a
+    released upstream file, this config's networks under the shortcut generator. ``saved``: `saved_config(ckpt)`,
+    when the caller has read it already."""
+    saved = saved_config(ckpt) if saved is None else saved
+    node = ((saved or {}).get("model") or {}).get("generator")
     if node is None:
         node = to_container(cfg.model.generator)
         node.pop("name", None)
@@ -79,16 +91,16 @@ def teacher_config(cfg: DictConfig, ckpt: str) -> DictConfig:
     return tcfg
 
 
-def check_same_settings(cfg: DictConfig, ckpt: str) -> None:
+def check_same_settings(cfg: DictConfig, ckpt: str, saved: dict[str, Any] | None = None) -> None:
     """ConfigError naming every `SHARED_SETTINGS` key on which ``cfg`` differs from the config saved in our teacher
     checkpoint (a released upstream file carries no config: nothing to compare)."""
-    obj = load_torch(ckpt, map_location="cpu")
-    if not (isinstance(obj, dict) and obj.get("format") == TRAINER_CHECKPOINT_FORMAT and obj.get("config")):
+    saved = saved_config(ckpt) if saved is None else saved
+    if not saved:
         return
-    saved = OmegaConf.create(obj["config"])
+    teacher = OmegaConf.create(saved)
     bad = []
     for key in SHARED_SETTINGS:
-        a, b = OmegaConf.select(cfg, key, default=None), OmegaConf.select(saved, key, default=None)
+        a, b = OmegaConf.select(cfg, key, default=None), OmegaConf.select(teacher, key, default=None)
         if a != b:
             bad.append(f"{key}: teacher {b!r}, this config {a!r}")
     if bad:
@@ -121,7 +133,7 @@ def make_couplings(
                       initial=store.n_chunks, total=n_chunks):  # fmt: skip
         idx = list(range(k * batch_size, min(n, (k + 1) * batch_size)))
         items = [dataset[i] for i in idx]
-        batch = {key: torch.stack([torch.as_tensor(np.asarray(it[key])) for it in items]).to(device)
+        batch = {key: stack(items, key).to(device)
                  for key in ("pose", "trans_v", "audio", "word")}  # fmt: skip
         z = codec.encode(batch["pose"].float(), batch["trans_v"].float())  # (n,32,384)
         seed_lat = z[:, :pre_frames]
@@ -162,8 +174,9 @@ class ReflowTrainer(GenerativeTrainer):
         if not isinstance(model, ReflowGenerator):
             raise ConfigError(f"model.generator builds {type(model).__name__}; the reflow trainer needs "
                               "models.generators.reflow.ReflowGenerator (name: reflow)")  # fmt: skip
-        tcfg = teacher_config(self.cfg, self.teacher_path)
-        check_same_settings(self.cfg, self.teacher_path)
+        saved = saved_config(self.teacher_path)  # read once for both
+        check_same_settings(self.cfg, self.teacher_path, saved)
+        tcfg = teacher_config(self.cfg, self.teacher_path, saved)
         self.teacher = load_trained_generator(tcfg, self.teacher_path, torch.device("cpu"))
         self.teacher_t_min = float(getattr(self.teacher.sampler, "t_min", 0.0))
         try:
@@ -226,7 +239,7 @@ class ReflowTrainer(GenerativeTrainer):
         if self.rf["encoder"] == "trainable":  # the window's audio and words, re-encoded by the trained encoder
             wins = [self.windows[int(i)] for i in batch["index"]]
             for key in ("audio", "word"):
-                batch[key] = torch.stack([torch.as_tensor(np.asarray(w[key])) for w in wins])
+                batch[key] = stack(wins, key)
         return batch
 
     def set_train_mode(self) -> None:
