@@ -11,7 +11,7 @@ Layout under ``data.cache_dir``::
     <key>/manifest.json         config, and per file: source fingerprints, lengths, array shapes
     <key>/files/<id>/<name>.npy pose (T,165) f32, trans (T,3) f64, trans_v (T,3) f64, facial (T,100) f32,
                                 betas (300,) f32, word (T,) i64, audio (S,2) f32 (onset+amplitude at 16 kHz;
-                                (T,D) f32 for mel/wavlm)
+                                (T,128) log-mel or (T,hidden) frozen WavLM features at 30 fps, f32)
 
 ``<key>`` is a hash of every config value that changes the arrays (root, rates, audio/text options, the
 vocabulary's digest, a format version), so a changed config builds a new cache. Within a cache, each file is
@@ -60,6 +60,7 @@ DEFAULTS: dict[str, Any] = {
     "vocab": None,
     "fasttext_model": None,
     "wavlm_model": None,
+    "wavlm_layer": None,
     "split_csv": "train_test_split.csv",
     "max_length_mismatch_s": 2.0,
     "fingerprint": "mtime",
@@ -234,6 +235,17 @@ def settings(cfg: Any, root: Path, vocab: text_feat.Vocab | None) -> dict[str, A
         "vocab_digest": vocab.digest() if vocab is not None else None,
         "wavlm_model": str(cfg_get(cfg, "wavlm_model")) if cfg_get(cfg, "audio_rep") == "wavlm" else None,
     }
+    # Settings of one representation only, added only for it: the keys (and so the caches) of the others stay as
+    # they were. "mel": what mel_features computes (log-mel interpolated to the frame times since issue 18; the raw
+    # power mel of before is never reused).
+    if s["audio_rep"] == "mel":
+        s["mel"] = {"scale": "log", "floor": audio_feat.MEL_FLOOR, "n_mels": audio_feat.N_MELS, "timing": "interp"}
+    if s["audio_rep"] == "wavlm":
+        layer = cfg_get(cfg, "wavlm_layer")
+        s["wavlm_layer"] = None if layer is None else int(layer)
+        if not cfg_get(cfg, "wavlm_model"):
+            raise beat2.BeatDataError("data.audio_rep=wavlm needs data.wavlm_model (a WavLM folder written by "
+                                      "save_pretrained, or a cached Hugging Face id such as microsoft/wavlm-base-plus)")
     if s["pose_fps"] != 30:
         raise beat2.BeatDataError(f"data.pose_fps={s['pose_fps']}: only 30 (BEAT2's rate) is supported")
     if s["audio_rep"] not in AUDIO_REPS:
@@ -262,6 +274,14 @@ def _worker_vocab(vocab_dir: str | None) -> text_feat.Vocab | None:
         _WORKER_STATE["vocab"] = text_feat.Vocab.load(vocab_dir)
         _WORKER_STATE["vocab_dir"] = vocab_dir
     return _WORKER_STATE["vocab"]
+
+
+def worker_wavlm(key: str) -> Any:
+    """The frozen WavLM model of ``data.wavlm_model``, loaded once per process (cache workers, inference)."""
+    if _WORKER_STATE.get("wavlm_key") != key:
+        _WORKER_STATE["wavlm"] = audio_feat.load_wavlm(key)
+        _WORKER_STATE["wavlm_key"] = key
+    return _WORKER_STATE["wavlm"]
 
 
 # Audio plausibility (warnings in the manifest): a peak below -60 dBFS is near-silent; an all-zero file has no onsets
@@ -298,13 +318,9 @@ def compute_file(
         if not feat[:, 1].any():
             notes.append(f"{ref.wav.name}: no audio onsets detected (BC has no beats to score against)")
     elif s["audio_rep"] == "mel":
-        feat = audio_feat.mel_features(y[:n_samples], s["audio_sr"], s["pose_fps"])[:n]
+        feat = audio_feat.mel_features(y[:n_samples], s["audio_sr"], s["pose_fps"], n_frames=n)
     else:
-        key = s["wavlm_model"]
-        if _WORKER_STATE.get("wavlm_key") != key:
-            _WORKER_STATE["wavlm"] = audio_feat.load_wavlm(resolve_path(key))
-            _WORKER_STATE["wavlm_key"] = key
-        feat = audio_feat.wavlm_features(y[:n_samples], _WORKER_STATE["wavlm"], n)
+        feat = audio_feat.wavlm_features(y[:n_samples], worker_wavlm(s["wavlm_model"]), n, layer=s["wavlm_layer"])
     if s["word_rep"] == "none":
         word = np.full(n, text_feat.UNK, dtype=np.int64)
     elif not ref.textgrid.is_file():

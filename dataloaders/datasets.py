@@ -11,7 +11,8 @@
 * :class:`WholeFileDataset`: one item per file covering the whole (whole-second-truncated) file, plus ``wav_path``.
 
 Items of the generator / whole-file datasets: pose (L,165) f32 axis-angle, trans (L,3), trans_v (L,3), facial
-(L,100), beta (L,300), word (L,) int64, audio (S,2) f32, id str, speaker int (the BEAT2 speaker number).
+(L,100), beta (L,300), word (L,) int64, audio (S,2) f32 (onset+amplitude samples; (L,D) frames of log-mel or WavLM
+features for ``data.audio_rep`` mel/wavlm), id str, speaker int (the BEAT2 speaker number).
 """
 
 from __future__ import annotations

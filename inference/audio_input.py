@@ -8,9 +8,10 @@ the training cache used for its wav files (``data.audio_load``):
   ``librosa.resample`` does in dataloaders.features.audio.load_audio; a 16 kHz file takes the same double hop);
 * ``direct``: resample to 16 kHz only when the file's rate differs.
 
-Features: ``onset+amplitude`` on the whole recording (dataloaders.features.audio.onset_amplitude with the checkpoint's
-``data.onset_mode``), float32, as the cache stores them. Nothing is cropped to whole seconds: the motion covers the
-whole file.
+Features (``data.audio_rep`` of the checkpoint's config), on the whole recording, as the cache stores them:
+``onset+amplitude`` (dataloaders.features.audio.onset_amplitude with the checkpoint's ``data.onset_mode``), ``mel``
+(log-mel at 30 fps) or ``wavlm`` (frozen WavLM features of ``data.wavlm_model`` at 30 fps). Nothing is cropped to
+whole seconds: the motion covers the whole file.
 
 Bad input raises :class:`InputError` with one line naming the file and what to do.
 """
@@ -115,12 +116,39 @@ def decode_audio(
     return DecodedAudio(path, y, sr, int(native), channels, notes)
 
 
-def audio_features(samples: np.ndarray, sr: int, audio_rep: str, onset_mode: str) -> np.ndarray:
-    """(S, 2) float32 onset+amplitude of the whole recording, as dataloaders.cache.compute_file computes them."""
-    if audio_rep != "onset+amplitude":
-        raise InputError(f"data.audio_rep={audio_rep!r}: inference from raw audio supports the onset+amplitude "
-                         "representation only (the generators' WavEncoder input)")  # fmt: skip
-    return audio_feat.onset_amplitude(samples, sr, onset_mode).astype(np.float32)
+def audio_features(
+    samples: np.ndarray,
+    sr: int,
+    audio_rep: str,
+    onset_mode: str,
+    *,
+    fps: int = 30,
+    n_frames: int | None = None,
+    wavlm_model: str | None = None,
+    wavlm_layer: int | None = None,
+) -> np.ndarray:
+    """The generator's audio input for the whole recording, computed by the function dataloaders.cache.compute_file
+    uses: ``onset+amplitude`` (S, 2) float32 samples; ``mel`` (n_frames, 128) log-mel and ``wavlm`` (n_frames, hidden)
+    frozen WavLM features (``wavlm_model``: the checkpoint's data.wavlm_model) at ``fps``. ``n_frames`` defaults to
+    the frames covering the whole recording."""
+    if audio_rep == "onset+amplitude":
+        return audio_feat.onset_amplitude(samples, sr, onset_mode).astype(np.float32)
+    n = max(1, math.ceil(samples.shape[0] * fps / sr - 1e-9)) if n_frames is None else int(n_frames)
+    if audio_rep == "mel":
+        return audio_feat.mel_features(samples, sr, fps, n_frames=n)
+    if audio_rep == "wavlm":
+        if not wavlm_model:
+            raise InputError("data.audio_rep='wavlm' but the checkpoint's config has no data.wavlm_model; set it "
+                             "with --set data.wavlm_model=PATH (the WavLM the model was trained with)")  # fmt: skip
+        from dataloaders.cache import worker_wavlm
+
+        try:
+            model = worker_wavlm(str(wavlm_model))
+        except audio_feat.AudioError as e:
+            raise InputError(str(e)) from e
+        return audio_feat.wavlm_features(samples, model, n, layer=wavlm_layer)
+    raise InputError(f"data.audio_rep={audio_rep!r}: unknown audio representation; expected onset+amplitude, mel "
+                     "or wavlm")  # fmt: skip
 
 
 def warm_up(sr: int = 16000) -> float:

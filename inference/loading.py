@@ -65,8 +65,7 @@ def build_generator_from_config(cfg: DictConfig, load_init: bool = True, warm_st
         raise ConfigError("model.generator must be {name|target, params: {modality_encoder, denoiser, ...}}")
     params = dict(node["params"])
     me = dict(params.get("modality_encoder") or {})
-    me_params = dict(me.get("params") or {})
-    check_unwired_options(cfg, me_params, dict((params.get("denoiser") or {}).get("params") or {}))
+    me_params = check_generator_options(cfg, node)
     if "word_weights" not in me_params and "vocab_size" not in me_params:
         mode = str(cfg.model.get("word_table", "vocab"))
         vocab = get_vocab(cfg.data, data_root(cfg.data))
@@ -93,19 +92,84 @@ def build_generator_from_config(cfg: DictConfig, load_init: bool = True, warm_st
     return gen
 
 
+ENCODER_KEY = "model.generator.params.modality_encoder.params"
+
+
+def frame_feature_dim(data: Any) -> int:
+    """The width of the frame features the data cache holds for ``data.audio_rep`` mel (128) or wavlm (the WavLM
+    model's hidden size, from its config)."""
+    from dataloaders.features import audio as audio_feat
+
+    rep = str(data.get("audio_rep"))
+    if rep == "mel":
+        return audio_feat.N_MELS
+    try:
+        return audio_feat.wavlm_hidden_size(str(data.get("wavlm_model")))
+    except audio_feat.AudioError as e:
+        raise ConfigError(str(e)) from e
+
+
+def check_audio_options(cfg: DictConfig, encoder: dict) -> None:
+    """The data's audio representation and the encoder's audio input must agree; fills the encoder's
+    ``audio_feat_dim`` for frame features (mel, wavlm) from the data config. Raises ConfigError naming the keys."""
+    from models.modality_encoder import AUDIO_REPS, FRAME_REPS
+
+    data = cfg.get("data") or {}
+    rep = str(data.get("audio_rep", "onset+amplitude"))
+    if rep not in AUDIO_REPS:
+        raise ConfigError(f"data.audio_rep={rep!r}: unknown audio representation; expected one of {AUDIO_REPS}")
+    enc_rep = str(encoder.get("audio_rep", "onset+amplitude"))
+    if enc_rep not in AUDIO_REPS:
+        raise ConfigError(f"{ENCODER_KEY}.audio_rep={enc_rep!r}: unknown audio representation; expected one of "
+                          f"{AUDIO_REPS}")  # fmt: skip
+    if enc_rep != rep:
+        raise ConfigError(f"data.audio_rep={rep!r} but {ENCODER_KEY}.audio_rep={enc_rep!r}: the encoder must take "
+                          "the features the data cache holds; set both to the same value (the base config ties the "
+                          "encoder's to ${data.audio_rep})")  # fmt: skip
+    if encoder.get("wavlm_finetune"):
+        raise ConfigError(f"{ENCODER_KEY}.wavlm_finetune=true: fine-tuning WavLM is not implemented; WavLM features "
+                          "are frozen and cached per file (data.audio_rep=wavlm, data.wavlm_model=PATH); set it "
+                          "to false")  # fmt: skip
+    if rep == "wavlm" and not data.get("wavlm_model"):
+        raise ConfigError("data.audio_rep=wavlm needs data.wavlm_model (a WavLM folder written by save_pretrained, "
+                          "or a cached Hugging Face id such as microsoft/wavlm-base-plus)")  # fmt: skip
+    if rep in FRAME_REPS:
+        want = frame_feature_dim(data)
+        have = encoder.get("audio_feat_dim")
+        if have is not None and int(have) != want:
+            raise ConfigError(f"{ENCODER_KEY}.audio_feat_dim={have} but data.audio_rep={rep!r} gives {want}-D "
+                              "features; leave it null (it follows the data)")  # fmt: skip
+        encoder["audio_feat_dim"] = want
+    elif encoder.get("audio_feat_dim") is not None:
+        raise ConfigError(f"{ENCODER_KEY}.audio_feat_dim={encoder['audio_feat_dim']}: only mel and wavlm frame "
+                          f"features have a feature width; data.audio_rep={rep!r} takes (B, S, 2) samples; set it "
+                          "to null")  # fmt: skip
+
+
 def check_unwired_options(cfg: DictConfig, encoder: dict, denoiser: dict) -> None:
     """Options that exist in the configs but that nothing consumes yet are errors at load time, never no-ops."""
-    rep = str((cfg.get("data") or {}).get("audio_rep", "onset+amplitude"))
-    if rep != "onset+amplitude":
-        raise ConfigError(f"data.audio_rep={rep!r}: the generators consume only onset+amplitude audio today; mel and "
-                          "WavLM features reach the cache but no generator input (issue 18 wires them)")  # fmt: skip
     if encoder.get("raw_audio"):
-        raise ConfigError("model.generator.params.modality_encoder.params.raw_audio=true: the WavLM branch is not "
-                          "fed by any data path yet (issue 18); set it to false")  # fmt: skip
+        raise ConfigError(f"{ENCODER_KEY}.raw_audio=true: upstream's extra WavLM branch beside the onset input is "
+                          "fed by no data path; use data.audio_rep=wavlm (WavLM features as the encoder's audio "
+                          "input) and set raw_audio to false")  # fmt: skip
     for where, node in (("modality_encoder", encoder), ("denoiser", denoiser)):
         if node.get("use_exp"):
             raise ConfigError(f"model.generator.params.{where}.params.use_exp=true: the face part needs a 4-part "
                               "codec, and the codec has 3 parts (upper, hands, lower_trans) today (issue 18)")
+
+
+def check_generator_options(cfg: DictConfig, node: dict | None = None) -> dict:
+    """Load-time checks of ``model.generator`` against the data config (unwired options, the audio representation);
+    returns the modality encoder's params with what follows from the data filled in. Cheap (reads configs only), so
+    trainers run it before the data step."""
+    node = to_container(cfg.model.generator) if node is None else node
+    if not isinstance(node, dict) or "params" not in node:
+        raise ConfigError("model.generator must be {name|target, params: {modality_encoder, denoiser, ...}}")
+    params = dict(node["params"])
+    me_params = dict(dict(params.get("modality_encoder") or {}).get("params") or {})
+    check_unwired_options(cfg, me_params, dict((params.get("denoiser") or {}).get("params") or {}))
+    check_audio_options(cfg, me_params)
+    return me_params
 
 
 def generator_kind(node: Any) -> str | None:
@@ -160,6 +224,8 @@ __all__ = [
     "RVQ_PARTS",
     "build_codec",
     "build_generator_from_config",
+    "check_audio_options",
+    "check_generator_options",
     "generator_kind",
     "load_trained_generator",
     "resolve_checkpoint_path",

@@ -34,6 +34,7 @@ from torch import Tensor
 from dataloaders.features import audio as audio_feat
 from geometry.rotations import rot6d_to_poses
 from geometry.skeleton import GENERATOR_PARTS
+from inference.audio_input import InputError
 from inference.model_source import LoadedModel
 from inference.windowed import WindowOptions, plan_windows
 
@@ -115,6 +116,11 @@ class GestureStream:
         self, lm: LoadedModel, seed: int = 0, word_ids: np.ndarray | None = None, feature_fn: Any = None,
         context_s: float = CONTEXT_S, lookahead_s: float = LOOKAHEAD_S, first_seed: Tensor | None = None,
     ) -> None:  # fmt: skip
+        rep = str(lm.cfg.data.get("audio_rep") or "onset+amplitude")
+        if rep != "onset+amplitude":
+            # per-window mel/WavLM features with left context are not implemented: refuse before any audio arrives
+            raise InputError(f"data.audio_rep={rep!r}: streaming supports onset+amplitude models only; generate this "
+                             "file offline (without --stream)")  # fmt: skip
         self.lm = lm
         self.opts: WindowOptions = lm.opts
         self.sr, self.fps = self.opts.audio_sr, self.opts.fps

@@ -113,14 +113,24 @@ def plan_windows(n_frames: int, n_audio: int | None, opts: WindowOptions) -> Win
     return WindowPlan(out_frames, n_win, slices, starts, ov + n_win * hop)
 
 
-def _take(x: Tensor, start: int, end: int, pad_value: float | int) -> Tensor:
-    """x[:, start:end] along dim 1, padded with ``pad_value`` where the range runs past the end."""
+def _take(x: Tensor, start: int, end: int, pad_value: float | int | None) -> Tensor:
+    """x[:, start:end] along dim 1, padded with ``pad_value`` where the range runs past the end (None: the last
+    row repeated)."""
     part = x[:, start : min(end, x.shape[1])]
     short = end - start - part.shape[1]
     if short > 0:
-        pad = torch.full((x.shape[0], short, *x.shape[2:]), pad_value, dtype=x.dtype, device=x.device)
+        if pad_value is None:
+            pad = x[:, -1:].expand(-1, short, *x.shape[2:])
+        else:
+            pad = torch.full((x.shape[0], short, *x.shape[2:]), pad_value, dtype=x.dtype, device=x.device)
         part = torch.cat([part, pad], dim=1)
     return part
+
+
+def takes_frame_audio(generator: torch.nn.Module) -> bool:
+    """True when the generator's encoder takes frame-level audio features (mel, WavLM: (B, n, D) at ``fps``), which
+    windows slice by frames; False for onset+amplitude samples (B, S, 2), sliced by samples."""
+    return bool(getattr(getattr(generator, "modality_encoder", None), "frame_audio", False))
 
 
 @dataclass
@@ -165,8 +175,10 @@ def generate_windowed(
 ) -> WindowedOutput:
     """Generate a whole sequence window by window.
 
-    audio (B,S,2) onset+amplitude at ``audio_sr``; word (B,n) ids (n = frames); poses (B,n,165) and trans_v (B,n,3)
-    are the ground truth, needed only for ``seed_from_gt``; ``jaw`` (B,n,3) is copied into the output poses.
+    audio (B,S,2) onset+amplitude at ``audio_sr``, or (B,n',D) frame features (mel/WavLM, n' >= n frames at ``fps``)
+    when the generator's encoder takes them (`takes_frame_audio`); word (B,n) ids (n = frames); poses (B,n,165) and
+    trans_v (B,n,3) are the ground truth, needed only for ``seed_from_gt``; ``jaw`` (B,n,3) is copied into the output
+    poses.
     ``generator``: a models.generators LatentGenerator (call ``.eval()`` first). ``record``: keep every window's
     audio slice, word, seed, noise, condition and latents (for tests/debugging). ``first_seed`` (B, seed_latents,
     384): the first window's seed latents (e.g. `seed_from_motion` of a user's npz), instead of ``opts``' choice.
@@ -198,10 +210,19 @@ def generate_windowed(
     kept: list[Tensor] = []
     records: list[dict[str, Tensor]] = []
     nfe = 0
+    frame_audio = takes_frame_audio(generator)
+    if frame_audio and audio.shape[1] < n_in:
+        raise ValueError(f"frame-level audio features have {audio.shape[1]} frames but word has {n_in}")
     for i in range(plan.n_windows):
         a0, a1 = plan.audio_slices[i]
         w0 = plan.word_starts[i]
-        a_win = _take(audio, a0, a1, 0.0)
+        if frame_audio:
+            # frame features (log-mel, WavLM) share the motion's frame grid: the window's own frames; past the end,
+            # the last frame repeats (its motion is cropped away; a constant pad has no meaning for these features)
+            a0, a1 = w0, w0 + opts.window_frames
+            a_win = _take(audio, a0, a1, None)
+        else:
+            a_win = _take(audio, a0, a1, 0.0)
         w_win = _take(word, w0, w0 + opts.window_frames, opts.word_pad_id)
         at_feat = generator.encode(a_win, w_win)
         # noise right after the encoder, as upstream (matters for global-RNG reproducibility)
@@ -230,4 +251,4 @@ def generate_windowed(
 
 
 __all__ = ["AUDIO_INDEXING", "SEED_FALLBACKS", "WindowOptions", "WindowPlan", "WindowedOutput", "generate_windowed",
-           "plan_windows"]
+           "plan_windows", "takes_frame_audio"]

@@ -1,6 +1,9 @@
-"""ModalityEncoder: onset+amplitude audio + per-frame word ids -> one condition token per latent step.
+"""ModalityEncoder: audio features + per-frame word ids -> one condition token per latent step.
 
-audio (B, S, 2) -> ``WavEncoder`` (~30 fps) -> ``ExactLengthAdjuster`` (128 frames) -> (B, 128, audio_dim);
+audio_rep ``onset+amplitude`` (default, upstream): audio (B, S, 2) at 16 kHz -> ``WavEncoder`` (~30 fps);
+audio_rep ``mel`` / ``wavlm``: frame features (B, T, audio_feat_dim) at 30 fps (log-mel, or frozen WavLM features
+from the data cache) -> ``frame_audio_encoder`` (LayerNorm + two temporal convolutions);
+then ``ExactLengthAdjuster`` (128 frames) -> (B, 128, audio_dim);
 word (B, 128) -> ``text_pre_encoder_body`` (FastText table, 300-D) -> ``text_encoder_body`` Linear(300->latent_dim);
 [audio | text (| WavLM)] -> ``mix_audio_text`` Linear(-> 3*latent_dim) -> avg-pool x4 over time -> (B, 32, 768).
 Attribute names reproduce the upstream state-dict keys (spec §6).
@@ -15,6 +18,25 @@ from torch import nn
 
 from models.layers.wav_encoder import ExactLengthAdjuster, WavEncoder
 
+AUDIO_REPS = ("onset+amplitude", "mel", "wavlm")  # = dataloaders.cache.AUDIO_REPS (the model side needs no data code)
+FRAME_REPS = ("mel", "wavlm")  # frame-level features at 30 fps, (B, T, audio_feat_dim)
+
+
+class FrameAudioEncoder(nn.Module):
+    """(B, T, in_dim) frame features at 30 fps -> (B, T, out_dim): LayerNorm over the features (log-mel and WavLM
+    have very different scales), Conv1d k3, LeakyReLU, Conv1d k3 (a little temporal context, like the WavEncoder's)."""
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(in_dim)
+        self.conv1 = nn.Conv1d(in_dim, out_dim, 3, padding=1)
+        self.act = nn.LeakyReLU(0.2)
+        self.conv2 = nn.Conv1d(out_dim, out_dim, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.norm(x).transpose(1, 2)
+        return self.conv2(self.act(self.conv1(h))).transpose(1, 2)
+
 
 class ModalityEncoder(nn.Module):
     """Condition encoder of the gesture generators.
@@ -23,8 +45,14 @@ class ModalityEncoder(nn.Module):
     ``vocab_size`` (+ ``word_dim``) for a randomly initialised table of the same shape (to be filled by a
     checkpoint). ``t_fix_pre`` freezes the table (upstream default False: trainable).
 
-    ``raw_audio``: adds the optional WavLM branch, Linear(raw_audio_dim -> audio_dim) on precomputed features
-    (B, T, 1024) given to ``forward(..., raw_audio_feat=...)``; not used by any released model.
+    ``audio_rep``: which audio input ``forward`` takes (see the module docstring). ``onset+amplitude`` builds the
+    upstream ``WavEncoder`` (the released key set, unchanged); ``mel``/``wavlm`` build ``frame_audio_encoder`` for
+    (B, T, ``audio_feat_dim``) features instead (no WavEncoder keys). ``wavlm_finetune``: running WavLM inside the
+    encoder on the waveform is not implemented; True is refused (the WavLM features are frozen, cached per file).
+
+    ``raw_audio``: adds upstream's optional extra WavLM branch beside the main audio input, Linear(raw_audio_dim ->
+    audio_dim) on precomputed features (B, T, 1024) given to ``forward(..., raw_audio_feat=...)``; not used by any
+    released model and fed by no data path (the configs refuse it: use ``audio_rep: wavlm`` instead).
     ``length_adjust``: True (v2) forces the audio features to ``target_length`` frames; False (v1) requires the
     conv stack to produce exactly the word length already.
     """
@@ -46,8 +74,18 @@ class ModalityEncoder(nn.Module):
         use_exp: bool = False,
         pool: int = 4,
         length_adjust: bool = True,
+        audio_rep: str = "onset+amplitude",
+        audio_feat_dim: int | None = None,
+        wavlm_finetune: bool = False,
     ):
         super().__init__()
+        if audio_rep not in AUDIO_REPS:
+            raise ValueError(f"audio_rep={audio_rep!r}; expected one of {AUDIO_REPS}")
+        if wavlm_finetune:
+            raise ValueError("wavlm_finetune=True: fine-tuning WavLM inside the encoder is not implemented; the WavLM "
+                             "features are frozen and cached per file (audio_rep: wavlm)")  # fmt: skip
+        if audio_rep in FRAME_REPS and not audio_feat_dim:
+            raise ValueError(f"audio_rep={audio_rep!r} needs audio_feat_dim (128 for mel, the WavLM hidden size)")
         if (word_weights is None) == (vocab_size is None):
             raise ValueError("ModalityEncoder needs exactly one of word_weights (V, D) or vocab_size")
         if audio_fps != 30:
@@ -55,10 +93,16 @@ class ModalityEncoder(nn.Module):
         self.target_length = target_length
         self.pool = pool
         self.raw_audio = raw_audio
+        self.audio_rep = audio_rep
+        self.frame_audio = audio_rep in FRAME_REPS  # windowed generation slices such audio by frames, not samples
+        self.audio_feat_dim = int(audio_feat_dim) if self.frame_audio else None
         self.length_adjust = length_adjust
         self.out_dim = latent_dim * (4 if use_exp else 3) if spatial_temporal else latent_dim
 
-        self.WavEncoder = WavEncoder(audio_dim, audio_in=audio_in)  # noqa: N815 (upstream key name)
+        if self.frame_audio:
+            self.frame_audio_encoder = FrameAudioEncoder(self.audio_feat_dim, audio_dim)
+        else:
+            self.WavEncoder = WavEncoder(audio_dim, audio_in=audio_in)  # noqa: N815 (upstream key name)
         self.length_adjuster = ExactLengthAdjuster(target_length)
         if word_weights is not None:
             w = torch.as_tensor(np.asarray(word_weights) if not torch.is_tensor(word_weights) else word_weights,
@@ -78,8 +122,15 @@ class ModalityEncoder(nn.Module):
         self.mix_audio_text = nn.Linear(n_in, self.out_dim)
 
     def encode_audio(self, audio: torch.Tensor, adjust: bool | None = None) -> torch.Tensor:
-        """(B, S, 2) -> (B, target_length, audio_dim) (or the raw conv length when not adjusting)."""
-        feat = self.WavEncoder(audio)
+        """(B, S, 2) samples, or (B, T, audio_feat_dim) frames -> (B, target_length, audio_dim) (or the encoder's own
+        length when not adjusting)."""
+        if self.frame_audio:
+            if audio.ndim != 3 or audio.shape[-1] != self.audio_feat_dim:
+                raise ValueError(f"audio_rep={self.audio_rep!r} takes frame features (B, T, {self.audio_feat_dim}), "
+                                 f"got {tuple(audio.shape)} (onset+amplitude samples are (B, S, 2))")  # fmt: skip
+            feat = self.frame_audio_encoder(audio)
+        else:
+            feat = self.WavEncoder(audio)
         return self.length_adjuster(feat) if (self.length_adjust if adjust is None else adjust) else feat
 
     def encode_text(self, word: torch.Tensor) -> torch.Tensor:
@@ -88,7 +139,8 @@ class ModalityEncoder(nn.Module):
 
     def forward(self, audio: torch.Tensor, word: torch.Tensor,
                 raw_audio_feat: torch.Tensor | None = None) -> torch.Tensor:
-        """audio (B, S, 2) onset+amplitude at 16 kHz, word (B, 128) ids [, raw_audio_feat (B, T, 1024)]
+        """audio (B, S, 2) onset+amplitude at 16 kHz (or (B, 128, audio_feat_dim) frame features), word (B, 128) ids
+        [, raw_audio_feat (B, T, 1024)]
         -> (B, 128 / pool, out_dim) = (B, 32, 768)."""
         if word.ndim != 2 or word.shape[0] != audio.shape[0]:
             raise ValueError(f"word must be (B, T) with B={audio.shape[0]}, got {tuple(word.shape)}")

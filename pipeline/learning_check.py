@@ -287,7 +287,11 @@ def run_learning_check(
     t0 = time.time()
     n = len(items)
     donor = donor_indices([int(it["speaker"]) for it in items])
+    from inference.windowed import takes_frame_audio
+
     fps, sr, pad = int(opts.fps), int(opts.audio_sr), int(opts.word_pad_id)
+    if takes_frame_audio(model):
+        sr = fps  # mel/WavLM features are frames at the motion rate: the delay is counted in frames
     inputs = {
         "own": items,
         "audio_swapped": [swap_audio(items[i], items[donor[i]]) for i in range(n)],

@@ -3,7 +3,8 @@
 One trainer for every generator: the class comes from ``model.generator`` ({name|target, params}, see
 models.generators), so shortcut vs diffusion is purely a config choice. Per batch (spec §7.1): axis-angle poses +
 trans_v -> frozen per-part RVQ-VAEs (``MotionCodec``: rot6d, normalise, map2latent, ÷ latent_scale) -> latents
-(B,32,384); seed = the first ``pre_frames`` latents; condition = onset+amplitude audio + word ids;
+(B,32,384); seed = the first ``pre_frames`` latents; condition = the audio of ``data.audio_rep`` (onset+amplitude
+samples, or log-mel / frozen WavLM frame features) + word ids;
 ``generator.loss(...)``. Optimiser, schedule, clipping, bf16, DDP, checkpoints and exact resume are BaseTrainer's.
 
 Validation (every ``val_period`` epochs) runs on the **val** split (never test): whole files, windowed generation
@@ -54,7 +55,13 @@ from evaluation.metrics import frechet_distance
 from evaluation.protocols import DEFAULT_PROTOCOL
 from geometry.body_model import get_fk
 from inference.generate import generate_items
-from inference.loading import build_codec, build_generator_from_config, resolve_checkpoint_path, window_options
+from inference.loading import (
+    build_codec,
+    build_generator_from_config,
+    check_generator_options,
+    resolve_checkpoint_path,
+    window_options,
+)
 from trainers.base import BaseTrainer
 from utils.config import ConfigError
 
@@ -100,6 +107,7 @@ class GenerativeTrainer(BaseTrainer):
     def build_model(self) -> nn.Module:
         # Training owns the data step (corpus, caches of every split, statistics; reused when current), so
         # train.py and test.py after it need no separate command. build_model runs first, so it goes here.
+        check_generator_options(self.cfg)  # a bad model/audio option fails before minutes of data preparation
         prepare_data(self.cfg.data)
         self.stats = load_stats(self.cfg.data)
         self.codec = build_codec(self.cfg, self.stats, self.device)  # frozen, outside self.model

@@ -1,4 +1,4 @@
-"""Audio loading and features: onset+amplitude (the GestureLSM input), a mel spectrogram, optional WavLM.
+"""Audio loading and features: onset+amplitude (the GestureLSM input), a log-mel spectrogram, WavLM features.
 
 onset+amplitude is (S, 2) at the audio sample rate (16 kHz):
 * channel 0: max |x| over the forward-looking window x[i : i+1024]; the last 1023 samples repeat the final value;
@@ -101,25 +101,87 @@ def onset_amplitude(y: np.ndarray, sr: int = 16000, onset_mode: str = "corrected
     return out
 
 
-def mel_features(y: np.ndarray, sr: int = 16000, fps: int = 30, n_mels: int = 128) -> np.ndarray:
-    """(T, n_mels) mel power spectrogram with hop sr//fps (upstream's 'mfcc' option is this mel spectrogram)."""
-    m = librosa.feature.melspectrogram(y=np.asarray(y, dtype=np.float32), sr=sr, hop_length=sr // fps, n_mels=n_mels)
-    return m.T.astype(np.float32)
+N_MELS = 128
+MEL_FLOOR = 1e-5  # log(MEL_FLOOR + power): silence maps to about -11.5 instead of -inf
+
+
+def _frames_at(x: np.ndarray, src_rate: float, n_frames: int, fps: int) -> np.ndarray:
+    """(n_frames, D): rows of x (K, D), sampled at ``src_rate`` rows/s from t=0, linearly interpolated at j/fps."""
+    pos = np.arange(n_frames, dtype=np.float64) * (src_rate / fps)
+    i0 = np.clip(np.floor(pos).astype(np.int64), 0, x.shape[0] - 1)
+    i1 = np.clip(i0 + 1, 0, x.shape[0] - 1)
+    w = np.clip(pos - i0, 0.0, 1.0)[:, None]
+    return (x[i0] * (1.0 - w) + x[i1] * w).astype(np.float32)
+
+
+def default_n_frames(n_samples: int, sr: int, fps: int) -> int:
+    """Motion frames of ``n_samples`` samples (whole frames; at least 1)."""
+    return max(1, int(n_samples * fps // sr))
+
+
+def mel_features(
+    y: np.ndarray, sr: int = 16000, fps: int = 30, n_mels: int = N_MELS, n_frames: int | None = None
+) -> np.ndarray:
+    """(n_frames, n_mels) float32 log-mel spectrogram, log(1e-5 + mel power), at exactly ``fps`` frames per second.
+
+    The STFT hop is sr//fps (533 samples at 16 kHz, upstream's 'mfcc' option); its frames are linearly interpolated
+    to the motion frame times j/fps, so the features do not drift against the motion (533 vs 533.33 samples per frame
+    would be one frame per minute). Why log: raw mel power spans ~10 decades, which a network cannot use as is."""
+    y = np.asarray(y, dtype=np.float32)
+    hop = sr // fps
+    m = librosa.feature.melspectrogram(y=y, sr=sr, hop_length=hop, n_mels=n_mels)  # (n_mels, K), frame k at k*hop
+    logm = np.log(MEL_FLOOR + m.T.astype(np.float64))
+    n = default_n_frames(len(y), sr, fps) if n_frames is None else int(n_frames)
+    return _frames_at(logm, sr / hop, n, fps)
+
+
+def wavlm_source(value: str | Path) -> str:
+    """What ``from_pretrained`` is given for ``data.wavlm_model``: a folder (relative paths against the repo root)
+    when it exists, else the string itself (a Hugging Face id, looked up in the local cache only)."""
+    from utils.paths import resolve_path
+
+    p = resolve_path(value)
+    return str(p) if p is not None and p.is_dir() else str(value)
+
+
+def _wavlm_from_pretrained(kind: str, source: str):
+    """``WavLMModel``/``WavLMConfig`` ``.from_pretrained`` from a folder or the local Hugging Face cache (no
+    network here: an id that is not cached is an error naming it)."""
+    import transformers
+
+    cls = getattr(transformers, kind)
+    try:
+        if Path(source).is_dir():
+            return cls.from_pretrained(source)
+        return cls.from_pretrained(source, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise AudioError(f"data.wavlm_model={source!r}: no WavLM checkpoint folder there and not in the Hugging Face "
+                         f"cache ({type(e).__name__}); give a folder written by save_pretrained or download the "
+                         "model once") from e  # fmt: skip
+
+
+def wavlm_hidden_size(value: str | Path) -> int:
+    """The feature width of the WavLM model ``data.wavlm_model`` (its config only; no weights are read)."""
+    return int(_wavlm_from_pretrained("WavLMConfig", wavlm_source(value)).hidden_size)
 
 
 def load_wavlm(path_or_config: str | Path | object):
-    """A transformers WavLMModel in eval mode, from a checkpoint folder or a ``WavLMConfig`` (random weights)."""
+    """A transformers WavLMModel in eval mode, from a checkpoint folder, a cached Hugging Face id, or a
+    ``WavLMConfig`` (random weights)."""
     from transformers import WavLMConfig, WavLMModel
 
     if isinstance(path_or_config, WavLMConfig):
         model = WavLMModel(path_or_config)
     else:
-        model = WavLMModel.from_pretrained(str(path_or_config))
+        model = _wavlm_from_pretrained("WavLMModel", wavlm_source(path_or_config))
     return model.eval()
 
 
 def wavlm_features(y: np.ndarray, model, n_frames: int, device: str = "cpu", layer: int | None = None) -> np.ndarray:
-    """(n_frames, hidden) WavLM features of 16 kHz audio, linearly interpolated from ~50 Hz to ``n_frames``."""
+    """(n_frames, hidden) WavLM features of 16 kHz audio, linearly interpolated from ~50 Hz to ``n_frames``.
+
+    ``layer``: None = the last hidden state; k = hidden_states[k] (0 = the feature projection, before the
+    transformer)."""
     import torch
     import torch.nn.functional as F
 
@@ -127,6 +189,9 @@ def wavlm_features(y: np.ndarray, model, n_frames: int, device: str = "cpu", lay
     x = torch.as_tensor(np.asarray(y, dtype=np.float32), device=device)[None]
     with torch.no_grad():
         out = model(x, output_hidden_states=layer is not None)
+        if layer is not None and not -len(out.hidden_states) <= layer < len(out.hidden_states):
+            raise AudioError(f"data.wavlm_layer={layer}: the model has {len(out.hidden_states)} hidden states "
+                             f"(0..{len(out.hidden_states) - 1})")  # fmt: skip
         h = out.last_hidden_state if layer is None else out.hidden_states[layer]
     h = F.interpolate(h.transpose(1, 2), size=n_frames, mode="linear", align_corners=True)
     return h[0].transpose(0, 1).cpu().numpy().astype(np.float32)
