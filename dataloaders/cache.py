@@ -11,7 +11,8 @@ Layout under ``data.cache_dir``::
     <key>/manifest.json         config, and per file: source fingerprints, lengths, array shapes
     <key>/files/<id>/<name>.npy pose (T,165) f32, trans (T,3) f64, trans_v (T,3) f64, facial (T,100) f32,
                                 betas (300,) f32, word (T,) i64, audio (S,2) f32 (onset+amplitude at 16 kHz;
-                                (T,128) log-mel or (T,hidden) frozen WavLM features at 30 fps, f32)
+                                (T,128) log-mel or (T,hidden) frozen WavLM features at 30 fps, f32; (S,1) f32
+                                waveform at 16 kHz for a fine-tuned WavLM, data.wavlm_finetune)
 
 ``<key>`` is a hash of every config value that changes the arrays (root, rates, audio/text options, the
 vocabulary's digest, a format version), so a changed config builds a new cache. Within a cache, each file is
@@ -48,6 +49,12 @@ CACHE_VERSION = 1
 ARRAY_NAMES = ("pose", "trans", "trans_v", "facial", "betas", "word", "audio")
 AUDIO_REPS = ("onset+amplitude", "mel", "wavlm")
 
+
+def frame_audio(s: dict[str, Any]) -> bool:
+    """True when a cache of settings ``s`` holds frame-level audio features (T, D) at the motion rate (mel, frozen
+    WavLM); False when it holds samples at ``audio_sr`` (onset+amplitude (S, 2), the waveform (S, 1))."""
+    return s["audio_rep"] in ("mel", "wavlm") and s.get("wavlm_input") != "waveform"
+
 DEFAULTS: dict[str, Any] = {
     "pose_fps": 30,
     "audio_sr": 16000,
@@ -61,6 +68,7 @@ DEFAULTS: dict[str, Any] = {
     "fasttext_model": None,
     "wavlm_model": None,
     "wavlm_layer": None,
+    "wavlm_finetune": False,
     "split_csv": "train_test_split.csv",
     "max_length_mismatch_s": 2.0,
     "fingerprint": "mtime",
@@ -243,6 +251,8 @@ def settings(cfg: Any, root: Path, vocab: text_feat.Vocab | None) -> dict[str, A
     if s["audio_rep"] == "wavlm":
         layer = cfg_get(cfg, "wavlm_layer")
         s["wavlm_layer"] = None if layer is None else int(layer)
+        # fine-tuned WavLM runs inside the encoder: the cache holds the 16 kHz waveform, not frozen features
+        s["wavlm_input"] = "waveform" if bool(cfg_get(cfg, "wavlm_finetune")) else "features"
         if not cfg_get(cfg, "wavlm_model"):
             raise beat2.BeatDataError("data.audio_rep=wavlm needs data.wavlm_model (a WavLM folder written by "
                                       "save_pretrained, or a cached Hugging Face id such as microsoft/wavlm-base-plus)")
@@ -319,6 +329,9 @@ def compute_file(
             notes.append(f"{ref.wav.name}: no audio onsets detected (BC has no beats to score against)")
     elif s["audio_rep"] == "mel":
         feat = audio_feat.mel_features(y[:n_samples], s["audio_sr"], s["pose_fps"], n_frames=n)
+    elif s.get("wavlm_input") == "waveform":
+        feat = np.zeros((n_samples, 1), dtype=np.float32)
+        feat[: min(n_samples, y.shape[0]), 0] = y[:n_samples]
     else:
         feat = audio_feat.wavlm_features(y[:n_samples], worker_wavlm(s["wavlm_model"]), n, layer=s["wavlm_layer"])
     if s["word_rep"] == "none":

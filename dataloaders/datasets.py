@@ -12,7 +12,8 @@
 
 Items of the generator / whole-file datasets: pose (L,165) f32 axis-angle, trans (L,3), trans_v (L,3), facial
 (L,100), beta (L,300), word (L,) int64, audio (S,2) f32 (onset+amplitude samples; (L,D) frames of log-mel or WavLM
-features for ``data.audio_rep`` mel/wavlm), id str, speaker int (the BEAT2 speaker number).
+features for ``data.audio_rep`` mel/wavlm; (S,1) waveform samples with ``data.wavlm_finetune``), id str, speaker int
+(the BEAT2 speaker number).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from dataloaders.cache import CacheEntry, cfg_get, open_cache
+from dataloaders.cache import CacheEntry, cfg_get, frame_audio, open_cache
 from dataloaders.stats import Stats, frame_vector, load_stats
 from geometry.rotations import np_poses_to_rot6d
 
@@ -64,7 +65,7 @@ class _Windows(Dataset):
         self.length, self.stride = _window_cfg(data_cfg, window_key, default)
         self.fps = int(cfg_get(data_cfg, "pose_fps"))
         self.sr = int(cfg_get(data_cfg, "audio_sr"))
-        self.frame_audio = self.index.settings["audio_rep"] != "onset+amplitude"
+        self.frame_audio = frame_audio(self.index.settings)
         self.windows: list[tuple[int, int]] = []  # (entry index, window index within the file)
         for k, e in enumerate(self.index.entries):
             self.windows += [(k, i) for i in range(window_count(e.n_frames, self.length, self.stride))]
@@ -130,7 +131,7 @@ class WholeFileDataset(Dataset):
         self.cfg = data_cfg
         self.split = split
         self.index = open_cache(data_cfg, split)
-        self.frame_audio = self.index.settings["audio_rep"] != "onset+amplitude"
+        self.frame_audio = frame_audio(self.index.settings)
 
     @property
     def entries(self) -> list[CacheEntry]:

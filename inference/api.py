@@ -233,7 +233,8 @@ def generate_from_audio(
         feats = audio_features(inp.audio.samples, inp.audio.sr, str(data.get("audio_rep") or "onset+amplitude"),
                                str(data.get("onset_mode") or "corrected"), fps=lm.fps, n_frames=inp.n_frames,
                                wavlm_model=data.get("wavlm_model"),
-                               wavlm_layer=None if layer is None else int(layer))  # fmt: skip
+                               wavlm_layer=None if layer is None else int(layer),
+                               wavlm_finetune=bool(data.get("wavlm_finetune") or False))  # fmt: skip
         out = generate_windowed(lm.model, lm.codec, torch.from_numpy(feats)[None].to(lm.device),
                                 torch.from_numpy(inp.word_ids)[None].to(lm.device), opts=lm.opts, rng=rng,
                                 first_seed=None if seed_motion is None else seed_motion.latents)  # fmt: skip

@@ -126,13 +126,17 @@ def audio_features(
     n_frames: int | None = None,
     wavlm_model: str | None = None,
     wavlm_layer: int | None = None,
+    wavlm_finetune: bool = False,
 ) -> np.ndarray:
     """The generator's audio input for the whole recording, computed by the function dataloaders.cache.compute_file
     uses: ``onset+amplitude`` (S, 2) float32 samples; ``mel`` (n_frames, 128) log-mel and ``wavlm`` (n_frames, hidden)
-    frozen WavLM features (``wavlm_model``: the checkpoint's data.wavlm_model) at ``fps``. ``n_frames`` defaults to
-    the frames covering the whole recording."""
+    frozen WavLM features (``wavlm_model``: the checkpoint's data.wavlm_model) at ``fps``; with ``wavlm_finetune``
+    (WavLM inside the model) the (S, 1) waveform itself. ``n_frames`` defaults to the frames covering the whole
+    recording."""
     if audio_rep == "onset+amplitude":
         return audio_feat.onset_amplitude(samples, sr, onset_mode).astype(np.float32)
+    if audio_rep == "wavlm" and wavlm_finetune:
+        return np.asarray(samples, dtype=np.float32)[:, None]
     n = max(1, math.ceil(samples.shape[0] * fps / sr - 1e-9)) if n_frames is None else int(n_frames)
     if audio_rep == "mel":
         return audio_feat.mel_features(samples, sr, fps, n_frames=n)

@@ -126,13 +126,21 @@ def check_audio_options(cfg: DictConfig, encoder: dict) -> None:
         raise ConfigError(f"data.audio_rep={rep!r} but {ENCODER_KEY}.audio_rep={enc_rep!r}: the encoder must take "
                           "the features the data cache holds; set both to the same value (the base config ties the "
                           "encoder's to ${data.audio_rep})")  # fmt: skip
-    if encoder.get("wavlm_finetune"):
-        raise ConfigError(f"{ENCODER_KEY}.wavlm_finetune=true: fine-tuning WavLM is not implemented; WavLM features "
-                          "are frozen and cached per file (data.audio_rep=wavlm, data.wavlm_model=PATH); set it "
-                          "to false")  # fmt: skip
+    finetune = bool(data.get("wavlm_finetune", False))
+    if finetune and rep != "wavlm":
+        raise ConfigError(f"data.wavlm_finetune=true needs data.audio_rep=wavlm (got {rep!r})")
+    for key in ("wavlm_finetune", "wavlm_model", "wavlm_layer"):
+        # one home: data.wavlm_* decide what the cache holds; the encoder receives them below
+        if encoder.get(key) not in (None, False):
+            raise ConfigError(f"{ENCODER_KEY}.{key}={encoder[key]!r}: set data.{key} instead (the encoder takes it "
+                              "from the data config)")  # fmt: skip
     if rep == "wavlm" and not data.get("wavlm_model"):
         raise ConfigError("data.audio_rep=wavlm needs data.wavlm_model (a WavLM folder written by save_pretrained, "
                           "or a cached Hugging Face id such as microsoft/wavlm-base-plus)")  # fmt: skip
+    if finetune:
+        layer = data.get("wavlm_layer")
+        encoder.update(wavlm_finetune=True, wavlm_model=str(data.get("wavlm_model")),
+                       wavlm_layer=None if layer is None else int(layer))  # fmt: skip
     if rep in FRAME_REPS:
         want = frame_feature_dim(data)
         have = encoder.get("audio_feat_dim")

@@ -2,7 +2,8 @@
 
 audio_rep ``onset+amplitude`` (default, upstream): audio (B, S, 2) at 16 kHz -> ``WavEncoder`` (~30 fps);
 audio_rep ``mel`` / ``wavlm``: frame features (B, T, audio_feat_dim) at 30 fps (log-mel, or frozen WavLM features
-from the data cache) -> ``frame_audio_encoder`` (LayerNorm + two temporal convolutions);
+from the data cache; or, with ``wavlm_finetune``, a trained WavLM inside the encoder run on the (B, S, 1) waveform)
+-> ``frame_audio_encoder`` (LayerNorm + two temporal convolutions);
 then ``ExactLengthAdjuster`` (128 frames) -> (B, 128, audio_dim);
 word (B, 128) -> ``text_pre_encoder_body`` (FastText table, 300-D) -> ``text_encoder_body`` Linear(300->latent_dim);
 [audio | text (| WavLM)] -> ``mix_audio_text`` Linear(-> 3*latent_dim) -> avg-pool x4 over time -> (B, 32, 768).
@@ -20,6 +21,27 @@ from models.layers.wav_encoder import ExactLengthAdjuster, WavEncoder
 
 AUDIO_REPS = ("onset+amplitude", "mel", "wavlm")  # = dataloaders.cache.AUDIO_REPS (the model side needs no data code)
 FRAME_REPS = ("mel", "wavlm")  # frame-level features at 30 fps, (B, T, audio_feat_dim)
+
+
+def load_wavlm_for_finetuning(source: str) -> nn.Module:
+    """transformers' WavLMModel from a folder (save_pretrained) or a Hugging Face id in the local cache, with its
+    convolutional feature encoder frozen (the usual recipe: only the transformer layers are fine-tuned)."""
+
+    from transformers import WavLMModel
+
+    from utils.paths import resolve_path
+
+    p = resolve_path(source)
+    try:
+        if p is not None and p.is_dir():
+            model = WavLMModel.from_pretrained(str(p))
+        else:
+            model = WavLMModel.from_pretrained(source, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"wavlm_model={source!r}: no WavLM folder there and not in the Hugging Face cache "
+                         f"({type(e).__name__})") from e  # fmt: skip
+    model.freeze_feature_encoder()
+    return model
 
 
 class FrameAudioEncoder(nn.Module):
@@ -47,8 +69,11 @@ class ModalityEncoder(nn.Module):
 
     ``audio_rep``: which audio input ``forward`` takes (see the module docstring). ``onset+amplitude`` builds the
     upstream ``WavEncoder`` (the released key set, unchanged); ``mel``/``wavlm`` build ``frame_audio_encoder`` for
-    (B, T, ``audio_feat_dim``) features instead (no WavEncoder keys). ``wavlm_finetune``: running WavLM inside the
-    encoder on the waveform is not implemented; True is refused (the WavLM features are frozen, cached per file).
+    (B, T, ``audio_feat_dim``) features instead (no WavEncoder keys). ``wavlm_finetune`` (with ``audio_rep: wavlm``):
+    the transformers WavLMModel ``wavlm_model`` runs inside the encoder (submodule ``wavlm``, its convolutional
+    feature encoder frozen, the transformer trained) on the window's 16 kHz waveform (B, S, 1), its hidden state
+    (last, or ``hidden_states[wavlm_layer]``) interpolated to ``target_length`` frames, then ``frame_audio_encoder``.
+    Without it the WavLM features are frozen and cached per file.
 
     ``raw_audio``: adds upstream's optional extra WavLM branch beside the main audio input, Linear(raw_audio_dim ->
     audio_dim) on precomputed features (B, T, 1024) given to ``forward(..., raw_audio_feat=...)``; not used by any
@@ -77,13 +102,14 @@ class ModalityEncoder(nn.Module):
         audio_rep: str = "onset+amplitude",
         audio_feat_dim: int | None = None,
         wavlm_finetune: bool = False,
+        wavlm_model: str | None = None,
+        wavlm_layer: int | None = None,
     ):
         super().__init__()
         if audio_rep not in AUDIO_REPS:
             raise ValueError(f"audio_rep={audio_rep!r}; expected one of {AUDIO_REPS}")
-        if wavlm_finetune:
-            raise ValueError("wavlm_finetune=True: fine-tuning WavLM inside the encoder is not implemented; the WavLM "
-                             "features are frozen and cached per file (audio_rep: wavlm)")  # fmt: skip
+        if wavlm_finetune and (audio_rep != "wavlm" or not wavlm_model):
+            raise ValueError(f"wavlm_finetune=True needs audio_rep='wavlm' (got {audio_rep!r}) and wavlm_model")
         if audio_rep in FRAME_REPS and not audio_feat_dim:
             raise ValueError(f"audio_rep={audio_rep!r} needs audio_feat_dim (128 for mel, the WavLM hidden size)")
         if (word_weights is None) == (vocab_size is None):
@@ -94,12 +120,17 @@ class ModalityEncoder(nn.Module):
         self.pool = pool
         self.raw_audio = raw_audio
         self.audio_rep = audio_rep
-        self.frame_audio = audio_rep in FRAME_REPS  # windowed generation slices such audio by frames, not samples
-        self.audio_feat_dim = int(audio_feat_dim) if self.frame_audio else None
+        self.wavlm_finetune = bool(wavlm_finetune)
+        self.wavlm_layer = wavlm_layer
+        # windowed generation slices frame features by frames; samples (onset+amplitude, a waveform) by samples
+        self.frame_audio = audio_rep in FRAME_REPS and not self.wavlm_finetune
+        self.audio_feat_dim = int(audio_feat_dim) if audio_rep in FRAME_REPS else None
         self.length_adjust = length_adjust
         self.out_dim = latent_dim * (4 if use_exp else 3) if spatial_temporal else latent_dim
 
-        if self.frame_audio:
+        if audio_rep in FRAME_REPS:
+            if self.wavlm_finetune:
+                self.wavlm = load_wavlm_for_finetuning(str(wavlm_model))
             self.frame_audio_encoder = FrameAudioEncoder(self.audio_feat_dim, audio_dim)
         else:
             self.WavEncoder = WavEncoder(audio_dim, audio_in=audio_in)  # noqa: N815 (upstream key name)
@@ -124,7 +155,9 @@ class ModalityEncoder(nn.Module):
     def encode_audio(self, audio: torch.Tensor, adjust: bool | None = None) -> torch.Tensor:
         """(B, S, 2) samples, or (B, T, audio_feat_dim) frames -> (B, target_length, audio_dim) (or the encoder's own
         length when not adjusting)."""
-        if self.frame_audio:
+        if self.wavlm_finetune:
+            audio = self.wavlm_frames(audio)
+        if self.audio_rep in FRAME_REPS:
             if audio.ndim != 3 or audio.shape[-1] != self.audio_feat_dim:
                 raise ValueError(f"audio_rep={self.audio_rep!r} takes frame features (B, T, {self.audio_feat_dim}), "
                                  f"got {tuple(audio.shape)} (onset+amplitude samples are (B, S, 2))")  # fmt: skip
@@ -132,6 +165,18 @@ class ModalityEncoder(nn.Module):
         else:
             feat = self.WavEncoder(audio)
         return self.length_adjuster(feat) if (self.length_adjust if adjust is None else adjust) else feat
+
+    def wavlm_frames(self, wave: torch.Tensor) -> torch.Tensor:
+        """(B, S) or (B, S, 1) 16 kHz waveform of a window -> (B, target_length, hidden) through the fine-tuned WavLM
+        (~50 Hz), linearly interpolated to the window's motion frames (as the frozen features are)."""
+        if wave.ndim == 3 and wave.shape[-1] == 1:
+            wave = wave[..., 0]
+        if wave.ndim != 2:
+            raise ValueError(f"wavlm_finetune=True takes the waveform (B, S) or (B, S, 1), got {tuple(wave.shape)}")
+        out = self.wavlm(wave, output_hidden_states=self.wavlm_layer is not None)
+        h = out.last_hidden_state if self.wavlm_layer is None else out.hidden_states[self.wavlm_layer]
+        return F.interpolate(h.transpose(1, 2), size=self.target_length, mode="linear",
+                             align_corners=True).transpose(1, 2)  # fmt: skip
 
     def encode_text(self, word: torch.Tensor) -> torch.Tensor:
         """(B, T) int ids -> (B, T, latent_dim)."""

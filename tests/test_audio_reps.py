@@ -1,7 +1,8 @@
 """Audio representations that reach the generator (issue 18, item 3): log-mel and frozen WavLM features are cached per
 file, train the tiny shortcut generator end to end and condition its output; inference from a wav computes the same
-features; unknown or mismatching options are load-time errors naming the config keys. WavLM is a tiny random model
-saved on disk (transformers' WavLMModel.from_pretrained of a local folder)."""
+features; WavLM fine-tuned inside the encoder (data.wavlm_finetune) trains its transformer on the cached waveform;
+unknown or mismatching options are load-time errors naming the config keys. WavLM is a tiny random model saved on
+disk (transformers' WavLMModel.from_pretrained of a local folder)."""
 
 from __future__ import annotations
 
@@ -67,15 +68,17 @@ def make_cfg(assets, rep: str, **over):
     return load_config("configs/shortcut_tiny.yaml", [f"{k}={v}" for k, v in o.items()])
 
 
-@pytest.fixture(scope="module", params=["mel", "wavlm"])
+@pytest.fixture(scope="module", params=["mel", "wavlm", "wavlm_finetune"])
 def trained(request, assets, tmp_path_factory):
-    """A 4-update shortcut run on one frame representation (shared by the tests below)."""
-    rep = request.param
-    run = tmp_path_factory.mktemp(f"run_{rep}") / "a"
-    tr = GenerativeTrainer(make_cfg(assets, rep), run_dir=run)
-    before = {k: v.clone() for k, v in tr.model.modality_encoder.frame_audio_encoder.state_dict().items()}
+    """A 4-update shortcut run on one representation (shared by the tests below): log-mel, frozen WavLM features,
+    or WavLM fine-tuned inside the encoder on the cached waveform."""
+    finetune = request.param == "wavlm_finetune"
+    rep = "wavlm" if finetune else request.param
+    run = tmp_path_factory.mktemp(f"run_{request.param}") / "a"
+    tr = GenerativeTrainer(make_cfg(assets, rep, **{"data.wavlm_finetune": str(finetune).lower()}), run_dir=run)
+    before = {k: v.clone() for k, v in tr.model.modality_encoder.state_dict().items()}
     tr.fit()
-    yield {"rep": rep, "trainer": tr, "run": run, "before": before}
+    yield {"rep": rep, "finetune": finetune, "trainer": tr, "run": run, "before": before}
     tr.close()
 
 
@@ -83,27 +86,37 @@ def _dim(rep: str) -> int:
     return A.N_MELS if rep == "mel" else WAVLM_HIDDEN
 
 
-def test_frame_features_are_cached_per_file(trained):
+def test_audio_is_cached_per_file(trained):
     tr, rep = trained["trainer"], trained["rep"]
     index = open_cache(tr.cfg.data, "train")
     assert index.settings["audio_rep"] == rep
     for e in index.entries:
         feat = e.load("audio")
-        assert feat.shape == (e.n_frames, _dim(rep)) and feat.dtype == np.float32 and np.isfinite(feat).all()
+        want = (e.n_frames * 16000 // 30, 1) if trained["finetune"] else (e.n_frames, _dim(rep))  # waveform | frames
+        assert feat.shape == want and feat.dtype == np.float32 and np.isfinite(feat).all()
         if rep == "mel":  # log-mel: bounded below by log(1e-5), not raw power in [0, inf)
             assert feat.min() >= np.log(A.MEL_FLOOR) - 1e-4 and feat.min() < 0
     item = GeneratorWindowDataset(tr.cfg.data, "train")[0]
-    assert tuple(item["audio"].shape) == (128, _dim(rep))  # sliced by frames, not samples
+    # frame features are sliced by frames; the waveform by samples (floor(128/30 s * 16 kHz))
+    assert tuple(item["audio"].shape) == ((68266, 1) if trained["finetune"] else (128, _dim(rep)))
 
 
-def test_frame_rep_trains_and_the_frame_encoder_learns(trained):
+def test_the_audio_branch_trains(trained):
     tr, rep = trained["trainer"], trained["rep"]
     enc = tr.model.modality_encoder
-    assert enc.audio_rep == rep and takes_frame_audio(tr.model)
+    assert enc.audio_rep == rep and takes_frame_audio(tr.model) is not trained["finetune"]
     keys = list(tr.model.state_dict())
     assert not any(".WavEncoder." in k for k in keys) and any(".frame_audio_encoder." in k for k in keys)
-    after = enc.frame_audio_encoder.state_dict()
-    assert any(not torch.equal(after[k], v) for k, v in trained["before"].items())  # it received gradients
+    after = enc.state_dict()
+    changed = {k for k, v in trained["before"].items() if not torch.equal(after[k], v)}
+    assert any(k.startswith("frame_audio_encoder.") for k in changed)  # it received gradients
+    if trained["finetune"]:  # the WavLM transformer is trained, its convolutional feature encoder stays frozen
+        assert any(k.startswith("wavlm.encoder.layers.") for k in changed)
+        assert not any(k.startswith("wavlm.feature_extractor.") for k in changed)
+        opt = {id(p) for g in tr.optimizer.param_groups for p in g["params"]}
+        assert all(id(p) not in opt for p in enc.wavlm.feature_extractor.parameters())
+    else:
+        assert not any(k.startswith("wavlm.") for k in after)
     losses = [r["train/loss"] for r in read_metrics(trained["run"] / "metrics.jsonl") if "train/loss" in r]
     assert len(losses) == 4 and all(np.isfinite(losses))
 
@@ -129,13 +142,17 @@ def test_windowed_generation_slices_frame_features_by_frames(trained):
     tr = trained["trainer"]
     item = WholeFileDataset(tr.cfg.data, "test")[0]
     n = item["word"].shape[0]
-    assert tuple(item["audio"].shape) == (n, _dim(trained["rep"]))
+    if not trained["finetune"]:
+        assert tuple(item["audio"].shape) == (n, _dim(trained["rep"]))
     opts = tr.window_opts
     out = generate_windowed(tr.model.eval(), tr.codec, item["audio"][None], item["word"][None], item["pose"][None],
                             item["trans_v"][None], opts=opts, rng=torch.Generator().manual_seed(0), record=True)
     assert out.n_frames == n and out.n_windows >= 2
     for i, rec in enumerate(out.windows):
-        assert rec["audio_slice"].tolist() == [i * opts.hop_frames, i * opts.hop_frames + opts.window_frames]
+        if trained["finetune"]:  # the waveform: sample ranges, as onset+amplitude
+            assert rec["audio_slice"].tolist() == [i * 533 * opts.hop_frames, (i * opts.hop_frames + 128) * 533]
+        else:
+            assert rec["audio_slice"].tolist() == [i * opts.hop_frames, i * opts.hop_frames + opts.window_frames]
     assert np.isfinite(out.poses.numpy()).all()
 
 
@@ -151,7 +168,7 @@ def test_inference_from_a_wav_uses_the_cache_features(trained, assets, tmp_path)
     dec = decode_audio(entry.wav, 16000, str(lm.cfg.data.audio_load))
     n_samples = entry.n_frames * 16000 // 30  # the cache cuts the audio to the motion's whole seconds
     feats = audio_features(dec.samples[:n_samples], 16000, rep, "corrected", n_frames=entry.n_frames,
-                           wavlm_model=lm.cfg.data.get("wavlm_model"))  # fmt: skip
+                           wavlm_model=lm.cfg.data.get("wavlm_model"), wavlm_finetune=trained["finetune"])  # fmt: skip
     np.testing.assert_allclose(feats, entry.load("audio"), rtol=1e-4, atol=1e-4)  # the training features
     res = generate_from_audio(lm, entry.wav, seed=0)
     assert res.poses.shape == (dec.n_frames(30), 165) and np.isfinite(res.poses).all()
@@ -178,7 +195,8 @@ def test_unknown_audio_rep_is_rejected_at_load_time(assets, tmp_path):
         ("onset+amplitude", {"modality_encoder.params.audio_rep": "wavlm"}, r"modality_encoder\.params\.audio_rep"),
         ("mel", {"modality_encoder.params.audio_feat_dim": 80}, r"audio_feat_dim=80"),
         ("onset+amplitude", {"modality_encoder.params.audio_feat_dim": 80}, r"audio_feat_dim=80"),
-        ("wavlm", {"modality_encoder.params.wavlm_finetune": "true"}, r"wavlm_finetune=true: fine-tuning"),
+        ("wavlm", {"+modality_encoder.params.wavlm_finetune": "true"}, r"set data\.wavlm_finetune instead"),
+        ("mel", {"data.wavlm_finetune": "true"}, r"data\.wavlm_finetune=true needs data\.audio_rep=wavlm"),
         ("wavlm", {"data.wavlm_model": "null"}, r"data\.wavlm_model"),
         ("wavlm", {"data.wavlm_model": "no/such-wavlm"}, r"data\.wavlm_model='no/such-wavlm'"),
         ("onset+amplitude", {"modality_encoder.params.raw_audio": "true"}, r"raw_audio=true"),
