@@ -157,16 +157,25 @@ def _face_flow_error(tr: GenerativeTrainer) -> float:
     return float(((pred - ps.velocity)[:, 384:] ** 2).mean())
 
 
-def test_face_on_training_learns_the_face(assets, tmp_path):
+@pytest.fixture(scope="module")
+def face_run(assets, tmp_path_factory):
+    """One short face-on shortcut run (3 epochs) shared by the tests below."""
     cfg = face_cfg(assets)
-    with GenerativeTrainer(cfg, run_dir=tmp_path / "run") as tr:
-        assert tr.codec.has_face and tr.model.latent_channels == 512
-        assert tr.model.denoiser.n_parts == 4 and tr.model.modality_encoder.out_dim == 4 * 32
+    run = tmp_path_factory.mktemp("face_run") / "run"
+    with GenerativeTrainer(cfg, run_dir=run) as tr:
+        shapes = (tr.codec.has_face, tr.model.latent_channels, tr.model.denoiser.n_parts,
+                  tr.model.modality_encoder.out_dim)  # fmt: skip
         before = _face_flow_error(tr)
         tr.fit()
         after = _face_flow_error(tr)
-    assert after < 0.8 * before, (before, after)
-    ckpt = tmp_path / "run" / "checkpoints" / "last.pt"
+    return {"cfg": cfg, "run": run, "ckpt": run / "checkpoints" / "last.pt", "shapes": shapes, "before": before,
+            "after": after}  # fmt: skip
+
+
+def test_face_on_training_learns_the_face(assets, face_run, tmp_path):
+    assert face_run["shapes"] == (True, 512, 4, 4 * 32)
+    assert face_run["after"] < 0.8 * face_run["before"], (face_run["before"], face_run["after"])
+    cfg, ckpt = face_run["cfg"], face_run["ckpt"]
 
     # generation: the face is generated, nothing copied unless asked, and every copy is recorded
     from dataloaders.datasets import WholeFileDataset
@@ -209,6 +218,30 @@ def test_face_on_training_learns_the_face(assets, tmp_path):
     m2 = json.loads((out2 / "metrics.json").read_text())
     assert m2["gt_copied"] == ["seed"] and m2["generation"]["fields"]["jaw"] == "generated"
     assert m2["metrics"]["face_param_mse"] > 0 and m2["metrics"]["jaw_corr"] is not None
+
+
+def test_face_from_user_audio_offline_and_streaming(assets, face_run, tmp_path):
+    """gesture_inference's path: the jaw and expressions come from the model, the json says so, and the streaming
+    path emits the same face as the offline one given the same features."""
+    from inference.api import FACE_GENERATED, generate_from_audio, write_result
+    from inference.model_source import load_model, resolve_model_source
+
+    lm = load_model(resolve_model_source(face_run["ckpt"]), device="cpu")  # the checkpoint carries its config
+    assert lm.codec.has_face
+    wav = sorted((assets["corpus"] / "wave16k").glob("*.wav"))[0]
+    res = generate_from_audio(lm, wav, seed=1, features="windowed")
+    assert res.expressions.shape == (res.n_frames, 100) and np.abs(res.expressions).sum() > 0
+    assert np.abs(res.poses[:, 66:69]).sum() > 0 and not res.poses[:, 69:75].any()
+    npz, js = write_result(res, tmp_path)
+    meta = json.loads(js.read_text())
+    assert set(FACE_GENERATED) <= set(meta["fields"]["generated"]) and "expressions" not in meta["fields"][
+        "neutral_defaults"]
+    np.testing.assert_array_equal(np.load(npz)["expressions"], res.expressions)
+    from inference.streaming import stream_file
+
+    streamed = stream_file(lm, wav, seed=1, chunk_s=0.5)
+    np.testing.assert_allclose(streamed.expressions, res.expressions, atol=1e-5)
+    np.testing.assert_allclose(streamed.poses, res.poses, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------------ metrics
@@ -280,3 +313,24 @@ def test_smplx_render_shows_the_generated_face(tmp_path, monkeypatch):
     imgs = [render_still(load_motion(p), 0, opt).astype(int) for p in (neutral, opened, smiling)]
     assert np.abs(imgs[1] - imgs[0]).max() > 0 and np.abs(imgs[2] - imgs[0]).max() > 0
     assert np.abs(imgs[0] - render_still(load_motion(neutral), 0, opt).astype(int)).max() == 0  # deterministic
+
+
+def test_corpus_jaw_follows_loudness_measurably(assets):
+    """The synthetic corpus keeps the face measurable: each file's jaw opening follows its own speech loudness, and
+    jaw_corr separates a file's own jaw from another file's."""
+    import soundfile as sf
+
+    from dataloaders.synthetic import loudness_envelope
+    from evaluation.metrics import face_param_metrics
+
+    files = sorted((assets["corpus"] / "smplxflame_30").glob("*.npz"))[:2]
+    d = [np.load(f) for f in files]
+    n = min(x["poses"].shape[0] for x in d)
+    y, _ = sf.read(assets["corpus"] / "wave16k" / f"{files[0].stem}.wav")
+    env = loudness_envelope(np.asarray(y, np.float32), d[0]["poses"].shape[0])
+    assert np.corrcoef(np.linalg.norm(d[0]["poses"][:, 66:69], axis=1), env)[0, 1] > 0.9
+    own = face_param_metrics(d[0]["poses"][:n], d[0]["expressions"][:n], d[0]["poses"][:n], d[0]["expressions"][:n])
+    other = face_param_metrics(d[1]["poses"][:n], d[1]["expressions"][:n], d[0]["poses"][:n],
+                               d[0]["expressions"][:n])  # fmt: skip
+    assert own["jaw_corr"] == pytest.approx(1.0) and own["face_param_mse"] == 0.0
+    assert abs(other["jaw_corr"]) < 0.3 and other["face_param_mse"] > 0
