@@ -245,8 +245,9 @@ class Scorer:
         n = poses.shape[0]
         gt = ref["pose"][:n].numpy()
         betas = ref["beta"][0].numpy()
-        gt_exp = ref["facial"][:n].numpy()
-        exp = np.zeros_like(gt_exp) if expressions is None else expressions
+        # face numbers only where the reference carries GT expressions (the NFE table's refs do not)
+        gt_exp = ref["facial"][:n].numpy() if ref.get("facial") is not None else None
+        exp = None if gt_exp is None else (np.zeros_like(gt_exp) if expressions is None else expressions)
         self.ev.add(poses, gt, betas=betas, audio=ref["wav_path"], id=ref["id"], pred_expressions=exp,
                     gt_expressions=gt_exp)  # fmt: skip
         rep = self.ev_reported.add(poses, gt, betas=betas, audio=ref["wav_path"], id=ref["id"])
