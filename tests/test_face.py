@@ -17,10 +17,9 @@ from inference.generate import copy_gt_fields, generate_file, gt_copied_fields, 
 from inference.loading import build_codec, build_generator_from_config, window_options
 from models.generators.base import randn, to_generator_layout
 from models.motion_codec import MotionCodec
-from models.vq.rvqvae import RVQVAE
+from tests.motion import random_rvq_files
 from trainers.generative import GenerativeTrainer
 from utils.config import ConfigError, load_config
-from utils.io import save_torch
 
 PARTS = generator_parts(face=True)
 
@@ -30,15 +29,7 @@ def assets(tmp_path_factory):
     """A 1-speaker corpus (2 train, 1 val, 1 test file of 8 s) and four random tiny RVQ-VAEs (code_dim 128)."""
     root = tmp_path_factory.mktemp("face")
     corpus = generate_corpus(root / "corpus", speakers=1, files_per_speaker=4, seconds=8, seed=5)
-    paths = {}
-    for i, part in enumerate(PARTS):
-        torch.manual_seed(200 + i)
-        m = RVQVAE(part_dim(part), nb_code=16, code_dim=128, width=16, depth=1, num_quantizers=2)
-        with torch.no_grad():  # codebooks start at zero; spread them so decoding is not constant
-            for layer in m.quantizer.layers:
-                layer.codebook.normal_(0.0, 0.5)
-        m.part = part
-        paths[part] = str(save_torch(m.checkpoint_payload(), root / "rvq" / f"{part}.pt"))
+    paths = random_rvq_files(PARTS, root / "rvq", seed=200)
     return {"root": root, "corpus": corpus, "rvq": paths}
 
 

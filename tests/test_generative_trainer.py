@@ -13,9 +13,8 @@ import pytest
 import torch
 
 from dataloaders.synthetic import generate_corpus
-from geometry.skeleton import part_dim
 from inference.test_split import run_test
-from models.vq.rvqvae import RVQVAE
+from tests.motion import random_rvq_files
 from trainers.generative import GenerativeTrainer
 from utils.config import load_config
 from utils.io import load_torch, save_torch
@@ -29,15 +28,7 @@ def assets(tmp_path_factory):
     """A 1-speaker corpus (files: 1 test, 1 val, 2 train of 8 s) and three random tiny RVQ-VAEs (code_dim 128)."""
     root = tmp_path_factory.mktemp("gen")
     corpus = generate_corpus(root / "corpus", speakers=1, files_per_speaker=4, seconds=8, seed=3)
-    paths = {}
-    for i, part in enumerate(RVQ_PARTS):
-        torch.manual_seed(100 + i)
-        m = RVQVAE(part_dim(part), nb_code=16, code_dim=128, width=16, depth=1, num_quantizers=2)
-        with torch.no_grad():  # codebooks start at zero; give them spread so decoding is not constant
-            for layer in m.quantizer.layers:
-                layer.codebook.normal_(0.0, 0.5)
-        m.part = part
-        paths[part] = str(save_torch(m.checkpoint_payload(), root / "rvq" / f"{part}.pt"))
+    paths = random_rvq_files(RVQ_PARTS, root / "rvq", seed=100)
     return {"root": root, "corpus": corpus, "rvq": paths}
 
 
