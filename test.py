@@ -70,13 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         trust_pickle_models(True)
     if args.config is not None or args.ckpt is not None:
         return _model_mode(args)
-    if args.overrides:
-        print(f"test.py: key=value overrides {args.overrides} only apply in model mode (-c CONFIG --ckpt PATH)",
-              file=sys.stderr)
-        return 2
-    if args.copy_gt is not None:
-        print("test.py: --copy-gt applies in model mode only (folder mode evaluates the npz files as they are; "
-              "their gt_copied field lists what was copied)", file=sys.stderr)  # fmt: skip
+    if args.overrides or args.copy_gt is not None:  # folder mode evaluates npz files as they are (see gt_copied)
+        print(f"test.py: key=value overrides {args.overrides} and --copy-gt only apply in model mode "
+              "(-c CONFIG --ckpt PATH)", file=sys.stderr)  # fmt: skip
         return 2
     if not args.pred_dir or not args.gt_dir:
         print("test.py: folder mode needs --pred-dir and --gt-dir (see --help)", file=sys.stderr)
