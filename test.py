@@ -10,7 +10,8 @@ Model mode: generate the **test** split once from a trained generator, write res
 
     python test.py -c configs/shortcut_tiny.yaml --ckpt outputs/.../checkpoints/best.pt [--out DIR] [key=value ...]
 
-GT-copied fields (expressions, translation, jaw, first-window seed) are listed in every npz and in metrics.json.
+Nothing is copied from ground truth unless asked (--copy-gt jaw,expressions,trans reproduces the reference test);
+copied fields (and the first-window seed when taken from GT) are listed in every npz and in metrics.json.
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("-c", "--config", help="generator config (model mode)")
     model.add_argument("--ckpt", help="generator checkpoint (model mode)")
     model.add_argument("overrides", nargs="*", help="key=value config overrides (model mode)")
+    model.add_argument("--copy-gt", metavar="FIELDS",
+                       help="copy these fields from GT into the predictions, comma-separated among jaw, expressions, "
+                            "trans (jaw,expressions,trans = the reference protocol; default: none; each copied "
+                            "field is recorded in every npz and metrics.json)")  # fmt: skip
     folder = p.add_argument_group("folder mode (evaluate existing npz files)")
     folder.add_argument("--pred-dir", help="predictions: res_<id>.npz (or <id>.npz) with 'poses' (T,165)")
     folder.add_argument("--gt-dir", help="ground truth: gt_<id>.npz (or <id>.npz); may equal --pred-dir")
@@ -65,9 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         trust_pickle_models(True)
     if args.config is not None or args.ckpt is not None:
         return _model_mode(args)
-    if args.overrides:
-        print(f"test.py: key=value overrides {args.overrides} only apply in model mode (-c CONFIG --ckpt PATH)",
-              file=sys.stderr)
+    if args.overrides or args.copy_gt is not None:  # folder mode evaluates npz files as they are (see gt_copied)
+        print(f"test.py: key=value overrides {args.overrides} and --copy-gt only apply in model mode "
+              "(-c CONFIG --ckpt PATH)", file=sys.stderr)  # fmt: skip
         return 2
     if not args.pred_dir or not args.gt_dir:
         print("test.py: folder mode needs --pred-dir and --gt-dir (see --help)", file=sys.stderr)
@@ -102,6 +107,10 @@ def model_mode_overrides(args: argparse.Namespace) -> list[str]:
            if getattr(args, flag) is not None]  # fmt: skip
     if args.no_face:
         out.append("test.face=false")
+    if args.copy_gt is not None:
+        from inference.generate import copy_gt_fields
+
+        out.append(f"inference.copy_gt={json.dumps(list(copy_gt_fields(args.copy_gt, '--copy-gt')))}")
     if args.device is not None:
         out.append(f"device={json.dumps(args.device)}")
     return out

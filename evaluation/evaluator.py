@@ -8,6 +8,9 @@ Per sequence (whole files, batch 1, 30 fps), following ../shared/spec/protocol.m
   global orientation as given. BC uses the sequence's audio; see evaluation.metrics.BeatConsistency for the protocols.
   Both are also reported for GT (``bc_gt``, ``l1div_gt``) as the reference table does.
 - Face MSE / LVD (only with an SMPL-X model file): vertices with only jaw + expressions, GT betas.
+- Face parameter proxy (whenever prediction and GT carry expressions; no body model needed): MSE and LVD on
+  [jaw axis-angle | expressions] and the jaw-opening correlation (``evaluation.metrics.face_param_metrics``); other
+  names and units than the vertex metrics, never mixed with them.
 95% CIs: percentile bootstrap over sequences (seeded); FGD is re-pooled exactly from per-sequence sums.
 
 Motion dtype: FK runs in float32 when the protocol's ``BCOptions.float32_motion`` is set (emage2024: the reference
@@ -35,9 +38,11 @@ import numpy as np
 import torch
 
 from evaluation.metrics import (
+    FACE_PARAM_METRICS,
     BeatConsistency,
     L1Diversity,
     face_mse,
+    face_param_metrics,
     frechet_from_moments,
     load_bc_audio,
     load_mean_vel,
@@ -70,7 +75,7 @@ METRIC_SCALES = {"fgd": 10.0, "bc": 10.0, "bc_gt": 10.0, "l1div": 1.0, "l1div_gt
 # Realism (evaluation.realism): upper-body speed (m/s), acceleration (m/s^2), jerk (m/s^3) of prediction and GT,
 # their ratios, and the beat-placement score (corrected-protocol BC minus BC 0.5 s late); reported as they are.
 REALISM_METRICS = tuple(f"{q}{suffix}" for q in QUANTITIES for suffix in ("", "_gt", "_ratio"))
-METRIC_SCALES.update({k: 1.0 for k in (*REALISM_METRICS, "beat_placement", "beat_placement_gt")})
+METRIC_SCALES.update({k: 1.0 for k in (*REALISM_METRICS, "beat_placement", "beat_placement_gt", *FACE_PARAM_METRICS)})
 
 
 # Audio may end this much before the motion (BEAT2 wavs and motion differ by a fraction of a second); beyond it BC
@@ -108,6 +113,7 @@ class SequenceResult:
     bc_gt: float | None = None
     fgd_moments: tuple[Any, ...] | None = None
     face: Mapping[str, float] | None = None
+    face_params: Mapping[str, float | None] | None = None  # vertex-free proxy (metrics.face_param_metrics)
     realism: Mapping[str, float] | None = None  # speed/acceleration/jerk of the prediction
     realism_gt: Mapping[str, float] | None = None
     beat_placement: float | None = None  # corrected-protocol BC minus BC of the motion 0.5 s late
@@ -129,6 +135,8 @@ class SequenceResult:
                                "l1div": self.l1div, "l1div_gt": self.l1div_gt}  # fmt: skip
         if self.face:
             out.update(self.face)
+        if self.face_params:
+            out.update(self.face_params)
         if self.realism is not None and self.realism_gt is not None:
             for q in QUANTITIES:
                 out[q], out[f"{q}_gt"] = self.realism[q], self.realism_gt[q]
@@ -338,6 +346,11 @@ class Evaluator:
                 exclude("fgd", f"{n} frames < {self.fgd_trim}")
             else:
                 res["fgd_moments"] = (*sp, *sg)
+        if pred_expressions is not None and gt_expressions is not None:
+            try:
+                res["face_params"] = face_param_metrics(pred, pred_expressions, gt, gt_expressions)
+            except ValueError as e:
+                raise EvaluationError(f"{sid}: {e}") from e
         if self.face_model is not None:
             if pred_expressions is None or gt_expressions is None:
                 exclude("face", "no expressions")
@@ -415,6 +428,15 @@ class Evaluator:
             for k in ("face_mse", "lvd_emage2024", "lvd_evaltools"):
                 vals = [r.face[k] if r.face else 0.0 for r in seqs]
                 out[k] = float(np.sum(fw * vals) / fw.sum()) if fw.sum() > 0 else None
+        pm = np.array([r.face_params is not None for r in self._seqs])
+        if pm.any():
+            pw = w * pm * n  # per-frame means, as the vertex metrics
+            for k in ("face_param_mse", "face_param_lvd"):
+                vals = [r.face_params[k] if r.face_params else 0.0 for r in seqs]
+                out[k] = float(np.sum(pw * vals) / pw.sum()) if pw.sum() > 0 else None
+            cm = w * np.array([bool(r.face_params) and r.face_params.get("jaw_corr") is not None for r in seqs])
+            vals = [(r.face_params or {}).get("jaw_corr") or 0.0 for r in seqs]
+            out["jaw_corr"] = float(np.sum(cm * vals) / cm.sum()) if cm.sum() > 0 else None
         return out
 
     def _fgd(self, w: np.ndarray, fast: bool = False) -> float | None:
@@ -713,8 +735,9 @@ def evaluate_folder(
         files.append(info)
     res = ev.compute(n_boot=n_boot, seed=seed)
     metric_names = [k for k in METRIC_SCALES if k in res]
-    if copied_all & {"jaw", "expressions"} and face_model is not None:
-        notes.append("face metrics compare GT-copied jaw/expressions: they are trivially ~0 and not meaningful")
+    if copied_all & {"jaw", "expressions"}:
+        notes.append("face metrics (vertex and parameter) compare GT-copied jaw/expressions: they are trivially ~0 "
+                     "and not meaningful")
     report: dict[str, Any] = {
         "metrics": {k: res[k] for k in metric_names},
         "ci95": res.get("ci95", {}),

@@ -29,6 +29,8 @@ __all__ = [
     "face_mse",
     "lvd_emage2024",
     "lvd_evaltools",
+    "face_param_metrics",
+    "FACE_PARAM_METRICS",
 ]
 
 
@@ -358,3 +360,34 @@ def lvd_evaltools(rec: np.ndarray, tar: np.ndarray) -> float:
     """New emage_evaltools LVD: mean |Δrec - Δtar| of frame-to-frame vertex displacements. Reported x1e5."""
     r, t = _pair(rec, tar)
     return float(np.mean(np.abs(np.diff(r, axis=0) - np.diff(t, axis=0))))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Face proxy without a body model: on the parameters themselves (jaw axis-angle + FLAME expressions). Never mixed with
+# the vertex metrics above (other units, other names).
+# ----------------------------------------------------------------------------------------------------------------
+FACE_PARAM_METRICS = ("face_param_mse", "face_param_lvd", "jaw_corr")
+
+
+def _face_params(poses: np.ndarray, expressions: np.ndarray, name: str) -> np.ndarray:
+    p, e = np.asarray(poses, np.float64), np.asarray(expressions, np.float64)
+    if p.ndim != 2 or p.shape[1] != 165 or e.ndim != 2 or e.shape[0] != p.shape[0]:
+        raise ValueError(f"{name}: need poses (T,165) and expressions (T,K) with the same T, got {p.shape}, {e.shape}")
+    return np.concatenate([p[:, 66:69], e], axis=1)
+
+
+def face_param_metrics(pred_poses: np.ndarray, pred_expressions: np.ndarray, gt_poses: np.ndarray,
+                       gt_expressions: np.ndarray) -> dict[str, float | None]:
+    """Vertex-free face metrics on x = [jaw axis-angle (3) | expressions (K)] per frame:
+    ``face_param_mse`` = mean (x̂ - x)^2; ``face_param_lvd`` = mean |Δx̂ - Δx| (the evaltools LVD on parameters);
+    ``jaw_corr`` = Pearson correlation over frames of the jaw opening |jaw axis-angle| of prediction and GT (does the
+    jaw move when the speaker's does), None when either is constant."""
+    x, y = _face_params(pred_poses, pred_expressions, "prediction"), _face_params(gt_poses, gt_expressions, "GT")
+    if x.shape != y.shape or x.shape[0] < 2:
+        raise ValueError(f"face parameters must match with T >= 2, got {x.shape} vs {y.shape}")
+    a, b = np.linalg.norm(x[:, :3], axis=1), np.linalg.norm(y[:, :3], axis=1)
+    corr = None
+    if a.std() > 1e-12 and b.std() > 1e-12:
+        corr = float(np.corrcoef(a, b)[0, 1])
+    return {"face_param_mse": float(np.mean((x - y) ** 2)),
+            "face_param_lvd": float(np.mean(np.abs(np.diff(x, axis=0) - np.diff(y, axis=0)))), "jaw_corr": corr}

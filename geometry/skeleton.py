@@ -49,9 +49,18 @@ PARTS: dict[str, dict] = {
     "lower": {"joints": LOWER_JOINTS, "trans_v": False, "expressions": False},
     "lower_trans": {"joints": LOWER_JOINTS, "trans_v": True, "expressions": False},
     "face": {"joints": (), "trans_v": False, "expressions": True},
+    # The generator's face (issue 18): jaw rot6d (normalised like every joint) + the 100 raw expressions = 106 dims.
+    # "face" stays the reference's 100-D expressions-only part, so its released checkpoints keep loading.
+    "face_jaw": {"joints": (JAW_JOINT,), "trans_v": False, "expressions": True},
 }
 # Parts the generator produces, in latent channel order (upper 0-127, hands 128-255, lower+trans 256-383).
 GENERATOR_PARTS: tuple[str, ...] = ("upper", "hands", "lower_trans")
+FACE_PART = "face_jaw"  # the optional 4th generator part (latent channels 384-511 when the face is on)
+
+
+def generator_parts(face: bool = False) -> tuple[str, ...]:
+    """The generator's parts in latent channel order: the three body parts, plus the face when it is on."""
+    return GENERATOR_PARTS + ((FACE_PART,) if face else ())
 
 
 def check_part(part: str) -> str:

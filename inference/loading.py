@@ -25,6 +25,7 @@ from utils.io import load_torch
 from utils.paths import resolve_path
 
 RVQ_PARTS = ("upper", "hands", "lower_trans")
+FACE_RVQ = "face_jaw"  # rvq.face_jaw: the optional face RVQ-VAE (jaw + expressions); set when face=true
 
 
 def resolve_checkpoint_path(p: str, what: str) -> str:
@@ -41,7 +42,8 @@ def resolve_checkpoint_path(p: str, what: str) -> str:
 
 
 def build_codec(cfg: DictConfig, stats: Stats, device: torch.device | str = "cpu") -> MotionCodec:
-    """The frozen MotionCodec from ``cfg.rvq.{upper,hands,lower_trans}`` and the data statistics."""
+    """The frozen MotionCodec from ``cfg.rvq.{upper,hands,lower_trans}`` (+ ``rvq.face_jaw`` when the config's
+    ``face`` is on) and the data statistics."""
     if "rvq" not in cfg or cfg.rvq is None:
         raise ConfigError("config has no 'rvq' node with the RVQ-VAE checkpoint paths {upper, hands, lower_trans}")
     paths = {}
@@ -50,6 +52,12 @@ def build_codec(cfg: DictConfig, stats: Stats, device: torch.device | str = "cpu
         if not p:
             raise ConfigError(f"rvq.{part}: RVQ-VAE checkpoint path missing")
         paths[part] = resolve_checkpoint_path(str(p), f"rvq.{part}")
+    if config_face(cfg):
+        p = cfg.rvq.get(FACE_RVQ)
+        if not p:
+            raise ConfigError(f"face=true needs rvq.{FACE_RVQ}: the face RVQ-VAE checkpoint (train it with "
+                              "python rvq_beatx_train.py -c configs/rvq/face_jaw.yaml)")  # fmt: skip
+        paths[FACE_RVQ] = resolve_checkpoint_path(str(p), f"rvq.{FACE_RVQ}")
     codec = MotionCodec.from_paths(paths, stats, latent_scale=float(cfg.get("latent_scale", 5.0)))
     codec.paths = paths
     return codec.to(device)
@@ -160,10 +168,20 @@ def check_unwired_options(cfg: DictConfig, encoder: dict, denoiser: dict) -> Non
         raise ConfigError(f"{ENCODER_KEY}.raw_audio=true: upstream's extra WavLM branch beside the onset input is "
                           "fed by no data path; use data.audio_rep=wavlm (WavLM features as the encoder's audio "
                           "input) and set raw_audio to false")  # fmt: skip
+    face = config_face(cfg)
     for where, node in (("modality_encoder", encoder), ("denoiser", denoiser)):
-        if node.get("use_exp"):
-            raise ConfigError(f"model.generator.params.{where}.params.use_exp=true: the face part needs a 4-part "
-                              "codec, and the codec has 3 parts (upper, hands, lower_trans) today (issue 18)")
+        if bool(node.get("use_exp", False)) != face:
+            raise ConfigError(f"model.generator.params.{where}.params.use_exp={bool(node.get('use_exp', False))} "
+                              f"but face={face}: the generator's parts must match the codec's (set face: true|false "
+                              "and leave use_exp to follow it)")  # fmt: skip
+
+
+def config_face(cfg: Any) -> bool:
+    """Whether a config generates the face (the 4th part): its top-level ``face`` (default false)."""
+    v = cfg.get("face", False) if hasattr(cfg, "get") else False
+    if not isinstance(v, bool):
+        raise ConfigError(f"face must be true or false, got {v!r}")
+    return v
 
 
 def check_generator_options(cfg: DictConfig, node: dict | None = None) -> dict:

@@ -33,7 +33,6 @@ from torch import Tensor
 
 from dataloaders.features import audio as audio_feat
 from geometry.rotations import rot6d_to_poses
-from geometry.skeleton import GENERATOR_PARTS
 from inference.audio_input import InputError
 from inference.model_source import LoadedModel
 from inference.windowed import WindowOptions, plan_windows
@@ -93,6 +92,7 @@ class Emitted:
     poses: np.ndarray  # (k,165)
     trans: np.ndarray  # (k,3)
     trans_v: np.ndarray  # (k,3)
+    expressions: np.ndarray | None = None  # (k,100) when the codec has a face part
 
 
 @dataclass
@@ -191,8 +191,9 @@ class GestureStream:
             f1 = min(f1, f0 + max(0, n_frames - first))
         poses = parts["upper"].new_zeros(1, f1 - f0, 165)
         codec = self.lm.codec
-        for p in GENERATOR_PARTS:
+        for p in codec.parts:
             poses[..., codec._aa[p].to(poses.device)] = rot6d_to_poses(parts[p][:, f0:f1])
+        exp = parts["expressions"][0, f0:f1].float().cpu().numpy() if codec.has_face else None
         tv = parts["trans_v"][:, f0:f1]
         # integrate x/z as one running cumulative sum (the offline trans_from_trans_v over the whole sequence)
         xz = torch.cumsum(torch.cat([self.trans_xz[:, None], tv[..., [0, 2]]], dim=1), dim=1)[:, 1:]
@@ -202,7 +203,7 @@ class GestureStream:
         self.emitted_latents = final_lat
         if self.stats.first_emit_audio_s is None and f1 > f0:
             self.stats.first_emit_audio_s = self.y.shape[0] / self.sr
-        return [Emitted(first, poses[0].cpu().numpy(), trans[0].double().cpu().numpy(), tv[0].cpu().numpy())]
+        return [Emitted(first, poses[0].cpu().numpy(), trans[0].double().cpu().numpy(), tv[0].cpu().numpy(), exp)]
 
     # ------------------------------------------------------------------------------------------------ API
     @torch.no_grad()
@@ -252,7 +253,10 @@ def collect(parts: list[Emitted]) -> dict[str, np.ndarray]:
             raise AssertionError(f"emitted frames are not contiguous: expected {start}, got {p.start}")
         start += p.poses.shape[0]
     cat = lambda k: np.concatenate([getattr(p, k) for p in parts]) if parts else np.zeros((0, 3))  # noqa: E731
-    return {"poses": cat("poses"), "trans": cat("trans"), "trans_v": cat("trans_v")}
+    out = {"poses": cat("poses"), "trans": cat("trans"), "trans_v": cat("trans_v")}
+    if parts and parts[0].expressions is not None:
+        out["expressions"] = cat("expressions")
+    return out
 
 
 def stream_file(
@@ -292,7 +296,7 @@ def stream_file(
     meta["timing"] = {"decode": round(inp.seconds["decode"], 4), "words": round(inp.seconds["words"], 4),
                       "streaming": round(t1 - t0, 4), "total_before_write": round(t1 - t_start, 4)}
     return _result(inp.audio.path.stem, got["poses"], got["trans"], torch.cat(stream.latents, 1)[0].cpu().numpy(),
-                   betas, meta)
+                   betas, meta, got.get("expressions"))
 
 
 def stream_pcm(
@@ -348,7 +352,8 @@ def stream_pcm(
                          "max_window_latency_s": max(lat), "first_emit_at_audio_s": stream.stats.first_emit_audio_s,
                          "seconds": t1 - t0}  # fmt: skip
     meta["timing"] = {"streaming": round(t1 - t0, 4), "total_before_write": round(t1 - t0, 4)}
-    return _result(name, got["poses"], got["trans"], torch.cat(stream.latents, 1)[0].cpu().numpy(), betas, meta)
+    return _result(name, got["poses"], got["trans"], torch.cat(stream.latents, 1)[0].cpu().numpy(), betas, meta,
+                   got.get("expressions"))
 
 
 __all__ = ["CONTEXT_S", "Emitted", "GestureStream", "LOOKAHEAD_S", "chunks_of", "collect", "decoder_radius",

@@ -17,7 +17,7 @@ from dataloaders.datasets import WholeFileDataset
 from dataloaders.stats import OFFICIAL_FILES, load_stats
 from evaluation.evaluator import evaluate_folder
 from evaluation.protocols import DEFAULT_PROTOCOL
-from inference.generate import generate_items, gt_copied_fields
+from inference.generate import generate_items, generated_fields, gt_copied_fields, inference_copy_gt
 from inference.loading import build_codec, load_trained_generator, resolve_checkpoint_path, window_options
 from utils.device import get_device
 from utils.io import ensure_writable_dir, save_json, save_npy, save_npz, sha256_file
@@ -55,27 +55,27 @@ def run_test(cfg: DictConfig, ckpt_path: str | os.PathLike, out_dir: str | os.Pa
     model = load_trained_generator(cfg, ckpt, device)
     opts = window_options(cfg)
     inf = cfg.get("inference") or {}
-    seed, copy_jaw = int(inf.get("seed", 0) or 0), bool(inf.get("copy_gt_jaw", True))
-    copied = gt_copied_fields(opts, copy_jaw)
+    seed, copy_gt = int(inf.get("seed", 0) or 0), inference_copy_gt(inf)
+    copied = gt_copied_fields(opts, copy_gt)
     ds = WholeFileDataset(cfg.data, str(test_cfg.get("split", "test")))
     wavs: set[str] = set()
     per_file: list[dict[str, Any]] = []
 
     def write(i: int, item: Any, res: dict[str, Any]) -> None:
         n = res["n_frames"]
-        common = {
-            "betas": item["beta"][0].numpy(), "expressions": item["facial"][:n].numpy(),
-            "trans": item["trans"][:n].numpy(), "model": np.array("smplx2020"), "gender": np.array("neutral"),
-            "mocap_frame_rate": np.array(30),
-        }  # fmt: skip
+        common = {"betas": item["beta"][0].numpy(), "model": np.array("smplx2020"), "gender": np.array("neutral"),
+                  "mocap_frame_rate": np.array(30)}  # fmt: skip
+        # expressions/trans: generated (or zeros when not generated), GT only where copy_gt says (listed)
         save_npz(out / f"res_{item['id']}.npz", poses=res["poses"].astype(np.float32),
+                 expressions=res["expressions"].astype(np.float32), trans=res["trans"].astype(np.float32),
                  gt_copied=np.array(copied, dtype=np.str_), **common)  # fmt: skip
-        save_npz(out / f"gt_{item['id']}.npz", poses=item["pose"][:n].numpy(), **common)
+        save_npz(out / f"gt_{item['id']}.npz", poses=item["pose"][:n].numpy(),
+                 expressions=item["facial"][:n].numpy(), trans=item["trans"][:n].numpy(), **common)  # fmt: skip
         wavs.add(str(Path(item["wav_path"]).parent))
         per_file.append({"id": item["id"], "frames": n, "windows": res["n_windows"], "nfe": res["nfe"],
                          "seconds": res["seconds"]})  # fmt: skip
 
-    generate_items(model, codec, ds, opts, device, seed=seed, copy_gt_jaw=copy_jaw, on_file=write, desc="test",
+    generate_items(model, codec, ds, opts, device, seed=seed, copy_gt=copy_gt, on_file=write, desc="test",
                    keep=False)  # fmt: skip
     if len(wavs) != 1:
         raise ValueError(f"test audio lives in several folders {sorted(wavs)}; expected one wave16k folder")
@@ -107,7 +107,8 @@ def run_test(cfg: DictConfig, ckpt_path: str | os.PathLike, out_dir: str | os.Pa
         "generation_seed": seed,
         "seed_from_gt": opts.seed_from_gt,
         "drop_tail": opts.drop_tail,
-        "copy_gt_jaw": copy_jaw,
+        "copy_gt": list(copy_gt),
+        "fields": generated_fields(codec, copy_gt),
         "windows": opts.to_dict(),
         "rvq": dict(codec.paths),
         "latent_scale": codec.latent_scale,

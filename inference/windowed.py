@@ -135,28 +135,32 @@ def takes_frame_audio(generator: torch.nn.Module) -> bool:
 
 @dataclass
 class WindowedOutput:
-    latents: Tensor  # (B, generated_frames/4, 384), generator scale (÷ latent_scale)
-    poses: Tensor  # (B, n_frames, 165) axis-angle; jaw from ``jaw`` if given, else 0
+    latents: Tensor  # (B, generated_frames/4, latent_dim), generator scale (÷ latent_scale)
+    poses: Tensor  # (B, n_frames, 165) axis-angle; jaw from ``jaw`` if given, else generated (face) or 0
     trans_v: Tensor  # (B, n_frames, 3) decoded
     trans: Tensor  # (B, n_frames, 3) integrated from trans_v
     n_frames: int
     n_windows: int
     nfe: int  # network calls per window summed over windows
     gt_latents: Tensor | None = None
+    expressions: Tensor | None = None  # (B, n_frames, 100) generated (codec with a face part), else None
     windows: list[dict[str, Tensor]] = field(default_factory=list)  # per-window records when record=True
     settings: dict[str, Any] = field(default_factory=dict)
 
 
 @torch.no_grad()
-def seed_from_motion(codec: MotionCodec, poses: Tensor, trans_v: Tensor, opts: WindowOptions) -> Tensor:
-    """Seed latents (B, seed_latents, 384) from a motion's first frames (poses (B,n,165), trans_v (B,n,3)): what
-    the first window continues from when a user gives a starting pose sequence. Needs n >= ``overlap_frames``."""
+def seed_from_motion(codec: MotionCodec, poses: Tensor, trans_v: Tensor, opts: WindowOptions,
+                     expressions: Tensor | None = None) -> Tensor:
+    """Seed latents (B, seed_latents, latent_dim) from a motion's first frames (poses (B,n,165), trans_v (B,n,3),
+    expressions (B,n,100): needed when the codec has a face part): what the first window continues from when a user
+    gives a starting pose sequence. Needs n >= ``overlap_frames``."""
     need = opts.overlap_frames
     n = poses.shape[1]
     if n < need:
         raise ValueError(f"a seed motion needs at least {need} frames, got {n}")
     n_enc = min(n - n % opts.trim_multiple, opts.window_frames)  # the encoder sees up to one window of context
-    return codec.encode(poses[:, :n_enc], trans_v[:, :n_enc])[:, : opts.seed_latents]
+    exp = expressions[:, :n_enc] if expressions is not None and codec.has_face else None
+    return codec.encode(poses[:, :n_enc], trans_v[:, :n_enc], exp)[:, : opts.seed_latents]
 
 
 @torch.no_grad()
@@ -172,13 +176,14 @@ def generate_windowed(
     jaw: Tensor | None = None,
     record: bool = False,
     first_seed: Tensor | None = None,
+    expressions: Tensor | None = None,
 ) -> WindowedOutput:
     """Generate a whole sequence window by window.
 
     audio (B,S,2) onset+amplitude at ``audio_sr``, or (B,n',D) frame features (mel/WavLM, n' >= n frames at ``fps``)
     when the generator's encoder takes them (`takes_frame_audio`); word (B,n) ids (n = frames); poses (B,n,165) and
-    trans_v (B,n,3) are the ground truth, needed only for ``seed_from_gt``; ``jaw`` (B,n,3) is copied into the output
-    poses.
+    trans_v (B,n,3) are the ground truth, needed only for ``seed_from_gt`` (with ``expressions`` (B,n,100) when the
+    codec has a face part); ``jaw`` (B,n,3) is copied into the output poses.
     ``generator``: a models.generators LatentGenerator (call ``.eval()`` first). ``record``: keep every window's
     audio slice, word, seed, noise, condition and latents (for tests/debugging). ``first_seed`` (B, seed_latents,
     384): the first window's seed latents (e.g. `seed_from_motion` of a user's npz), instead of ``opts``' choice.
@@ -200,7 +205,10 @@ def generate_windowed(
         n_enc = n_in - n_in % opts.trim_multiple
         if n_enc < opts.overlap_frames:
             raise ValueError(f"seed_from_gt needs at least {opts.overlap_frames} frames, got {n_in}")
-        gt_latents = codec.encode(poses[:, :n_enc], trans_v[:, :n_enc])
+        if codec.has_face and expressions is None:
+            raise ValueError("seed_from_gt with a face part needs the ground-truth expressions")
+        exp = expressions[:, :n_enc] if codec.has_face else None
+        gt_latents = codec.encode(poses[:, :n_enc], trans_v[:, :n_enc], exp)
         seed = gt_latents[:, : opts.seed_latents]
     elif opts.seed_fallback == "zeros":
         seed = torch.zeros(b, opts.seed_latents, codec.latent_dim, device=device)
@@ -246,6 +254,7 @@ def generate_windowed(
     return WindowedOutput(
         latents=latents, poses=poses_out, trans_v=dec["trans_v"][:, :n], trans=dec["trans"][:, :n], n_frames=n,
         n_windows=plan.n_windows, nfe=nfe, gt_latents=gt_latents, windows=records,
+        expressions=None if dec["expressions"] is None else dec["expressions"][:, :n],
         settings={**opts.to_dict(), **generator.sampler.settings()},
     )
 

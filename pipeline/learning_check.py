@@ -45,7 +45,9 @@ REFERENCES = ("gt", "rvq_roundtrip", "other_gt")
 DELAY_S = 0.5
 CHECK_PROTOCOL = check_protocol("corrected")  # BC in the rule (pre-registered); the papers' protocol beside it
 REPORTED_PROTOCOL = DEFAULT_PROTOCOL
-PER_FILE_KEYS = ("bc", "bc_emage2024", "fgd_file", "speed", "acceleration", "jerk", "beat_placement")
+# jaw_corr (issue 18): correlation of the jaw opening with GT's (NaN when the jaw does not move, e.g. no face part);
+# reported beside the rule, not part of it.
+PER_FILE_KEYS = ("bc", "bc_emage2024", "fgd_file", "speed", "acceleration", "jerk", "beat_placement", "jaw_corr")
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,13 @@ def delay_inputs(item: Mapping[str, Any], seconds: float, audio_sr: int, fps: in
     out["audio"] = torch.cat([torch.zeros((na, *a.shape[1:]), dtype=a.dtype), a])[: a.shape[0]]
     out["word"] = torch.cat([torch.full((nw,), pad_word, dtype=w.dtype), w])[: w.shape[0]]
     return out
+
+
+def _mean(values: Sequence[float]) -> float:
+    """Mean over the files where the number exists (NaN when none has it, e.g. jaw_corr of a still jaw)."""
+    v = np.asarray(values, np.float64)
+    v = v[np.isfinite(v)]
+    return float(v.mean()) if v.size else float("nan")
 
 
 def fit_motion(poses: np.ndarray, n: int) -> np.ndarray:
@@ -231,11 +240,16 @@ class Scorer:
         self.ev = Evaluator(fgd_model, mean_vel=np.asarray(mean_vel), fk=fk, protocol=CHECK_PROTOCOL)
         self.ev_reported = Evaluator(None, mean_vel=np.asarray(mean_vel), fk=fk, protocol=REPORTED_PROTOCOL)
 
-    def score(self, poses: np.ndarray, ref: Mapping[str, Any]) -> dict[str, float]:
+    def score(self, poses: np.ndarray, ref: Mapping[str, Any], expressions: np.ndarray | None = None
+              ) -> dict[str, float]:  # fmt: skip
         n = poses.shape[0]
         gt = ref["pose"][:n].numpy()
         betas = ref["beta"][0].numpy()
-        self.ev.add(poses, gt, betas=betas, audio=ref["wav_path"], id=ref["id"])
+        # face numbers only where the reference carries GT expressions (the NFE table's refs do not)
+        gt_exp = ref["facial"][:n].numpy() if ref.get("facial") is not None else None
+        exp = None if gt_exp is None else (np.zeros_like(gt_exp) if expressions is None else expressions)
+        self.ev.add(poses, gt, betas=betas, audio=ref["wav_path"], id=ref["id"], pred_expressions=exp,
+                    gt_expressions=gt_exp)  # fmt: skip
         rep = self.ev_reported.add(poses, gt, betas=betas, audio=ref["wav_path"], id=ref["id"])
         seq = self.ev.sequences[-1]
         nan = float("nan")
@@ -246,19 +260,23 @@ class Scorer:
         return {"bc": num(seq.bc), "bc_emage2024": num(rep["bc"]),
                 "fgd_file": nan if seq.fgd_moments is None else paired_file_fgd(seq.fgd_moments),
                 **{q: num((seq.realism or {}).get(q)) for q in ("speed", "acceleration", "jerk")},
-                "beat_placement": num(seq.beat_placement)}  # fmt: skip
+                "beat_placement": num(seq.beat_placement), "jaw_corr": num((seq.face_params or {}).get("jaw_corr"))}
 
 
-def _save_motion(folder: Path, ref: Mapping[str, Any], poses: np.ndarray, copied: list[str]) -> None:
+def _save_motion(folder: Path, ref: Mapping[str, Any], poses: np.ndarray, copied: list[str],
+                 expressions: np.ndarray | None = None, trans: np.ndarray | None = None) -> None:
+    """res_/gt_ npz of one motion; ``expressions``/``trans`` default to GT's (the references are GT motion)."""
     from utils.io import save_npz
 
     n = poses.shape[0]
-    common = {"betas": ref["beta"][0].numpy(), "expressions": ref["facial"][:n].numpy(),
-              "trans": ref["trans"][:n].numpy(), "model": np.array("smplx2020"), "gender": np.array("neutral"),
+    gt = {"expressions": ref["facial"][:n].numpy(), "trans": ref["trans"][:n].numpy()}
+    common = {"betas": ref["beta"][0].numpy(), "model": np.array("smplx2020"), "gender": np.array("neutral"),
               "mocap_frame_rate": np.array(30)}  # fmt: skip
     save_npz(folder / f"res_{ref['id']}.npz", poses=np.asarray(poses, np.float32),
+             expressions=np.asarray(gt["expressions"] if expressions is None else expressions, np.float32),
+             trans=np.asarray(gt["trans"] if trans is None else trans, np.float32),
              gt_copied=np.array(copied, dtype=np.str_), **common)  # fmt: skip
-    save_npz(folder / f"gt_{ref['id']}.npz", poses=ref["pose"][:n].numpy(), **common)
+    save_npz(folder / f"gt_{ref['id']}.npz", poses=ref["pose"][:n].numpy(), **gt, **common)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -274,7 +292,7 @@ def run_learning_check(
     fk: Any,
     device: torch.device,
     seeds: int = 3,
-    copy_gt_jaw: bool = True,
+    copy_gt: Sequence[str] = (),
     out_dir: Path | None = None,
     n_boot: int = 2000,
     rule: Rule = RULE,
@@ -299,7 +317,7 @@ def run_learning_check(
         "delayed": [delay_inputs(it, DELAY_S, sr, fps, pad) for it in items],
     }
     scorer = Scorer(fgd_model, mean_vel, fk)
-    copied = gt_copied_fields(opts, copy_gt_jaw)
+    copied = gt_copied_fields(opts, copy_gt)
     raw: dict[str, list[list[dict[str, float]]]] = {}  # condition -> file -> seeds
     gen_s, motion_frames, nfe, windows = 0.0, 0, 0, 0
     for cond in CONDITIONS:
@@ -308,11 +326,11 @@ def run_learning_check(
             folder = None if out_dir is None else Path(out_dir) / cond / f"seed{s}"
 
             def on_file(i: int, ref: Mapping[str, Any], res: dict[str, Any], cond=cond, folder=folder) -> None:
-                raw[cond][i].append(scorer.score(res["poses"], ref))
+                raw[cond][i].append(scorer.score(res["poses"], ref, res["expressions"]))
                 if folder is not None:
-                    _save_motion(folder, ref, res["poses"], copied)
+                    _save_motion(folder, ref, res["poses"], copied, res["expressions"], res["trans"])
 
-            results = generate_items(model, codec, inputs[cond], opts, device, seed=1000 * s, copy_gt_jaw=copy_gt_jaw,
+            results = generate_items(model, codec, inputs[cond], opts, device, seed=1000 * s, copy_gt=copy_gt,
                                      references=items, on_file=on_file, keep=False)  # fmt: skip
             if cond == "own":
                 gen_s += sum(r["seconds"] for r in results)
@@ -320,32 +338,38 @@ def run_learning_check(
                 nfe += sum(r["nfe"] for r in results)
                 windows += sum(r["n_windows"] for r in results)
             print(f"[learning_check] {cond} seed {s}: " + "  ".join(
-                f"{k}={np.nanmean([f[-1][k] for f in raw[cond]]):.4f}" for k in PER_FILE_KEYS), flush=True)  # fmt: skip
+                f"{k}={_mean([f[-1][k] for f in raw[cond]]):.4f}" for k in PER_FILE_KEYS), flush=True)  # fmt: skip
     # references: no generation, no seeds
     for ref_name in REFERENCES:
         raw[ref_name] = []
         folder = None if out_dir is None else Path(out_dir) / ref_name
         for i, it in enumerate(items):
-            poses = it["pose"].numpy()
+            poses, expressions = it["pose"].numpy(), it["facial"].numpy()
             if ref_name == "rvq_roundtrip":
                 dev = next(codec.parameters()).device
                 n_enc = poses.shape[0] - poses.shape[0] % 4
                 with torch.no_grad():
-                    z = codec.encode(it["pose"][None, :n_enc].to(dev), it["trans_v"][None, :n_enc].to(dev))
-                    dec = codec.decode(z, jaw=it["pose"][None, :n_enc, 66:69].to(dev))
+                    exp = it["facial"][None, :n_enc].to(dev) if codec.has_face else None
+                    z = codec.encode(it["pose"][None, :n_enc].to(dev), it["trans_v"][None, :n_enc].to(dev), exp)
+                    # without a face part the jaw is not encoded: GT's (as the generated rows' copy_gt would)
+                    dec = codec.decode(z, jaw=None if codec.has_face else it["pose"][None, :n_enc, 66:69].to(dev))
                 poses = dec["poses"][0].float().cpu().numpy()
+                if codec.has_face:
+                    expressions = dec["expressions"][0].float().cpu().numpy()
             elif ref_name == "other_gt":
                 poses = fit_motion(items[donor[i]]["pose"].numpy(), poses.shape[0])
-            raw[ref_name].append([scorer.score(poses, it)])
+                expressions = fit_motion(items[donor[i]]["facial"].numpy(), poses.shape[0])
+            expressions = expressions[: poses.shape[0]]
+            raw[ref_name].append([scorer.score(poses, it, expressions)])
             if folder is not None:
-                _save_motion(folder, it, poses, ["all"] if ref_name == "gt" else [])
+                _save_motion(folder, it, poses, ["all"] if ref_name == "gt" else [], expressions)
     if out_dir is not None:
         from utils.io import save_json
 
         save_json({it["id"]: it["wav_path"] for it in items}, Path(out_dir) / "wavs.json")
     per_file = {c: {k: [float(np.mean([s[k] for s in f])) for f in raw[c]] for k in PER_FILE_KEYS} for c in raw}
     verdict = judge(per_file, rule, n_boot=n_boot)
-    summary = {c: {k: float(np.nanmean(per_file[c][k])) for k in PER_FILE_KEYS} for c in per_file}
+    summary = {c: {k: _mean(per_file[c][k]) for k in PER_FILE_KEYS} for c in per_file}
     realism = {}
     for c in (*CONDITIONS, "rvq_roundtrip", "other_gt"):
         realism[c] = {q: summary[c][q] / summary["gt"][q] for q in ("speed", "acceleration", "jerk")}
@@ -376,6 +400,7 @@ def learning_check_stage(cfg: Any) -> dict[str, Any]:
     from dataloaders.stats import load_stats
     from evaluation.fgd_autoencoder import load_fgd_autoencoder
     from geometry.body_model import get_fk
+    from inference.generate import inference_copy_gt
     from inference.loading import build_codec, load_trained_generator, window_options
     from pipeline.stages import flatten_overrides, generator_config, out_dir, record
     from utils.device import get_device
@@ -395,7 +420,7 @@ def learning_check_stage(cfg: Any) -> dict[str, Any]:
     motions = out_dir(cfg) / "report" / "learning_check"
     result = run_learning_check(
         model, codec, items, window_options(scfg), fgd_model, stats.mean_vel, get_fk(scfg.test.get("body_model")),
-        device, int(lc.seeds), copy_gt_jaw=bool(inf.get("copy_gt_jaw", True)), out_dir=motions,
+        device, int(lc.seeds), copy_gt=inference_copy_gt(inf), out_dir=motions,
         n_boot=int(lc.get("n_boot", 2000)),
     )  # fmt: skip
     result["generator"] = gen

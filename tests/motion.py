@@ -16,3 +16,24 @@ def smooth_random_motion(shape: tuple[int, ...], seed: int, step: float = 0.02, 
     if offset > 0:
         x = x + rng.normal(0.0, offset, shape[1:])
     return x
+
+
+def random_rvq_files(parts, folder, seed: int) -> dict:
+    """Tiny random RVQ-VAE checkpoints (code_dim 128, spread codebooks so decoding is not constant), one per part:
+    {part: path}. Part i is seeded with ``seed + i``."""
+    import torch
+
+    from geometry.skeleton import part_dim
+    from models.vq.rvqvae import RVQVAE
+    from utils.io import save_torch
+
+    paths = {}
+    for i, part in enumerate(parts):
+        torch.manual_seed(seed + i)
+        m = RVQVAE(part_dim(part), nb_code=16, code_dim=128, width=16, depth=1, num_quantizers=2)
+        with torch.no_grad():  # codebooks start at zero
+            for layer in m.quantizer.layers:
+                layer.codebook.normal_(0.0, 0.5)
+        m.part = part
+        paths[part] = str(save_torch(m.checkpoint_payload(), folder / f"{part}.pt"))
+    return paths

@@ -13,9 +13,8 @@ import pytest
 import torch
 
 from dataloaders.synthetic import generate_corpus
-from geometry.skeleton import part_dim
 from inference.test_split import run_test
-from models.vq.rvqvae import RVQVAE
+from tests.motion import random_rvq_files
 from trainers.generative import GenerativeTrainer
 from utils.config import load_config
 from utils.io import load_torch, save_torch
@@ -29,15 +28,7 @@ def assets(tmp_path_factory):
     """A 1-speaker corpus (files: 1 test, 1 val, 2 train of 8 s) and three random tiny RVQ-VAEs (code_dim 128)."""
     root = tmp_path_factory.mktemp("gen")
     corpus = generate_corpus(root / "corpus", speakers=1, files_per_speaker=4, seconds=8, seed=3)
-    paths = {}
-    for i, part in enumerate(RVQ_PARTS):
-        torch.manual_seed(100 + i)
-        m = RVQVAE(part_dim(part), nb_code=16, code_dim=128, width=16, depth=1, num_quantizers=2)
-        with torch.no_grad():  # codebooks start at zero; give them spread so decoding is not constant
-            for layer in m.quantizer.layers:
-                layer.codebook.normal_(0.0, 0.5)
-        m.part = part
-        paths[part] = str(save_torch(m.checkpoint_payload(), root / "rvq" / f"{part}.pt"))
+    paths = random_rvq_files(RVQ_PARTS, root / "rvq", seed=100)
     return {"root": root, "corpus": corpus, "rvq": paths}
 
 
@@ -140,13 +131,17 @@ def test_run_test_writes_outputs_and_metrics(trained, tmp_path):
     n = g["poses"].shape[0]
     assert r["poses"].shape == (n, 165) and r["trans"].shape == (n, 3) and r["betas"].shape == (300,)
     assert n == 8 * 30  # whole-sequence mode: every frame generated
-    np.testing.assert_array_equal(r["poses"][:, 66:69], g["poses"][:, 66:69])  # GT jaw, declared below
-    np.testing.assert_array_equal(r["trans"], g["trans"])
+    # nothing copied from GT by default: no face part, so jaw and expressions are zeros; trans is the generated one
+    assert not r["poses"][:, 66:69].any() and not r["expressions"].any() and g["expressions"].any()
+    assert not np.allclose(r["trans"], g["trans"])
     assert not np.allclose(r["poses"], g["poses"])
     assert str(r["model"]) == "smplx2020" and int(r["mocap_frame_rate"]) == 30
-    assert sorted(r["gt_copied"].tolist()) == ["expressions", "jaw", "seed", "trans"]
+    assert r["gt_copied"].tolist() == ["seed"]  # the first window's seed latents (seed_from_gt, the reference)
     m = json.loads((tmp_path / "test" / "metrics.json").read_text())
-    assert m["gt_copied"] == ["expressions", "trans", "jaw", "seed"]
+    assert m["gt_copied"] == ["seed"]
+    assert m["generation"]["copy_gt"] == [] and m["generation"]["fields"]["jaw"] == "zeros (not generated)"
+    assert m["generation"]["fields"]["trans"] == "generated"
+    assert "face_param_mse" in m["metrics"] and m["metrics"]["jaw_corr"] is None  # a still jaw has no correlation
     assert m["protocol"]["id"] == "emage2024" and "bc" in m["metrics"] and "l1div" in m["metrics"]
     gen = m["generation"]
     assert gen["checkpoint"]["path"] == str(ckpt) and len(gen["checkpoint"]["sha256"]) == 64

@@ -118,7 +118,8 @@ def _assert_artefacts(out: Path) -> None:
         ids = sorted(p.name[4:] for p in d.glob("res_*.npz"))
         assert len(ids) == 2 and ids == sorted(p.name[3:] for p in d.glob("gt_*.npz"))
         m = json.loads((out / "report" / "metrics" / f"{run}.json").read_text())
-        assert m["protocol"]["id"] == "emage2024" and "jaw" in m["gt_copied"]
+        assert m["protocol"]["id"] == "emage2024" and m["gt_copied"] == ["seed"]  # nothing copied by default
+        assert m["generation"]["fields"]["jaw"] == "zeros (not generated)"  # the main job has no face part
         for k in ("fgd", "bc", "l1div"):
             assert np.isfinite(m["metrics"][k])
     assert json.loads((out / "report" / "metrics" / "shortcut_n20.json").read_text())["generation"]["n_steps"] == 20

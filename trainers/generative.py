@@ -27,7 +27,7 @@ Config keys (beyond BaseTrainer's; see configs/generator_base.yaml)::
       # sampling steps/guidance live in the sampler's node only: model.generator.params.sampler
     inference:
       seed: 0                            # generation seed for validation/test (a private torch.Generator)
-      copy_gt_jaw: true                  # reference: jaw (66:69) copied from GT (the jaw is never generated)
+      copy_gt: []                        # fields copied from GT into validation outputs (jaw, expressions, trans)
       windows: {audio_indexing, drop_tail, seed_from_gt, seed_fallback, ...}   # inference.windowed.WindowOptions
     val: {split: val, max_files: null, fgd_autoencoder: null, fallback_metric: latent_fd, fallback_mode: min,
           protocol: emage2024, body_model: null}
@@ -54,7 +54,7 @@ from evaluation.fgd_autoencoder import load_fgd_autoencoder
 from evaluation.metrics import frechet_distance
 from evaluation.protocols import DEFAULT_PROTOCOL
 from geometry.body_model import get_fk
-from inference.generate import generate_items
+from inference.generate import generate_items, inference_copy_gt
 from inference.loading import (
     build_codec,
     build_generator_from_config,
@@ -93,7 +93,7 @@ class GenerativeTrainer(BaseTrainer):
         self.window_opts = window_options(cfg)
         inf = cfg.get("inference") or {}
         self.inf_seed = int(inf.get("seed", 0) or 0)
-        self.copy_gt_jaw = bool(inf.get("copy_gt_jaw", True))
+        self.copy_gt = inference_copy_gt(inf)
         if self.val_period > 0 and self.is_main:
             self._fgd = _load_fgd(self.val_cfg.get("fgd_autoencoder"))
         if self.best_metric == "fgd" and self._fgd is None:
@@ -129,20 +129,22 @@ class GenerativeTrainer(BaseTrainer):
         return {"train": GeneratorWindowDataset(self.cfg.data, "train"), "val": val}
 
     def collate_fn(self, items: list[Any]) -> Any:
-        keep = ("pose", "trans_v", "audio", "word")  # what a training step uses
+        keep = ("pose", "trans_v", "audio", "word") + (("facial",) if self.codec.has_face else ())  # a step's inputs
         return torch.utils.data.default_collate([{k: it[k] for k in keep} for it in items])
 
     def set_train_mode(self) -> None:
         self.model.train()
         self.codec.eval()
 
-    def latents(self, pose: torch.Tensor, trans_v: torch.Tensor) -> torch.Tensor:
-        """Generator-scale latents (B,T/4,384) from the frozen codec, in float32 (outside autocast)."""
+    def latents(self, pose: torch.Tensor, trans_v: torch.Tensor,
+                expressions: torch.Tensor | None = None) -> torch.Tensor:
+        """Generator-scale latents (B,T/4,latent_dim) from the frozen codec, in float32 (outside autocast)."""
         with torch.autocast(device_type=self.device.type, enabled=False):
-            return self.codec.encode(pose.float(), trans_v.float())
+            exp = expressions.float() if expressions is not None else None
+            return self.codec.encode(pose.float(), trans_v.float(), exp)
 
     def train_step(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        z = self.latents(batch["pose"], batch["trans_v"])
+        z = self.latents(batch["pose"], batch["trans_v"], batch.get("facial"))
         seed = z[:, : self.pre_frames]
         return self.forward_model(z, batch["audio"], batch["word"], seed, method="loss")
 
@@ -159,7 +161,7 @@ class GenerativeTrainer(BaseTrainer):
                        protocol=str(self.val_cfg.get("protocol", DEFAULT_PROTOCOL)))  # fresh metric state every time
         items = [ds[i] for i in range(n_files)]
         results = generate_items(self.model, self.codec, items, self.window_opts, self.device, seed=self.inf_seed,
-                                 copy_gt_jaw=self.copy_gt_jaw, evaluators=[ev])  # fmt: skip
+                                 copy_gt=self.copy_gt, evaluators=[ev])  # fmt: skip
         gen_lat, gt_lat = [], []
         for res in results:
             if res["gt_latents"] is not None:

@@ -133,9 +133,10 @@ def make_couplings(
                       initial=store.n_chunks, total=n_chunks):  # fmt: skip
         idx = list(range(k * batch_size, min(n, (k + 1) * batch_size)))
         items = [dataset[i] for i in idx]
-        batch = {key: stack(items, key).to(device)
-                 for key in ("pose", "trans_v", "audio", "word")}  # fmt: skip
-        z = codec.encode(batch["pose"].float(), batch["trans_v"].float())  # (n,32,384)
+        keys = ("pose", "trans_v", "audio", "word") + (("facial",) if codec.has_face else ())
+        batch = {key: stack(items, key).to(device) for key in keys}
+        z = codec.encode(batch["pose"].float(), batch["trans_v"].float(),
+                         batch["facial"].float() if codec.has_face else None)  # (n,32,latent_dim)
         seed_lat = z[:, :pre_frames]
         at_feat = teacher.encode(batch["audio"], batch["word"])
         noise = torch.randn((len(idx), z.shape[2], 1, z.shape[1]), generator=chunk_generator(seed, k))

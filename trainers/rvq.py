@@ -50,7 +50,7 @@ CONFIG_DIR = REPO_ROOT / "configs" / "rvq"
 # The reference CLI called the hands part "hand" (its substring test made that work); we map names explicitly.
 PART_ALIASES = {"hand": "hands"}
 # Order of the reference's train_rvq.sh.
-TRAIN_ORDER = ("lower_trans", "upper", "hands", "face")
+TRAIN_ORDER = ("lower_trans", "upper", "hands", "face_jaw")
 
 
 def canonical_part(part: str) -> str:
@@ -329,7 +329,7 @@ def resolve_config_path(config: str | None, body_part: str | None) -> Path:
     if config:
         return Path(config)
     if not body_part:
-        raise SystemExit("give -c CONFIG or --body_part PART (one of upper, hands, lower, lower_trans, face)")
+        raise SystemExit("give -c CONFIG or --body_part PART (one of upper, hands, lower, lower_trans, face, face_jaw)")
     path = CONFIG_DIR / f"{canonical_part(body_part)}.yaml"
     if not path.is_file():
         raise SystemExit(f"no config for part {body_part!r}: {path} does not exist")

@@ -37,7 +37,7 @@ from utils.config import ConfigError, instantiate_from_config
 # net(x (B,C,1,T), timesteps (B,), cond_time (B,) or None, seed (B,4,C), at_feat (B,T,D)) -> (B,C,1,T)
 NetFn = Callable[[Tensor, Tensor, "Tensor | None", Tensor, Tensor], Tensor]
 
-LATENT_CHANNELS = 384  # upper 128 | hands 128 | lower+trans 128
+LATENT_CHANNELS = 384  # upper 128 | hands 128 | lower+trans 128 (+ face 128 with use_exp: see latent_channels)
 LATENT_FRAMES = 32  # 128 motion frames / 4 (RVQ temporal downsampling)
 
 
@@ -340,6 +340,11 @@ class LatentGenerator(nn.Module):
     def null_cond(self) -> Tensor:
         return self.denoiser.null_cond_embed
 
+    @property
+    def latent_channels(self) -> int:
+        """Latent width the denoiser works on: parts x per-part width (384 body, 512 with the face)."""
+        return int(getattr(self.denoiser, "n_parts", 3) * getattr(self.denoiser, "input_dim", 128))
+
     def encode(self, audio: Tensor, word: Tensor) -> Tensor:
         """Condition features at_feat (B,32,D) from audio (B,S,2) and word ids (B,128)."""
         return self.modality_encoder(audio, word)
@@ -389,7 +394,7 @@ class LatentGenerator(nn.Module):
         b = cond.shape[0]
         if noise is None:
             # drawn after the encoder, as upstream does (matters only for global-RNG reproducibility)
-            noise = randn((b, LATENT_CHANNELS, 1, cond.shape[1]), cond, generator)
+            noise = randn((b, self.latent_channels, 1, cond.shape[1]), cond, generator)
         elif noise.shape[0] != b:
             raise ValueError(f"noise batch {noise.shape[0]} != condition batch {b}")
         return self.sampler(self.sampling_net, noise, seed, cond, self.null_cond, n_steps, guidance, generator)
