@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from pipeline.runner import load_record, record_path
 from utils.config import load_config, to_container
@@ -37,15 +37,11 @@ def flatten_overrides(node: Any, prefix: str = "") -> list[str]:
     return out
 
 
-def stage_config(path: str, overrides: Any, extra: list[str] | None = None) -> DictConfig:
-    return load_config(str(path), flatten_overrides(overrides) + list(extra or []))
-
-
-def with_data(cfg: DictConfig, data: Any) -> DictConfig:
-    """Replace the stage config's ``data`` node by the pipeline's (same corpus and cache for every stage)."""
-    OmegaConf.set_struct(cfg, False)
-    cfg.data = OmegaConf.create(to_container(data))
-    return cfg
+def stage_config(path: str, overrides: Any, extra: list[str] | None = None, data: Any = None) -> DictConfig:
+    """A stage owner's YAML with the pipeline's overrides; ``data`` (the pipeline's node: same corpus and cache for
+    every stage) replaces the stage's own before its interpolations resolve."""
+    return load_config(str(path), flatten_overrides(overrides) + list(extra or []),
+                       nodes=None if data is None else {"data": data})  # fmt: skip
 
 
 def out_dir(cfg: DictConfig) -> Path:
@@ -125,7 +121,7 @@ def fgd_ae(cfg: DictConfig) -> dict[str, Any]:
     from trainers.fgd_ae import FGDAETrainer
 
     extra = [f"output_dir={out_dir(cfg) / 'runs'}", f"seed={int(cfg.seed)}", f"device={cfg.device}"]
-    scfg = with_data(stage_config(node.config, node.get("overrides"), extra), cfg.data)
+    scfg = stage_config(node.config, node.get("overrides"), extra, cfg.data)
     rec = fit_and_record(FGDAETrainer(scfg))
     rec.update(trained=True, sha256=sha256_file(rec["paths"]["checkpoint"]))
     return rec
@@ -139,7 +135,7 @@ def rvq(cfg: DictConfig, part: str) -> dict[str, Any]:
     node = cfg.rvq
     path = str(node.config).format(part=part)
     extra = [f"output_dir={out_dir(cfg) / 'runs'}", f"device={cfg.device}"]
-    scfg = with_data(stage_config(path, node.get("overrides"), extra), cfg.data)
+    scfg = stage_config(path, node.get("overrides"), extra, cfg.data)
     return fit_and_record(RVQTrainer(scfg))
 
 
@@ -164,8 +160,7 @@ def generator_config(cfg: DictConfig, name: str, extra: list[str] | None = None)
     base = [f"output_dir={out_dir(cfg) / 'runs'}", f"device={cfg.device}",
             *(f"rvq.{p}={v}" for p, v in rvq_paths.items()), f"val.fgd_autoencoder={fgd}",
             f"test.fgd_autoencoder={fgd}"]  # fmt: skip
-    scfg = stage_config(str(node.config), node.get("overrides"), base + list(extra or []))
-    return with_data(scfg, cfg.data)
+    return stage_config(str(node.config), node.get("overrides"), base + list(extra or []), cfg.data)
 
 
 def generator(cfg: DictConfig, name: str) -> dict[str, Any]:

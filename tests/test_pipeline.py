@@ -64,6 +64,20 @@ def test_flatten_overrides_round_trip() -> None:
     assert out == ["solver.epochs=3", "solver.milestones=[1, 2]", "x=null", 'name="a b"']
 
 
+def test_stage_configs_resolve_against_the_pipeline_data() -> None:
+    """The pipeline's data node replaces a stage's own before interpolations resolve: data.audio_rep=mel reaches the
+    generator's encoder (it reads ${data.audio_rep}), so one pipeline override switches the audio features."""
+    from pipeline.stages import stage_config
+    from utils.config import load_config
+
+    cfg = load_config("configs/pipeline/synthetic_cpu.yaml", ["data.audio_rep=mel", "data.synthetic.files_per_speaker=3"])
+    node = cfg.generators.shortcut
+    scfg = stage_config(str(node.config), node.get("overrides"), [], cfg.data)
+    assert scfg.data.audio_rep == "mel" and scfg.data.synthetic.files_per_speaker == 3
+    assert scfg.model.generator.params.modality_encoder.params.audio_rep == "mel"
+    assert scfg.data.cache_dir == cfg.data.cache_dir  # every stage reads the pipeline's cache
+
+
 def test_table_and_curves(tmp_path: Path) -> None:
     rep = {"metrics": {"fgd": 0.5, "bc": 0.6, "l1div": 3.0, "bc_gt": 0.7, "l1div_gt": 3.5},
            "ci95": {"fgd": [0.4, 0.6], "bc": [0.5, 0.7]}, "generation": {"nfe_per_window": 2},

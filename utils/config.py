@@ -139,10 +139,13 @@ def apply_overrides(cfg: DictConfig, overrides: Iterable[str]) -> DictConfig:
 _MISSING = object()
 
 
-def load_config(path: str | Path, overrides: Iterable[str] | None = None) -> DictConfig:
+def load_config(path: str | Path, overrides: Iterable[str] | None = None,
+                nodes: dict[str, Any] | None = None) -> DictConfig:
     """Load an experiment YAML, merged over its bases, then apply CLI overrides.
 
-    ``exp_name`` defaults to the file name without extension. Interpolations (``${...}``, ``${oc.env:VAR,default}``)
+    ``exp_name`` defaults to the file name without extension. ``nodes`` replace top-level nodes as a whole before
+    the overrides (the pipeline gives every stage its ``data``), so interpolations that read them (e.g. the
+    encoder's ``${data.audio_rep}``) see the replacement. Interpolations (``${...}``, ``${oc.env:VAR,default}``)
     are resolved at the end so errors surface here rather than deep inside a run.
     """
     p = resolve_path(path)
@@ -151,6 +154,10 @@ def load_config(path: str | Path, overrides: Iterable[str] | None = None) -> Dic
     cfg = _load_yaml(p)
     if "exp_name" not in cfg:
         cfg.exp_name = p.stem
+    if nodes:
+        OmegaConf.set_struct(cfg, False)
+        for key, value in nodes.items():
+            cfg[key] = OmegaConf.create(to_container(value))
     cfg = apply_overrides(cfg, list(overrides or []))
     try:
         OmegaConf.resolve(cfg)
