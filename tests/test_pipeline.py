@@ -70,7 +70,8 @@ def test_stage_configs_resolve_against_the_pipeline_data() -> None:
     from pipeline.stages import stage_config
     from utils.config import load_config
 
-    cfg = load_config("configs/pipeline/synthetic_cpu.yaml", ["data.audio_rep=mel", "data.synthetic.files_per_speaker=3"])
+    over = ["data.audio_rep=mel", "data.synthetic.files_per_speaker=3"]
+    cfg = load_config("configs/pipeline/synthetic_cpu.yaml", over)
     node = cfg.generators.shortcut
     scfg = stage_config(str(node.config), node.get("overrides"), [], cfg.data)
     assert scfg.data.audio_rep == "mel" and scfg.data.synthetic.files_per_speaker == 3
