@@ -6,7 +6,9 @@
 Full-size networks (official v2 config: denoiser 256-D, 8+3 blocks; modality encoder 256-D, 11195-word table).
 Reports median seconds for `loss(...)` + backward (train mode, batch --batch) and for `sample_with_stats(...)`
 (eval mode, batch --sample-batch) with each generator's default steps/guidance, plus NFE. Audio is a 128-frame
-window (68266 samples, 2 channels).
+window (68266 samples, 2 channels). ``sample_net_s`` / ``sample_net_uncached_s``: the sampling loop alone (condition
+precomputed), with the per-window condition cache (`models.layers.attention.reuse_condition`, the default) and
+without it, timed alternately in one loop; ``cache_identical`` says whether both gave bit-identical latents.
 """
 
 from __future__ import annotations
@@ -59,6 +61,21 @@ def _median_time(fn, iters: int, warmup: int, device: torch.device) -> float:
     return statistics.median(times)
 
 
+def _median_pair(fa, fb, iters: int, warmup: int, device: torch.device) -> tuple[float, float]:
+    """Medians of two functions timed alternately (a, b, a, b, ...), so machine load hits both alike."""
+    for _ in range(warmup):
+        fa(), fb()
+    ta, tb = [], []
+    for _ in range(iters):
+        for fn, acc in ((fa, ta), (fb, tb)):
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            acc.append(time.perf_counter() - t0)
+    return statistics.median(ta), statistics.median(tb)
+
+
 def bench(name: str, args: argparse.Namespace, device: torch.device) -> dict:
     seed_everything(0)
     gen = build_generator(GENERATORS[name]).to(device)
@@ -84,6 +101,23 @@ def bench(name: str, args: argparse.Namespace, device: torch.device) -> dict:
         "train_step_s": _median_time(train_step, args.iters, args.warmup, device),
         "sample_s": _median_time(sample, args.iters, args.warmup, device),
     }
+    gen.eval()
+    with torch.no_grad(), autocast:
+        at = gen.encode(sa, sw)
+    snoise = noise[: args.sample_batch]
+    n, w = gen.sampler.resolve(None, None)
+
+    def net_cached():
+        with autocast:
+            stats["cached"] = gen.sample_with_stats(None, None, sl, noise=snoise, at_feat=at).latents
+
+    def net_uncached():
+        with torch.no_grad(), autocast:
+            stats["plain"] = gen.sampler(gen.sampling_net, snoise, sl, at, gen.null_cond, n, w).latents
+
+    res["sample_net_s"], res["sample_net_uncached_s"] = _median_pair(net_cached, net_uncached, args.iters,
+                                                                     args.warmup, device)
+    res["cache_identical"] = bool(torch.equal(stats["cached"], stats["plain"]))
     out = stats["out"]
     res.update(nfe=out.nfe, nfe_rows=out.nfe_rows, finite=bool(torch.isfinite(out.latents).all()))
     return res

@@ -15,7 +15,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.layers.attention import JOINT_RESIDUALS, CrossAttentionBlock, SpatialTemporalBlock
+from models.layers.attention import (
+    JOINT_RESIDUALS,
+    CrossAttentionBlock,
+    SpatialTemporalBlock,
+    condition_projection,
+)
 from models.layers.embeddings import (
     PositionalEncoding,
     RotaryEmbedding,
@@ -200,7 +205,7 @@ class GestureDenoiser(nn.Module):
         h = torch.cat([emb[:, None, None, :].expand(b, p, t, d), h], dim=-1)  # [emb | tokens], as upstream
         h = self.input_process2(h)
         if self.frame_cond_proj is not None:  # (B, T, P*D) -> (B, P, T, D): condition of frame i to frame i
-            h = h + self.frame_cond_proj(at_feat).view(b, t, p, d).permute(0, 2, 1, 3)
+            h = h + condition_projection(self.frame_cond_proj, at_feat).view(b, t, p, d).permute(0, 2, 1, 3)
         h = self.rel_pos(h, seq_dim=2)
         h = self._cross_attend(h, at_feat)
         for blk in self.mytimmblocks:

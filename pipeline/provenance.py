@@ -51,7 +51,8 @@ def stage_inputs(cfg: DictConfig, name: str) -> tuple[dict[str, Any], list[str]]
         for key in ("teacher", "init_from"):  # reflow's couplings / a warm start come from another generator
             if node.get(key):
                 deps.append(f"gen_{node[key]}")
-        return {**common, "generator": to_container(node), "stage": _stage_yaml(cfg, node)}, deps
+        return {**common, "face": bool(cfg.get("face", False)), "generator": to_container(node),
+                "stage": _stage_yaml(cfg, node)}, deps
     if name.startswith("test_"):
         r = name[len("test_") :]
         node = cfg.test.runs[r]

@@ -24,6 +24,10 @@ def _fmt(v: float | None, ci: list[float] | None = None, digits: int = 4, sig: b
     return s
 
 
+def _finite(v: float | None) -> float | None:
+    return None if v is None or v != v else v
+
+
 def table_rows(tests: dict[str, dict[str, Any]], labels: dict[str, str], check: dict[str, Any] | None) -> list[dict]:
     """Rows (name, fgd, bc, l1div with CIs, nfe, rtf): GT, every test run, the mismatched-audio control."""
     rows: list[dict[str, Any]] = []
@@ -88,14 +92,15 @@ def learning_check_line(check: dict[str, Any]) -> str:
             + f"). {crit}.")  # fmt: skip
     stats = ["", "| statistic | value [95% CI] |", "|---|---|",
              *(f"| {k.replace('_', ' ')} | {_fmt(v['value'], v['ci95'])} |" for k, v in st.items())]  # fmt: skip
-    keys = ("bc", "bc_emage2024", "fgd_file", "speed", "acceleration", "jerk", "beat_placement")
+    keys = ("bc", "bc_emage2024", "fgd_file", "speed", "acceleration", "jerk", "beat_placement", "jaw_corr")
     head = ("| condition | BC (corrected) | BC (emage2024) | paired per-file FGD | speed (m/s) | acc. (m/s²) | "
-            "jerk (m/s³) | beat placement | speed / acc. / jerk vs GT |")
-    rows = ["", head, "|---|---|---|---|---|---|---|---|---|"]
+            "jerk (m/s³) | beat placement | jaw corr. | speed / acc. / jerk vs GT |")
+    rows = ["", head, "|---|---|---|---|---|---|---|---|---|---|"]
     for c, m in check["summary"].items():
         ratios = check["realism_ratios_vs_gt"].get(c)
         rr = "–" if ratios is None else " / ".join(f"{ratios[q]:.2f}" for q in ("speed", "acceleration", "jerk"))
-        vals = " | ".join(_fmt(m[k], sig=k == "fgd_file") for k in keys)
+        # jaw corr.: NaN (–) where the jaw does not move (a generator without a face part leaves it at zero)
+        vals = " | ".join(_fmt(_finite(m.get(k)), sig=k == "fgd_file") for k in keys)
         rows.append(f"| {c} | {vals} | {rr} |")
     notes = ["", "Conditions: own audio+words; audio swapped (words kept); words swapped (audio kept); audio+words "
              "delayed 0.5 s (leading silence / PAD, cropped), scored against the original audio. References: GT, the "

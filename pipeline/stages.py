@@ -18,8 +18,9 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from inference.loading import FACE_RVQ
 from pipeline.runner import load_record, record_path
-from utils.config import load_config, to_container
+from utils.config import ConfigError, load_config, to_container
 from utils.paths import resolve_path
 
 
@@ -152,12 +153,23 @@ def fit_and_record(trainer: Any) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------- generators
+def pipeline_face(cfg: DictConfig) -> bool:
+    """The pipeline's ``face`` setting (every generator makes the face too); it needs the face RVQ-VAE."""
+    face = bool(cfg.get("face", False))
+    if face and FACE_RVQ not in cfg.rvq.parts:
+        raise ConfigError(f"face: true needs the face RVQ-VAE: add {FACE_RVQ} to rvq.parts "
+                          f"(rvq.parts=[upper,hands,lower_trans,{FACE_RVQ}])")  # fmt: skip
+    return face
+
+
 def generator_config(cfg: DictConfig, name: str, extra: list[str] | None = None) -> DictConfig:
     """The generator's stage config with this pipeline's data, RVQ-VAEs and FGD autoencoder."""
     node = cfg.generators[name]
-    rvq_paths = {p: record(cfg, f"rvq_{p}")["paths"]["checkpoint"] for p in ("upper", "hands", "lower_trans")}
+    face = pipeline_face(cfg)
+    # every part the pipeline trained (face_jaw too: the 4th latent part of generators with face: true)
+    rvq_paths = {p: record(cfg, f"rvq_{p}")["paths"]["checkpoint"] for p in cfg.rvq.parts}
     fgd = record(cfg, "fgd_ae")["paths"]["checkpoint"]
-    base = [f"output_dir={out_dir(cfg) / 'runs'}", f"device={cfg.device}",
+    base = [f"output_dir={out_dir(cfg) / 'runs'}", f"device={cfg.device}", f"face={str(face).lower()}",
             *(f"rvq.{p}={v}" for p, v in rvq_paths.items()), f"val.fgd_autoencoder={fgd}",
             f"test.fgd_autoencoder={fgd}"]  # fmt: skip
     return stage_config(str(node.config), node.get("overrides"), base + list(extra or []), cfg.data)

@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 from scipy import stats
 
+from models.denoiser import GestureDenoiser
 from models.generators import (
     DDIMSampler,
     DiffusionGenerator,
@@ -22,6 +23,7 @@ from models.generators import (
 )
 from models.generators.base import DataPrediction, LinearFlowPath, drop_condition, sample_beta_time, to_generator_layout
 from models.generators.upstream import generator_node_from_upstream
+from models.layers.attention import reuse_condition
 from tests.conftest import FIXTURES, need
 from utils.config import ConfigError
 
@@ -527,6 +529,38 @@ def test_generator_module_api(name):
     assert (stats_.nfe, stats_.nfe_rows) == (3, 3)
     with pytest.raises(ValueError, match="audio and word"):
         gen.sample(None, None, seed)
+
+
+@pytest.mark.parametrize("name,n,w", [("diffusion", 20, 1.5), ("shortcut", 2, 2.0), ("shortcut", 3, 1.0)])
+def test_sampling_projects_the_condition_once_per_window_bit_identically(name, n, w):
+    """Inside sampling the condition's projections (cross-attention keys/values, the frame-aligned path) run once
+    per window, not once per step, and the latents are bit-identical to a sampler run without the cache."""
+    torch.manual_seed(0)
+    den = GestureDenoiser(latent_dim=8, ff_size=16, num_layers=1, num_heads=2, cond_proj_dim=8, frame_cond=True)
+    with torch.no_grad():
+        den.frame_cond_proj.weight.normal_(0.0, 0.2)  # zero-initialised: make the path matter
+        den.null_cond_embed.normal_()
+    gen = build_generator({"name": name, "params": {"modality_encoder": ToyEncoder(24), "denoiser": den}}).eval()
+    calls = []
+    projections = [blk.cross_attn.kv for blk in den.cross_attn_blocks] + [den.frame_cond_proj]
+    for m in projections:
+        m.register_forward_hook(lambda mod, args, out: calls.append(mod))
+    at, noise, seed = torch.randn(2, 32, 24), torch.randn(2, 384, 1, 32), torch.randn(2, 4, 384)
+    cached = gen.sample_with_stats(None, None, seed, n_steps=n, guidance=w, noise=noise, at_feat=at)
+    assert len(calls) == len(projections)  # one distinct condition (doubled with guidance): one call each
+    calls.clear()
+    with torch.no_grad():
+        plain = gen.sampler(gen.sampling_net, noise, seed, at, gen.null_cond, n, w)
+    assert len(calls) == n * len(projections)
+    assert torch.equal(cached.latents, plain.latents)
+    # a new window (another condition) is projected afresh, and with autograd on nothing is cached
+    calls.clear()
+    gen.sample_with_stats(None, None, seed, n_steps=n, guidance=w, noise=noise, at_feat=at + 1.0)
+    assert len(calls) == len(projections)
+    with reuse_condition():
+        den(noise, torch.zeros(2), None, seed, at).sum()
+        den(noise, torch.zeros(2), None, seed, at).sum()
+    assert len(calls) == 3 * len(projections)
 
 
 def test_factory_errors():

@@ -79,6 +79,30 @@ def test_stage_configs_resolve_against_the_pipeline_data() -> None:
     assert scfg.data.cache_dir == cfg.data.cache_dir  # every stage reads the pipeline's cache
 
 
+def test_pipeline_face_setting_reaches_every_generator(monkeypatch: pytest.MonkeyPatch) -> None:
+    """face: true needs the face RVQ-VAE among rvq.parts (an error before any stage runs, naming the fix); with it,
+    every generator's stage config makes the face from that RVQ-VAE, and only generator fingerprints change."""
+    from pipeline import stages
+    from pipeline.main import run
+    from pipeline.provenance import fingerprints
+    from utils.config import load_config
+
+    path = "configs/pipeline/synthetic_cpu.yaml"
+    with pytest.raises(ConfigError, match=r"add face_jaw to rvq.parts"):
+        run(load_config(path, ["face=true", "output_dir=/nonexistent/never_made"]), "test")
+    assert not Path("/nonexistent/never_made").exists()
+    on = load_config(path, ["face=true", "rvq.parts=[upper,hands,lower_trans,face_jaw]"])
+    monkeypatch.setattr(stages, "record", lambda cfg, name: {"paths": {"checkpoint": f"/ck/{name}.pt"}})
+    for g in on.generators:
+        scfg = stages.generator_config(on, g)
+        assert scfg.face is True and scfg.rvq.face_jaw == "/ck/rvq_face_jaw.pt", g
+        assert scfg.model.generator.params.denoiser.params.use_exp is True, g
+    off = load_config(path, [])
+    assert stages.generator_config(off, "shortcut").face is False
+    f_on, f_off = fingerprints(on), fingerprints(off)
+    assert f_on["gen_shortcut"] != f_off["gen_shortcut"] and f_on["fgd_ae"] == f_off["fgd_ae"]
+
+
 def test_table_and_curves(tmp_path: Path) -> None:
     rep = {"metrics": {"fgd": 0.5, "bc": 0.6, "l1div": 3.0, "bc_gt": 0.7, "l1div_gt": 3.5},
            "ci95": {"fgd": [0.4, 0.6], "bc": [0.5, 0.7]}, "generation": {"nfe_per_window": 2},
@@ -308,6 +332,22 @@ def test_synthetic_cpu_main_job_runs_the_check(main_job: dict) -> None:
     assert {(r["run"], r["nfe_per_window"]) for r in nfe["rows"]} >= {("reflow_n2", 2), ("meanflow_n1", 1),
                                                                      ("shortcut_n20", 20), ("diffusion_20", 20)}
     assert all(r["n_files"] == lc["n_files"] for r in nfe["rows"])
+
+
+@pytest.mark.slow
+def test_ci_pipeline_with_the_face_generates_jaw_and_expressions(tmp_path: Path) -> None:
+    """issue 18: face=true with the face RVQ-VAE runs every stage; the learning check scores a generated jaw
+    (jaw_corr finite for the model's own motion), and nothing but the seed is copied from GT."""
+    from pipeline.main import main
+
+    out = tmp_path / "face"
+    assert main(["-c", str(REPO / "configs/pipeline/ci_tiny.yaml"), f"output_dir={out}", "face=true",
+                 "rvq.parts=[upper,hands,lower_trans,face_jaw]"]) == 0  # fmt: skip
+    lc = json.loads((out / "learning_check.json").read_text())
+    assert np.isfinite(lc["summary"]["own"]["jaw_corr"]) and lc["gt_copied"] == ["seed"]
+    m = json.loads((out / "test" / "shortcut_n2" / "metrics.json").read_text())
+    assert m["generation"]["fields"]["jaw"] == "generated" and m["generation"]["fields"]["expressions"] == "generated"
+    assert "jaw corr." in (out / "report" / "report.md").read_text()
 
 
 @pytest.mark.slow

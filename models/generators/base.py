@@ -32,6 +32,7 @@ import torch.nn as nn
 from scipy.special import betaincinv
 from torch import Tensor
 
+from models.layers.attention import reuse_condition
 from utils.config import ConfigError, instantiate_from_config
 
 # net(x (B,C,1,T), timesteps (B,), cond_time (B,) or None, seed (B,4,C), at_feat (B,T,D)) -> (B,C,1,T)
@@ -397,7 +398,8 @@ class LatentGenerator(nn.Module):
             noise = randn((b, self.latent_channels, 1, cond.shape[1]), cond, generator)
         elif noise.shape[0] != b:
             raise ValueError(f"noise batch {noise.shape[0]} != condition batch {b}")
-        return self.sampler(self.sampling_net, noise, seed, cond, self.null_cond, n_steps, guidance, generator)
+        with reuse_condition():  # every step sees the same condition: project it once (bit-identical)
+            return self.sampler(self.sampling_net, noise, seed, cond, self.null_cond, n_steps, guidance, generator)
 
     def sample(
         self,
