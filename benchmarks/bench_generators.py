@@ -7,7 +7,7 @@ Full-size networks (official v2 config: denoiser 256-D, 8+3 blocks; modality enc
 Reports median seconds for `loss(...)` + backward (train mode, batch --batch) and for `sample_with_stats(...)`
 (eval mode, batch --sample-batch) with each generator's default steps/guidance, plus NFE. Audio is a 128-frame
 window (68266 samples, 2 channels). ``sample_net_s`` / ``sample_net_uncached_s``: the sampling loop alone (condition
-precomputed), with the per-window condition cache (`models.layers.attention.reuse_condition`, the default) and
+precomputed), with the per-window condition cache (`models.layers.condition_cache`, the default) and
 without it, timed alternately in one loop; ``cache_identical`` says whether both gave bit-identical latents.
 """
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 
 import torch
@@ -61,7 +62,8 @@ def _median_time(fn, iters: int, warmup: int, device: torch.device) -> float:
     return statistics.median(times)
 
 
-def _median_pair(fa, fb, iters: int, warmup: int, device: torch.device) -> tuple[float, float]:
+def _median_pair(fa: Callable[[], None], fb: Callable[[], None], iters: int, warmup: int,
+                 device: torch.device) -> tuple[float, float]:
     """Medians of two functions timed alternately (a, b, a, b, ...), so machine load hits both alike."""
     for _ in range(warmup):
         fa(), fb()
@@ -107,11 +109,11 @@ def bench(name: str, args: argparse.Namespace, device: torch.device) -> dict:
     snoise = noise[: args.sample_batch]
     n, w = gen.sampler.resolve(None, None)
 
-    def net_cached():
+    def net_cached() -> None:
         with autocast:
             stats["cached"] = gen.sample_with_stats(None, None, sl, noise=snoise, at_feat=at).latents
 
-    def net_uncached():
+    def net_uncached() -> None:
         with torch.no_grad(), autocast:
             stats["plain"] = gen.sampler(gen.sampling_net, snoise, sl, at, gen.null_cond, n, w).latents
 

@@ -15,12 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.layers.attention import (
-    JOINT_RESIDUALS,
-    CrossAttentionBlock,
-    SpatialTemporalBlock,
-    condition_projection,
-)
+from models.layers.attention import JOINT_RESIDUALS, CrossAttentionBlock, SpatialTemporalBlock
+from models.layers.condition_cache import condition_projection
 from models.layers.embeddings import (
     PositionalEncoding,
     RotaryEmbedding,

@@ -42,7 +42,12 @@ def all_stage_names(cfg: DictConfig) -> list[str]:
     return names + ["nfe_table", "learning_check", "report"]
 
 
-def report_stage(cfg: DictConfig, command: str, stage_log: list[dict[str, Any]]) -> dict[str, Any]:
+def _commit_text(gi: dict[str, Any]) -> str:
+    return str(gi.get("commit") or "unknown") + (" (dirty tree)" if gi.get("dirty") else "")
+
+
+def report_stage(cfg: DictConfig, command: str, stage_log: list[dict[str, Any]],
+                 started: dict[str, Any] | None = None) -> dict[str, Any]:
     out = stages.out_dir(cfg)
     rdir = out / "report"
     tests = {r: load_json(stages.record(cfg, f"test_{r}")["paths"]["metrics"]) for r in cfg.test.runs}
@@ -69,8 +74,11 @@ def report_stage(cfg: DictConfig, command: str, stage_log: list[dict[str, Any]])
     mean_vel = np.load(stages.record(cfg, "cache")["paths"]["mean_vel"])
     plots.append(plot_speed_vs_onsets(tdir / f"gt_{f0['id']}.npz", tdir / f"res_{f0['id']}.npz", Path(f0["audio"]),
                                       mean_vel, rdir / "speed_vs_onsets.png"))  # fmt: skip
-    gi = git_info()
-    commit = str(gi.get("commit") or "unknown") + (" (dirty tree)" if gi.get("dirty") else "")
+    # the commit this invocation started from; if the checkout changed while it ran, both are named
+    now = _commit_text(git_info())
+    commit = now if started is None else _commit_text(started)
+    if commit != now:
+        commit += f"; the checkout was at {now} when this report was written (code changed during the run)"
     fgd_note = ("FGD autoencoder: the given checkpoint " + fgd_rec["paths"]["checkpoint"] if not fgd_rec.get("trained")
                 else "FGD autoencoder trained on this corpus by the pipeline; FGD values are not comparable with "
                      "published numbers (those use AESKConv_240_100.bin)")  # fmt: skip
@@ -127,6 +135,7 @@ def output_lock(out: Path) -> Iterator[None]:
 def run(cfg: DictConfig, command: str) -> dict[str, Any]:
     """Run every enabled stage in order; raises StageError naming the failed stage."""
     stages.pipeline_face(cfg)  # a face setting without the face RVQ-VAE fails now, not after the RVQ stages
+    started = git_info()
     out = stages.out_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
     save_text(command + "\n", out / "command.txt")
@@ -151,7 +160,7 @@ def run(cfg: DictConfig, command: str) -> dict[str, Any]:
             if name == "report":
                 # the report is always rebuilt (cheap) so it shows this invocation's stage log
                 log.append({"stage": "report", "seconds": None, "skipped": False})
-                run_stage("report", lambda: report_stage(cfg, command, log), out, force=True)
+                run_stage("report", lambda: report_stage(cfg, command, log, started), out, force=True)
                 continue
             # a stage whose inputs were just remade (forced, or stale) is remade too: a fingerprint covers settings,
             # not the outputs of a rerun (force=gen_shortcut retrains the reflow teacher's student as well)

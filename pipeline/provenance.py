@@ -43,7 +43,9 @@ def stage_inputs(cfg: DictConfig, name: str) -> tuple[dict[str, Any], list[str]]
     if name.startswith("rvq_"):
         part = name[len("rvq_") :]
         path = str(cfg.rvq.config).format(part=part)
-        return {**common, "rvq": to_container(cfg.rvq), "stage": _stage_yaml(cfg, cfg.rvq, path)}, ["cache"]
+        # which other parts are trained does not change this one (face=true must not retrain the body RVQ-VAEs)
+        node = {k: v for k, v in to_container(cfg.rvq).items() if k != "parts"}
+        return {**common, "rvq": node, "stage": _stage_yaml(cfg, cfg.rvq, path)}, ["cache"]
     if name.startswith("gen_"):
         g = name[len("gen_") :]
         node = cfg.generators[g]

@@ -100,7 +100,7 @@ def learning_check_line(check: dict[str, Any]) -> str:
         ratios = check["realism_ratios_vs_gt"].get(c)
         rr = "–" if ratios is None else " / ".join(f"{ratios[q]:.2f}" for q in ("speed", "acceleration", "jerk"))
         # jaw corr.: NaN (–) where the jaw does not move (a generator without a face part leaves it at zero)
-        vals = " | ".join(_fmt(_finite(m.get(k)), sig=k == "fgd_file") for k in keys)
+        vals = " | ".join(_fmt(_finite(m.get(k)) if k == "jaw_corr" else m[k], sig=k == "fgd_file") for k in keys)
         rows.append(f"| {c} | {vals} | {rr} |")
     notes = ["", "Conditions: own audio+words; audio swapped (words kept); words swapped (audio kept); audio+words "
              "delayed 0.5 s (leading silence / PAD, cropped), scored against the original audio. References: GT, the "

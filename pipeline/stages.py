@@ -156,6 +156,10 @@ def fit_and_record(trainer: Any) -> dict[str, Any]:
 def pipeline_face(cfg: DictConfig) -> bool:
     """The pipeline's ``face`` setting (every generator makes the face too); it needs the face RVQ-VAE."""
     face = bool(cfg.get("face", False))
+    own = [g for g, node in cfg.generators.items() if "face" in (node.get("overrides") or {})]
+    if own:  # the pipeline's value would silently replace it
+        raise ConfigError(f"generators.{own[0]}.overrides.face: set the pipeline's `face` instead (one value for "
+                          "every generator: reflow and MeanFlow start from the shortcut model's networks)")
     if face and FACE_RVQ not in cfg.rvq.parts:
         raise ConfigError(f"face: true needs the face RVQ-VAE: add {FACE_RVQ} to rvq.parts "
                           f"(rvq.parts=[upper,hands,lower_trans,{FACE_RVQ}])")  # fmt: skip

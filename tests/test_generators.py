@@ -23,7 +23,7 @@ from models.generators import (
 )
 from models.generators.base import DataPrediction, LinearFlowPath, drop_condition, sample_beta_time, to_generator_layout
 from models.generators.upstream import generator_node_from_upstream
-from models.layers.attention import reuse_condition
+from models.layers.condition_cache import condition_projection, reuse_condition
 from tests.conftest import FIXTURES, need
 from utils.config import ConfigError
 
@@ -561,6 +561,31 @@ def test_sampling_projects_the_condition_once_per_window_bit_identically(name, n
         den(noise, torch.zeros(2), None, seed, at).sum()
         den(noise, torch.zeros(2), None, seed, at).sum()
     assert len(calls) == 3 * len(projections)
+
+
+def test_condition_cache_keys_on_identity_version_and_autocast():
+    """A stored projection is returned only for the same tensor, unedited, under the same autocast state; outside
+    the block or with autograd on nothing is stored."""
+    lin = nn.Linear(4, 3)
+    calls = []
+    lin.register_forward_hook(lambda mod, args, out: calls.append(1))
+    x = torch.randn(2, 4)
+    with torch.no_grad(), reuse_condition():
+        a = condition_projection(lin, x)
+        assert condition_projection(lin, x) is a and len(calls) == 1
+        y = x.clone()  # equal values, another tensor: computed (identity, not values)
+        torch.testing.assert_close(condition_projection(lin, y), a, rtol=0, atol=0)
+        assert len(calls) == 2
+        x.add_(1.0)  # an in-place edit is a miss, never a stale hit
+        torch.testing.assert_close(condition_projection(lin, x), lin(x), rtol=0, atol=0)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert condition_projection(lin, x).dtype == torch.bfloat16
+    n = len(calls)
+    with torch.no_grad():
+        condition_projection(lin, x), condition_projection(lin, x)
+    with reuse_condition():  # autograd on (training): never stored
+        condition_projection(lin, x), condition_projection(lin, x)
+    assert len(calls) == n + 4
 
 
 def test_factory_errors():

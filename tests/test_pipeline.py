@@ -99,8 +99,11 @@ def test_pipeline_face_setting_reaches_every_generator(monkeypatch: pytest.Monke
         assert scfg.model.generator.params.denoiser.params.use_exp is True, g
     off = load_config(path, [])
     assert stages.generator_config(off, "shortcut").face is False
+    with pytest.raises(ConfigError, match=r"generators.shortcut.overrides.face: set the pipeline's `face`"):
+        stages.pipeline_face(load_config(path, ["+generators.shortcut.overrides.face=true"]))
     f_on, f_off = fingerprints(on), fingerprints(off)
-    assert f_on["gen_shortcut"] != f_off["gen_shortcut"] and f_on["fgd_ae"] == f_off["fgd_ae"]
+    assert f_on["gen_shortcut"] != f_off["gen_shortcut"]
+    assert all(f_on[k] == f_off[k] for k in ("corpus", "cache", "fgd_ae", "rvq_upper", "rvq_hands", "rvq_lower_trans"))
 
 
 def test_table_and_curves(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from trainers.base import BaseTrainer
 from trainers.checkpointing import CHECKPOINT_FORMAT, ResumableSampler
-from trainers.optim import LRSchedule, build_optimizer
+from trainers.optim import LRSchedule, apply_optimizer_impl, build_optimizer
 from utils.config import ConfigError
 from utils.io import load_torch
 from utils.logging import read_metrics
@@ -282,7 +282,7 @@ def test_optimizer_from_config():
 
 @pytest.mark.parametrize("opt", ["adam", "adamw"])
 def test_optimizer_impls_foreach_is_bit_identical_and_fused_close(opt):
-    """solver.impl: foreach gives the for_loop update (the default) bit for bit; fused stays within float32 rounding."""
+    """solver.impl: foreach gives the for_loop update bit for bit; fused stays within float32 rounding."""
     g = torch.Generator().manual_seed(0)
     shapes = [(7, 5), (5,), (3, 4, 2)]
     init = [torch.randn(s, generator=g) for s in shapes]
@@ -300,9 +300,16 @@ def test_optimizer_impls_foreach_is_bit_identical_and_fused_close(opt):
     assert all(not torch.equal(a, i) for a, i in zip(out["foreach"], init))  # the updates did move the weights
     for a, b in zip(out["for_loop"], out["fused"]):
         torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-6)
-    assert build_optimizer([nn.Parameter(torch.zeros(2))], {"lr": 1.0}).defaults["foreach"] is False  # default
+    assert build_optimizer([nn.Parameter(torch.zeros(2))], {"lr": 1.0}).defaults["foreach"] is None  # auto: torch's
     with pytest.raises(ConfigError, match="solver.impl must be one of"):
         build_optimizer([nn.Parameter(torch.zeros(2))], {"lr": 1.0, "impl": "turbo"})
+    # a resumed optimiser takes the configured implementation, not the one its state dict was saved with
+    saved = build_optimizer([nn.Parameter(torch.zeros(2))], {"lr": 1.0, "impl": "fused"}).state_dict()
+    resumed = build_optimizer([nn.Parameter(torch.zeros(2))], {"lr": 1.0, "impl": "foreach"})
+    resumed.load_state_dict(saved)
+    assert resumed.param_groups[0]["fused"] is True
+    apply_optimizer_impl(resumed, {"impl": "foreach"})
+    assert resumed.param_groups[0]["foreach"] is True and resumed.param_groups[0]["fused"] is None
 
 
 def test_config_errors(tmp_path):

@@ -32,7 +32,7 @@ import torch.nn as nn
 from scipy.special import betaincinv
 from torch import Tensor
 
-from models.layers.attention import reuse_condition
+from models.layers.condition_cache import reuse, reuse_condition
 from utils.config import ConfigError, instantiate_from_config
 
 # net(x (B,C,1,T), timesteps (B,), cond_time (B,) or None, seed (B,4,C), at_feat (B,T,D)) -> (B,C,1,T)
@@ -123,7 +123,9 @@ def guided_prediction(
     t2 = torch.cat([timesteps, timesteps], 0)
     d2 = None if cond_time is None else torch.cat([cond_time, cond_time], 0)
     seed2 = torch.cat([seed, seed], 0)
-    feat2 = torch.cat([at_feat, null_condition(null_cond, b, at_feat)], 0)
+    # the same doubled condition object at every step of a window, so the denoiser's condition work is reused too
+    feat2 = reuse("guidance_batch", (at_feat, null_cond),
+                  lambda: torch.cat([at_feat, null_condition(null_cond, b, at_feat)], 0))
     out_c, out_u = net(x2, t2, d2, seed2, feat2).chunk(2, dim=0)
     return out_u + guidance * (out_c - out_u), 2 * b
 

@@ -11,10 +11,8 @@ Every attention goes through `scaled_dot_product`: fused SDPA, or inside ``with 
 softmax(QKᵀ/√d)V. The fused CPU kernel has no forward-mode AD formula, so ``torch.func.jvp`` through the denoiser
 (the MeanFlow objective) runs under `math_attention`; both paths agree within float tolerance.
 
-Sampling calls the denoiser n times (twice per step with guidance) on the same condition, so inside
-``with reuse_condition():`` a projection of the condition (`condition_projection`: the cross-attention keys and
-values, the denoiser's frame-aligned path) is computed once per distinct condition and reused; the result is
-bit-identical (the same inputs give the same matrix product), only the repeated work goes.
+The cross-attention's key/value projection of the condition goes through `condition_projection`, so a sampler
+computes it once per window (`models.layers.condition_cache`).
 """
 
 from __future__ import annotations
@@ -27,13 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.layers.condition_cache import condition_projection
 from models.layers.embeddings import RotaryEmbedding
 
 JOINT_RESIDUALS = ("reference", "clean")
 
 _MATH_ATTENTION: contextvars.ContextVar[bool] = contextvars.ContextVar("math_attention", default=False)
-_CONDITION_CACHE: contextvars.ContextVar[dict[int, tuple[torch.Tensor, torch.Tensor]] | None] = (
-    contextvars.ContextVar("condition_cache", default=None))
 
 
 @contextlib.contextmanager
@@ -44,39 +41,6 @@ def math_attention() -> Iterator[None]:
         yield
     finally:
         _MATH_ATTENTION.reset(token)
-
-
-@contextlib.contextmanager
-def reuse_condition() -> Iterator[None]:
-    """Inside this block (without autograd), each `condition_projection` is computed once per distinct condition
-    tensor (same values) and then reused: a sampling loop's steps share their condition. The cache lives only
-    for the block, so every window starts empty."""
-    token = _CONDITION_CACHE.set({})
-    try:
-        yield
-    finally:
-        _CONDITION_CACHE.reset(token)
-
-
-def _same_tensor(a: torch.Tensor, b: torch.Tensor) -> bool:
-    if a is b:
-        return True
-    return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a, b)
-
-
-def condition_projection(module: nn.Module, context: torch.Tensor) -> torch.Tensor:
-    """``module(context)``, reused inside `reuse_condition` while ``context`` holds the same values (a guided
-    step's doubled condition is a new tensor each step, hence the value comparison, which is far cheaper than the
-    product it saves). Outside the block, or with autograd on, a plain call."""
-    cache = _CONDITION_CACHE.get()
-    if cache is None or torch.is_grad_enabled():
-        return module(context)
-    hit = cache.get(id(module))
-    if hit is not None and _same_tensor(hit[0], context):
-        return hit[1]
-    out = module(context)
-    cache[id(module)] = (context, out)
-    return out
 
 
 def scaled_dot_product(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
