@@ -49,17 +49,18 @@ def _inputs(b: int, device: torch.device):
     return audio.to(device), word.to(device), latents.to(device), noise.to(device)
 
 
+def _timed(fn: Callable[[], None], device: torch.device) -> float:
+    _sync(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
 def _median_time(fn, iters: int, warmup: int, device: torch.device) -> float:
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(iters):
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(_timed(fn, device) for _ in range(iters))
 
 
 def _median_pair(fa: Callable[[], None], fb: Callable[[], None], iters: int, warmup: int,
@@ -69,12 +70,8 @@ def _median_pair(fa: Callable[[], None], fb: Callable[[], None], iters: int, war
         fa(), fb()
     ta, tb = [], []
     for _ in range(iters):
-        for fn, acc in ((fa, ta), (fb, tb)):
-            _sync(device)
-            t0 = time.perf_counter()
-            fn()
-            _sync(device)
-            acc.append(time.perf_counter() - t0)
+        ta.append(_timed(fa, device))
+        tb.append(_timed(fb, device))
     return statistics.median(ta), statistics.median(tb)
 
 
