@@ -9,8 +9,12 @@ Layout of a couplings folder (arrays are plain ``.npy``, read with ``allow_pickl
     chunk_00000_seed.npy     (n,4,384)    float32   seed latents (ground truth, as in training)
     chunk_00000_index.npy    (n,)         int64     window index into the train split's GeneratorWindowDataset
 
-Every file is written atomically and the manifest is rewritten after each chunk, so a killed run resumes at the
-first chunk the manifest does not list; a folder made with other settings (another fingerprint) is never reused.
+    chunk_00000.json                    # written last: the chunk is done ({name, count, rank})
+
+Every file is written atomically and a chunk counts as done only once its json exists, so a killed run resumes with
+the chunks that lack one. Chunk k's content depends only on k (its windows and its noise), so several processes may
+each make their own chunks (DDP: rank r makes k % world == r) into one folder; `CouplingStore.finish` then lists them
+in the manifest and marks it complete. A folder made with other settings (another fingerprint) is never reused.
 """
 
 from __future__ import annotations
@@ -40,7 +44,10 @@ def _file(folder: Path, chunk: str, key: str) -> Path:
 
 
 class CouplingStore:
-    """Writer/reader of one couplings folder. ``fingerprint``: a JSON-able mapping of what makes the couplings."""
+    """Writer/reader of one couplings folder. ``fingerprint``: a JSON-able mapping of what makes the couplings.
+
+    Opening a folder of other settings resets it: under DDP, open it in rank 0 first, then (after a barrier) in the
+    others."""
 
     def __init__(self, folder: str | Path, fingerprint: Mapping[str, Any]) -> None:
         self.folder = Path(folder)
@@ -56,7 +63,7 @@ class CouplingStore:
 
     def _load_or_new(self) -> dict[str, Any]:
         if not self.manifest_path.is_file():
-            return self._new()
+            return self._reset()
         try:
             man = json.loads(self.manifest_path.read_text())
         except (OSError, ValueError) as e:
@@ -64,37 +71,64 @@ class CouplingStore:
         if man.get("format") != COUPLINGS_FORMAT:
             raise CouplingsError(f"{self.manifest_path}: format {man.get('format')!r}, expected {COUPLINGS_FORMAT}")
         if man.get("fingerprint") != self.fingerprint:
-            for f in self.folder.glob("chunk_*.npy"):  # made with other settings: never mixed with the new ones
-                f.unlink()
-            return self._new()
+            return self._reset()
+        return man
+
+    def _reset(self) -> dict[str, Any]:
+        """Delete chunks of unknown or other settings and write the new manifest at once, so that a process opening
+        the folder later (another DDP rank) keeps the chunks made from then on."""
+        for f in self.folder.glob("chunk_*"):
+            f.unlink()
+        man = self._new()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        save_json(man, self.manifest_path)
         return man
 
     @property
     def complete(self) -> bool:
         return bool(self.manifest.get("complete"))
 
+    def done_chunks(self) -> dict[int, int]:
+        """{chunk index: row count} of every finished chunk (its json exists; or listed by an older manifest)."""
+        done = {int(c["name"].split("_")[1]): int(c["count"]) for c in self.manifest["chunks"]}
+        for f in self.folder.glob("chunk_*.json"):
+            try:
+                rec = json.loads(f.read_text())
+                done[int(f.stem.split("_")[1])] = int(rec["count"])
+            except (OSError, ValueError, KeyError, IndexError):
+                continue  # unreadable: made again
+        return done
+
     @property
     def n_chunks(self) -> int:
-        return len(self.manifest["chunks"])
+        return len(self.done_chunks())
 
-    def add_chunk(self, arrays: Mapping[str, np.ndarray]) -> None:
+    def add_chunk(self, arrays: Mapping[str, np.ndarray], index: int | None = None, rank: int = 0) -> None:
+        """Write chunk ``index`` (default: the next after the finished ones); its json goes last."""
         missing = [k for k in ARRAYS if k not in arrays]
         if missing:
             raise ValueError(f"coupling chunk lacks arrays {missing}")
         n = {k: len(arrays[k]) for k in ARRAYS}
         if len(set(n.values())) != 1:
             raise ValueError(f"coupling chunk arrays differ in length: {n}")
-        name = f"chunk_{self.n_chunks:05d}"
+        name = f"chunk_{self.n_chunks if index is None else int(index):05d}"
         self.folder.mkdir(parents=True, exist_ok=True)
         for k in ARRAYS:
             dtype = np.int64 if k == "index" else np.float32
             save_npy(np.ascontiguousarray(arrays[k], dtype=dtype), _file(self.folder, name, k))
-        self.manifest["chunks"].append({"name": name, "count": n["noise"]})
-        save_json(self.manifest, self.manifest_path)
+        save_json({"name": name, "count": n["noise"], "rank": int(rank)}, self.folder / f"{name}.json")
 
-    def finish(self) -> None:
+    def finish(self, n_chunks: int | None = None) -> None:
+        """List chunks 0..n_chunks-1 (default: all finished ones) in the manifest and mark it complete; a
+        CouplingsError names any that is missing (call it once every process has made its chunks)."""
+        done = self.done_chunks()
+        n_chunks = len(done) if n_chunks is None else int(n_chunks)
+        missing = [k for k in range(n_chunks) if k not in done]
+        if missing:
+            raise CouplingsError(f"{self.folder}: chunks {missing} were not made; rerun to finish them")
+        self.manifest["chunks"] = [{"name": f"chunk_{k:05d}", "count": done[k]} for k in range(n_chunks)]
         self.manifest["complete"] = True
-        self.manifest["n_windows"] = sum(c["count"] for c in self.manifest["chunks"])
+        self.manifest["n_windows"] = sum(done[k] for k in range(n_chunks))
         save_json(self.manifest, self.manifest_path)
 
 

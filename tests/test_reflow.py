@@ -81,11 +81,11 @@ def test_couplings_are_deterministic_and_resume_after_an_interruption(assets, te
     store = CouplingStore(tmp_path / "cut", fp)
     real_add, calls = store.add_chunk, []
 
-    def add_then_die(arrays):
+    def add_then_die(arrays, **kw):
         if len(calls) == 2:
             raise KeyboardInterrupt
         calls.append(1)
-        real_add(arrays)
+        real_add(arrays, **kw)
 
     store.add_chunk = add_then_die
     t.eval()
@@ -101,8 +101,23 @@ def test_couplings_are_deterministic_and_resume_after_an_interruption(assets, te
     for i in range(len(ds)):
         for k, v in ds[i].items():
             assert torch.equal(v, cut[i][k]), (i, k)
+    # processes that each make their share (DDP: chunk k by rank k % world) give the same folder; here two "ranks"
+    # run one after the other, the second finishing it, and finishing before all chunks exist names the missing ones
+    split = CouplingStore(tmp_path / "split", fp)
+    make_couplings(*args[:3], split, *args[4:], rank=1, world_size=2)
+    assert not split.complete and sorted(split.done_chunks()) == list(range(1, len(ds.manifest["chunks"]), 2))
+    with pytest.raises(CouplingsError, match=r"chunks \[0, 2"):
+        split.finish(len(ds.manifest["chunks"]))
+    make_couplings(*args[:3], split, *args[4:], rank=0, world_size=2)
+    split.finish(len(ds.manifest["chunks"]))
+    two = CouplingDataset(tmp_path / "split")
+    assert two.manifest["chunks"] == ds.manifest["chunks"]
+    for i in range(len(ds)):
+        for k, v in ds[i].items():
+            assert torch.equal(v, two[i][k]), (i, k)
     # other settings never reuse the folder: the store starts over
     assert CouplingStore(tmp_path / "cut", {**fp, "seed": 1}).n_chunks == 0
+    assert not list((tmp_path / "cut").glob("chunk_*"))
     tr.close()
 
 
@@ -196,3 +211,53 @@ def test_coupling_reader_names_a_damaged_file(tmp_path):
         CouplingDataset(tmp_path / "c")
     with pytest.raises(ValueError, match="lacks arrays"):
         store.add_chunk({"noise": np.zeros((1, 384, 1, 32))})
+
+
+# ------------------------------------------------------------------ DDP, 2 CPU processes (gloo)
+def _ddp_worker(rank: int, world: int, port: int, assets: dict, teacher: str, tmp: str) -> None:  # noqa: F811
+    import os
+    from pathlib import Path
+
+    from utils.io import save_torch
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                      LOCAL_RANK=str(rank))  # fmt: skip
+    torch.set_num_threads(1)
+    cfg = reflow_cfg(assets, teacher, Path(tmp), **{"solver.iterations": 3, "solver.epochs": "null",
+                                                      "reflow.couplings_dir": Path(tmp) / "ddp_couplings"})  # fmt: skip
+    with ReflowTrainer(cfg, run_dir=Path(tmp) / "run") as tr:
+        tr.fit()
+        params = {k: v.detach().clone() for k, v in tr.model.named_parameters()}
+        save_torch({"final": params, "iteration": tr.iteration}, Path(tmp) / f"rank{rank}.pt")
+
+
+@pytest.mark.slow
+def test_ddp_ranks_share_the_couplings_and_keep_weights_identical(assets, teacher, tmp_path):  # noqa: F811
+    import json
+
+    import torch.multiprocessing as mp
+
+    from tests.test_generative_trainer import _free_port
+    from utils.io import load_torch
+
+    mp.spawn(_ddp_worker, args=(2, _free_port(), assets, str(teacher), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = load_torch(tmp_path / "rank0.pt"), load_torch(tmp_path / "rank1.pt")
+    assert r0["iteration"] == r1["iteration"] == 3
+    for k in r0["final"]:
+        assert torch.equal(r0["final"][k], r1["final"][k]), k
+    # each rank made its own chunks (k % 2), and together they equal one process's couplings
+    folder = tmp_path / "ddp_couplings"
+    ranks = {int(f.stem.split("_")[1]): json.loads(f.read_text())["rank"] for f in folder.glob("chunk_*.json")}
+    assert len(ranks) >= 2 and all(r == k % 2 for k, r in ranks.items()), ranks
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the ranks: another thread count sums in another order (last-bit differences)
+    try:
+        with ReflowTrainer(reflow_cfg(assets, teacher, tmp_path / "one"), run_dir=tmp_path / "one_run") as tr:
+            one = CouplingDataset(tr.couplings_folder)
+    finally:
+        torch.set_num_threads(threads)
+    ddp = CouplingDataset(folder)
+    assert ddp.manifest["chunks"] == one.manifest["chunks"] and ddp.manifest["complete"]
+    for i in range(len(one)):
+        for k, v in one[i].items():
+            assert torch.equal(v, ddp[i][k]), (i, k)

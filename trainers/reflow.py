@@ -4,7 +4,7 @@ Step 1, `make_couplings`: run the teacher over every training window of the trai
 features from its encoder, ground-truth seed latents as in training, a noise draw ε per window and the teacher's
 sample x̂ from it. Stored by `dataloaders.couplings.CouplingStore` (npy + manifest, atomic, resumable). The noise of
 chunk k is drawn on the CPU from a generator seeded by (reflow.seed, k), so the couplings are the same for a seed
-whether or not the run was interrupted.
+whether or not the run was interrupted, and under DDP each rank makes the chunks k % world == rank.
 
 Step 2, `ReflowTrainer`: a `GenerativeTrainer` whose model (``models.generators.reflow.ReflowGenerator``) starts
 from the teacher's weights and whose batches are the stored couplings; validation (val split), checkpoints, exact
@@ -120,17 +120,22 @@ def make_couplings(
     seed: int,
     batch_size: int,
     device: torch.device,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> CouplingStore:
-    """Fill ``store`` with the teacher's couplings for every window of ``dataset`` (resumes at its first missing
-    chunk). The teacher must be in eval mode (DropPath off), so a chunk depends only on its noise and its windows."""
+    """Make this process's missing chunks of the teacher's couplings for every window of ``dataset``: chunk k
+    (windows k·batch_size …) when k % world_size == rank. One process also finishes the store; under DDP the
+    caller finishes it in one rank once all have made theirs. The teacher must be in eval mode (DropPath off), so a
+    chunk depends only on its noise and its windows, whichever process makes it."""
     if teacher.training:
         raise ValueError("make_couplings: put the teacher in eval mode first (DropPath would randomise the samples)")
     if store.complete:
         return store
     n = len(dataset)
     n_chunks = (n + batch_size - 1) // batch_size
-    for k in progress(range(store.n_chunks, n_chunks), desc="reflow couplings", unit="chunk",
-                      initial=store.n_chunks, total=n_chunks):  # fmt: skip
+    done = store.done_chunks()
+    todo = [k for k in range(n_chunks) if k % world_size == rank and k not in done]
+    for k in progress(todo, desc="reflow couplings", unit="chunk", rank=rank):
         idx = list(range(k * batch_size, min(n, (k + 1) * batch_size)))
         items = [dataset[i] for i in idx]
         keys = ("pose", "trans_v", "audio", "word") + (("facial",) if codec.has_face else ())
@@ -143,8 +148,9 @@ def make_couplings(
         out = teacher.sample(None, None, seed_lat, steps, guidance, noise=noise.to(device), at_feat=at_feat)
         store.add_chunk({"noise": noise.numpy(), "latents": out.float().cpu().numpy(),
                          "at_feat": at_feat.float().cpu().numpy(), "seed": seed_lat.float().cpu().numpy(),
-                         "index": np.asarray(idx, np.int64)})  # fmt: skip
-    store.finish()
+                         "index": np.asarray(idx, np.int64)}, index=k, rank=rank)  # fmt: skip
+    if world_size == 1:
+        store.finish(n_chunks)
     return store
 
 
@@ -222,13 +228,21 @@ class ReflowTrainer(GenerativeTrainer):
         self.windows = datasets["train"]
         fp = self.couplings_fingerprint(len(self.windows))
         folder = self.couplings_dir(fp)
-        if self.is_main:
-            store = CouplingStore(folder, fp)
-            if not store.complete:
-                self.logger.log_text(f"reflow: making the teacher's couplings in {folder}")
-                teacher = self.teacher.to(self.device).eval()
-                make_couplings(teacher, self.codec, self.windows, store, self.pre_frames, fp["steps"], fp["guidance"],
-                               fp["seed"], fp["batch_size"], self.device)  # fmt: skip
+        # every rank makes its share of the chunks (k % world == rank): no rank idles at a barrier for the whole
+        # teacher pass (NCCL's timeout); rank 0 opens the folder first, since it resets one of other settings
+        store = CouplingStore(folder, fp) if self.is_main else None
+        self.barrier()
+        store = store or CouplingStore(folder, fp)
+        if not store.complete:
+            if self.is_main:
+                self.logger.log_text(f"reflow: making the teacher's couplings in {folder} ({self.world_size} "
+                                     f"process{'es' if self.world_size > 1 else ''})")  # fmt: skip
+            teacher = self.teacher.to(self.device).eval()
+            make_couplings(teacher, self.codec, self.windows, store, self.pre_frames, fp["steps"], fp["guidance"],
+                           fp["seed"], fp["batch_size"], self.device, self.rank, self.world_size)  # fmt: skip
+            self.barrier()
+            if self.is_main and self.world_size > 1:
+                store.finish(-(-len(self.windows) // fp["batch_size"]))
         self.barrier()
         del self.teacher  # its weights are the student's starting point; not needed any more
         self.couplings_folder = folder
