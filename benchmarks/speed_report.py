@@ -10,7 +10,8 @@ Rows (each a subprocess of an existing benchmark, so imports, caches and peak RS
 * RVQ-VAE train step per part (batch 32 x 64 frames; `benchmarks/bench_rvq.py`);
 * end-to-end inference real-time factor per NFE and the streaming first-window latency
   (`benchmarks/bench_inference.py`, 30 s of audio);
-* evaluation of a speaker-2-size test set (956 s; `benchmarks/bench_eval.py`);
+* evaluation of a speaker-2-size test set (956 s; `benchmarks/bench_eval.py`), without and with the face metrics
+  (`--face 4000`: a toy SMPL-X in the real model's layout);
 * memory over a long run: a 500-update tiny RVQ training (`rvq_beatx_train.py` on random smooth windows) whose
   resident memory is sampled every 0.2 s; "flat" = the last fifth's median within 5% of the median of the second
   fifth (after warm-up).
@@ -102,6 +103,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                           "1,2", "--repeats", "1" if a.quick else "2", "--device", a.device, "--out",
                           str(t / "inference.json")],
             "evaluation": [py, "benchmarks/bench_eval.py", "--out", str(t / "evaluation.json")],
+            "evaluation_face": [py, "benchmarks/bench_eval.py", "--face", "4000", "--bootstrap", "100", "--out",
+                                str(t / "evaluation_face.json")],
         }  # fmt: skip
         for name, cmd in jobs.items():
             print(f"[speed_report] {name} ...", flush=True)
@@ -157,6 +160,12 @@ def table(report: dict[str, Any]) -> str:
     if ev:
         lines.append(f"| evaluation of {ev['seconds_of_motion']:.0f} s (FK + FGD + BC + L1div) | "
                      f"{ev['components_total_s']:.1f} s | {rows['evaluation']['peak_rss_mib']} |")
+    ev = rows.get("evaluation_face", {}).get("result")
+    if ev:
+        face_s = ev["components_s"]["face_subset"]
+        lines.append(f"| evaluation of {ev['seconds_of_motion']:.0f} s with face MSE/LVD (toy SMPL-X, "
+                     f"{ev['face_region_vertices']} head vertices; face part {face_s:.1f} s) | "
+                     f"{ev['components_total_s']:.1f} s | {rows['evaluation_face']['peak_rss_mib']} |")
     mem = rows.get("long_run_memory")
     if mem:
         m = mem["memory"]

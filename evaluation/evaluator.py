@@ -41,13 +41,10 @@ from evaluation.metrics import (
     FACE_PARAM_METRICS,
     BeatConsistency,
     L1Diversity,
-    face_mse,
     face_param_metrics,
     frechet_from_moments,
     load_bc_audio,
     load_mean_vel,
-    lvd_emage2024,
-    lvd_evaltools,
 )
 from evaluation.protocols import DEFAULT_PROTOCOL, PLACEMENT_PROTOCOL, bc_options, check_protocol
 from evaluation.realism import QUANTITIES, beat_placement_score, realism_stats
@@ -184,7 +181,8 @@ class Evaluator:
     (FGD not computed). ``mean_vel``: (55,) array or .npy path for BC, or None (BC not computed). ``fk``: a
     ``JointsFK`` (its skeleton source is used with each sequence's betas); default ``get_fk()``.
     ``face_model``: an ``SMPLXVertices`` to compute face MSE/LVD, or None. ``num_threads``: torch threads used
-    inside ``add`` (default 1: the per-sequence ops are small; None leaves torch's setting alone).
+    inside ``add`` (default 1: the per-sequence ops are small; None leaves torch's setting alone); the face
+    metrics' vertex arrays are large and use the caller's setting.
     ``short_audio``: what to do when a sequence's audio ends more than ``audio_tolerance_s`` seconds before its
     motion: ``"error"`` (EvaluationError naming the sequence and file) or ``"exclude"`` (left out of BC, listed).
     ``bc_kwargs``: BeatConsistency settings and protocol option overrides (e.g. ``threshold=0.3``,
@@ -208,6 +206,7 @@ class Evaluator:
         if short_audio not in SHORT_AUDIO_POLICIES:
             raise ValueError(f"short_audio must be one of {SHORT_AUDIO_POLICIES}, got {short_audio!r}")
         self.num_threads = num_threads
+        self._outer_threads = torch.get_num_threads()
         self.fps = 30  # the protocol's pose rate (BC's pose_fps)
         self.fgd_model = fgd_model
         self.fk = fk if fk is not None else get_fk()
@@ -277,6 +276,7 @@ class Evaluator:
     ) -> dict[str, Any]:
         """Add one whole sequence (pred and GT (T,165) axis-angle at 30 fps, GT betas (300,), its audio: a wav
         path or a 1-D 16 kHz array). Returns the sequence's own metrics (``SequenceResult.as_dict()``)."""
+        self._outer_threads = torch.get_num_threads()  # the face vertices are large arrays: they use these
         with torch_threads(self.num_threads):  # many small ops: 1 thread avoids costly barriers
             seq = self._add(pred_poses, gt_poses, betas, audio, id, pred_expressions, gt_expressions)
         self._seqs.append(seq)
@@ -355,10 +355,8 @@ class Evaluator:
             if pred_expressions is None or gt_expressions is None:
                 exclude("face", "no expressions")
             else:
-                vr = self.face_model.face_vertices(pred, pred_expressions, betas).cpu().numpy()
-                vt = self.face_model.face_vertices(gt, gt_expressions, betas).cpu().numpy()
-                res["face"] = {"face_mse": face_mse(vr, vt), "lvd_emage2024": lvd_emage2024(vr, vt),
-                               "lvd_evaltools": lvd_evaltools(vr, vt)}  # fmt: skip
+                with torch_threads(self._outer_threads):
+                    res["face"] = self.face_model.face_metrics(pred, pred_expressions, gt, gt_expressions, betas)
         if n >= 4:  # jerk needs a third difference
             res["realism"] = realism_stats(jp, fps=self.fps, name=f"{sid} (prediction)")
             res["realism_gt"] = realism_stats(jg, fps=self.fps, name=f"{sid} (ground truth)")
