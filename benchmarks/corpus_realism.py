@@ -8,6 +8,9 @@ the SMPL-X model when one is found, else the mannequin-x skeleton; global orient
 betas[:10]) on the upper-body BC joints:
 * the median over frames and joints of |velocity| and |acceleration| (finite differences x fps^k), and the means
   (evaluation.realism.realism_stats, jerk included);
+* stroke-direction consistency: the mean resultant length R of the wrists' approach directions (relative to
+  spine3, over the 0.2 s before each wrist speed minimum that ends a stroke) pooled over files, with the R that
+  random directions would give for as many strokes (1 = every stroke arrives from the same direction);
 * GT's beat-placement margin on the corpus: BC (corrected protocol) with its own audio minus BC of the motion
   delayed by 0.5 s (first frame repeated), per file and mean, with mean_vel computed from the corpus as the cache
   stage does. The real sample's margin is printed too (official mean_vel), for reference.
@@ -59,6 +62,37 @@ def summarise(name: str, seqs: list[np.ndarray]) -> dict[str, float]:
     return out
 
 
+def approach_directions(j: np.ndarray, wrist: int, lag: int = 6) -> np.ndarray:
+    """Unit vectors of the wrist's displacement (relative to spine3) over the ``lag`` frames before each local
+    speed minimum (order 5) that ends a stroke (the preceding 0.3 s peaks above 1.5x the median speed)."""
+    from scipy.signal import argrelextrema
+
+    p = j[:, wrist] - j[:, 9]
+    v = np.linalg.norm(np.diff(p, axis=0), axis=-1) * FPS
+    med = np.median(v)
+    out = []
+    for b in argrelextrema(v, np.less_equal, order=5)[0]:
+        if b < lag or v[max(0, b - 9) : b].max() < 1.5 * med:
+            continue
+        d = p[b] - p[b - lag]
+        if np.linalg.norm(d) > 1e-6:
+            out.append(d / np.linalg.norm(d))
+    return np.array(out).reshape(-1, 3)
+
+
+def direction_consistency(name: str, seqs: list[np.ndarray]) -> dict[str, float]:
+    out = {}
+    for wrist in (20, 21):
+        u = np.concatenate([approach_directions(j, wrist) for j in seqs])
+        rng = np.random.default_rng(0)
+        r = rng.normal(size=(1000, len(u), 3))
+        chance = float(np.linalg.norm((r / np.linalg.norm(r, axis=-1, keepdims=True)).mean(1), axis=-1).mean())
+        out[f"direction_R_{wrist}"] = float(np.linalg.norm(u.mean(0)))
+        print(f"{name:>10}: wrist {wrist} stroke direction R {out[f'direction_R_{wrist}']:.3f} over {len(u)} strokes "
+              f"(random directions: {chance:.3f})")
+    return out
+
+
 def margins(ids: list[str], joints: dict[str, np.ndarray], wav_dir: Path, mean_vel: np.ndarray) -> list[float]:
     bc = BeatConsistency(mean_vel, protocol="corrected")
     out = []
@@ -88,11 +122,13 @@ def main(argv: list[str] | None = None) -> dict:
         joints = {i: v[0] for i, v in fk.items()}
         print(f"FK: {get_fk().source}")
         syn = summarise("synthetic", list(joints.values()))
+        syn.update(direction_consistency("synthetic", list(joints.values())))
         res = {"synthetic": syn}
         real_npz = REAL / "smplxflame_30" / "2_scott_0_1_1.npz"
         if real_npz.is_file():
             rj, _ = fk_positions(real_npz)
             real = summarise("real", [rj])
+            real.update(direction_consistency("real", [rj]))
             res["real"] = real
             print(f"{'ratio':>10}: speed p50 {syn['speed_p50'] / real['speed_p50']:.2f}x  acc p50 "
                   f"{syn['acc_p50'] / real['acc_p50']:.2f}x  (target 0.5-2x)  | means: speed "
