@@ -2,49 +2,28 @@
 
     python benchmarks/fixed_direction_corpus.py [--main-job outputs/pipeline/synthetic_cpu] [--out DIR]
 
-Makes a copy of the main job's corpus (same sizes and seed) in which every gesture group's stroke targets start at
-the same phase of their ellipse and turn the same way (`dataloaders.synthetic.synth_motion` with those two draws
-fixed; the per-beat angle steps and sizes stay random), so the conditional mean of the motion given the audio
-carries the strokes. It then retrains the main job's shortcut stage on it with the main job's RVQ-VAEs, FGD
-autoencoder and normalisation statistics (run the main job first), and scores the val split at 1, 2 and 20 steps
-and the train split at 2: beat placement, realism ratios, FGD. Measured (2 idle cores, ~12 min): val placement
-0.057 at 2 steps, 0.052 at 20, 0.042 at 1 (GT 0.28), train 0.015; see the README's Results.
+Makes the main job's corpus again (same sizes and seed, every random draw the same) except that every gesture
+group's stroke targets start at the same phase of their ellipse and turn the same way
+(`dataloaders.synthetic.synth_motion(stroke_phase=0, stroke_turn=1)`; the per-beat angle steps and sizes stay
+random), so the conditional mean of the motion given the audio carries the strokes. It then retrains the main job's
+shortcut stage on it with the main job's RVQ-VAEs, FGD autoencoder and normalisation statistics (run the main job
+first) and scores the val split at 2 and 20 steps (guidance as configured), at 1 step with guidance 1 (the
+conditional-mean prediction) and 2, and the train split at 2 steps: beat placement, realism ratios, FGD. The
+measured numbers are in the README's Results.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import dataloaders.synthetic as synthetic  # noqa: E402
-
-
-class FixedStrokePhase:
-    """A numpy Generator whose draws of a group's start phase (uniform(0, 2π)) and turn (choice([-1, 1])) are fixed
-    at 0 and +1; every other draw passes through."""
-
-    def __init__(self, rng: np.random.Generator) -> None:
-        self.rng = rng
-
-    def uniform(self, *a, **k):
-        if len(a) == 2 and a[0] == 0 and abs(a[1] - 2 * np.pi) < 1e-12:
-            return 0.0
-        return self.rng.uniform(*a, **k)
-
-    def choice(self, a, *r, **k):
-        if isinstance(a, list) and a == [-1.0, 1.0]:
-            return 1.0
-        return self.rng.choice(a, *r, **k)
-
-    def __getattr__(self, name):
-        return getattr(self.rng, name)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -72,11 +51,12 @@ def main(argv: list[str] | None = None) -> dict:
     data = OmegaConf.create(OmegaConf.to_container(cfg.data, resolve=True))
     data.root, data.cache_dir, data.stats_dir = str(out / "corpus"), str(out / "cache"), paths["cache"]["stats_dir"]
     original = synthetic.synth_motion
-    synthetic.synth_motion = lambda beats, amps, env, style, n, rng: original(beats, amps, env, style, n,
-                                                                              FixedStrokePhase(rng))  # fmt: skip
-    syn = data.synthetic
-    synthetic.generate_corpus(data.root, syn.speakers, syn.files_per_speaker, syn.seconds, syn.seed)
-    synthetic.synth_motion = original
+    synthetic.synth_motion = functools.partial(original, stroke_phase=0.0, stroke_turn=1.0)
+    try:
+        syn = data.synthetic
+        synthetic.generate_corpus(data.root, syn.speakers, syn.files_per_speaker, syn.seconds, syn.seed)
+    finally:
+        synthetic.synth_motion = original
     for split in ("train", "val", "test"):
         build_cache(data, split)
     fgd = paths["fgd_ae"]["checkpoint"]
@@ -89,11 +69,13 @@ def main(argv: list[str] | None = None) -> dict:
     rec = fit_and_record(GenerativeTrainer(make([])))
     res: dict = {"train_s": round(time.time() - t0)}
     keys = ("fgd", "speed_ratio", "acceleration_ratio", "jerk_ratio", "beat_placement", "beat_placement_gt")
-    for split, n in (("val", 1), ("val", 2), ("val", 20), ("train", 2)):
-        scfg = make([f"model.generator.params.sampler.n_steps={n}", f"test.split={split}"])
-        m = run_test(scfg, rec["paths"]["checkpoint"], str(out / f"test_{split}_n{n}"))["metrics"]
-        res[f"{split}_n{n}"] = {k: m.get(k) for k in keys}
-        print(f"{split} n={n}: " + ", ".join(f"{k} {m.get(k):.3f}" for k in keys), flush=True)
+    for split, n, w in (("val", 2, None), ("val", 20, None), ("val", 1, 1.0), ("val", 1, 2.0), ("train", 2, None)):
+        over = [f"model.generator.params.sampler.n_steps={n}", f"test.split={split}"]
+        over += [] if w is None else [f"model.generator.params.sampler.guidance_scale={w}"]
+        name = f"{split}_n{n}" + ("" if w is None else f"_w{w:g}")
+        m = run_test(make(over), rec["paths"]["checkpoint"], str(out / f"test_{name}"))["metrics"]
+        res[name] = {k: m.get(k) for k in keys}
+        print(f"{name}: " + ", ".join(f"{k} {m.get(k):.3f}" for k in keys), flush=True)
     (out / "result.json").write_text(json.dumps(res, indent=2))
     return res
 

@@ -363,8 +363,12 @@ def synth_motion(
     style: SpeakerStyle,
     n_frames: int,
     rng: np.random.Generator,
+    stroke_phase: float | None = None,
+    stroke_turn: float | None = None,
 ) -> dict[str, np.ndarray]:
-    """Poses/trans/expressions at 30 fps from the beat times and the loudness envelope."""
+    """Poses/trans/expressions at 30 fps from the beat times and the loudness envelope. ``stroke_phase`` /
+    ``stroke_turn`` (±1) fix every gesture group's start phase on its ellipse and its turning direction (issue 13's
+    causal test, ``benchmarks/fixed_direction_corpus.py``); they are still drawn, so every other draw is unchanged."""
     t = np.arange(n_frames) / FPS
     # Keyframes: rest -> stroke targets landing on each beat -> rest, one group per run of close beats. Each
     # segment is eased (speed peaks mid-stroke) with a linear share ``lam`` so the speed at a beat is a clear
@@ -391,6 +395,8 @@ def synth_motion(
         # the hand changes direction at each beat without stopping dead.
         theta = rng.uniform(0, 2 * np.pi)
         turn = rng.choice([-1.0, 1.0])
+        theta = theta if stroke_phase is None else float(stroke_phase)
+        turn = turn if stroke_turn is None else float(stroke_turn)
         for k in idx:
             a = STROKE_SIZE * style.amplitude * beat_amps[k] * rng.uniform(0.75, 1.1)
             theta += turn * rng.uniform(0.4, 0.6) * np.pi
