@@ -20,6 +20,7 @@ in the manifest and marks it complete. A folder made with other settings (anothe
 from __future__ import annotations
 
 import json
+import re
 from bisect import bisect_right
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,6 +34,9 @@ from utils.io import save_json, save_npy
 
 COUPLINGS_FORMAT = "gesturelsm-reflow-couplings/1"
 ARRAYS = ("noise", "latents", "at_feat", "seed", "index")
+# this store's own files (and their interrupted atomic-write temporaries): a reset deletes nothing else
+_OWN_FILE = re.compile(r"\.?chunk_\d{5}(_(noise|latents|at_feat|seed|index)\.npy|\.json)(\..+\.tmp)?$")
+_MARKER = re.compile(r"chunk_(\d{5})\.json$")
 
 
 class CouplingsError(RuntimeError):
@@ -77,8 +81,9 @@ class CouplingStore:
     def _reset(self) -> dict[str, Any]:
         """Delete chunks of unknown or other settings and write the new manifest at once, so that a process opening
         the folder later (another DDP rank) keeps the chunks made from then on."""
-        for f in self.folder.glob("chunk_*"):
-            f.unlink()
+        for f in self.folder.glob("*chunk_*"):
+            if _OWN_FILE.match(f.name):
+                f.unlink()
         man = self._new()
         self.folder.mkdir(parents=True, exist_ok=True)
         save_json(man, self.manifest_path)
@@ -92,26 +97,35 @@ class CouplingStore:
         """{chunk index: row count} of every finished chunk (its json exists; or listed by an older manifest)."""
         done = {int(c["name"].split("_")[1]): int(c["count"]) for c in self.manifest["chunks"]}
         for f in self.folder.glob("chunk_*.json"):
+            m = _MARKER.match(f.name)
+            if not m:
+                continue
             try:
-                rec = json.loads(f.read_text())
-                done[int(f.stem.split("_")[1])] = int(rec["count"])
-            except (OSError, ValueError, KeyError, IndexError):
+                done[int(m.group(1))] = int(json.loads(f.read_text())["count"])
+            except (OSError, ValueError, KeyError, TypeError):
                 continue  # unreadable: made again
         return done
+
+    def missing(self, n_chunks: int) -> list[int]:
+        """Chunks among 0..n_chunks-1 not finished yet, in order."""
+        done = self.done_chunks()
+        return [k for k in range(n_chunks) if k not in done]
 
     @property
     def n_chunks(self) -> int:
         return len(self.done_chunks())
 
     def add_chunk(self, arrays: Mapping[str, np.ndarray], index: int | None = None, rank: int = 0) -> None:
-        """Write chunk ``index`` (default: the next after the finished ones); its json goes last."""
+        """Write chunk ``index`` (default: one past the highest finished chunk); its json goes last."""
         missing = [k for k in ARRAYS if k not in arrays]
         if missing:
             raise ValueError(f"coupling chunk lacks arrays {missing}")
         n = {k: len(arrays[k]) for k in ARRAYS}
         if len(set(n.values())) != 1:
             raise ValueError(f"coupling chunk arrays differ in length: {n}")
-        name = f"chunk_{self.n_chunks if index is None else int(index):05d}"
+        if index is None:
+            index = max(self.done_chunks(), default=-1) + 1
+        name = f"chunk_{int(index):05d}"
         self.folder.mkdir(parents=True, exist_ok=True)
         for k in ARRAYS:
             dtype = np.int64 if k == "index" else np.float32
@@ -123,7 +137,7 @@ class CouplingStore:
         CouplingsError names any that is missing (call it once every process has made its chunks)."""
         done = self.done_chunks()
         n_chunks = len(done) if n_chunks is None else int(n_chunks)
-        missing = [k for k in range(n_chunks) if k not in done]
+        missing = self.missing(n_chunks)
         if missing:
             raise CouplingsError(f"{self.folder}: chunks {missing} were not made; rerun to finish them")
         self.manifest["chunks"] = [{"name": f"chunk_{k:05d}", "count": done[k]} for k in range(n_chunks)]

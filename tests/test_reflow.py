@@ -101,15 +101,15 @@ def test_couplings_are_deterministic_and_resume_after_an_interruption(assets, te
     for i in range(len(ds)):
         for k, v in ds[i].items():
             assert torch.equal(v, cut[i][k]), (i, k)
-    # processes that each make their share (DDP: chunk k by rank k % world) give the same folder; here two "ranks"
-    # run one after the other, the second finishing it, and finishing before all chunks exist names the missing ones
+    # processes that each make a share of the chunks give the same folder: here rank 1 of 2 (DDP) made its share
+    # before the run stopped, and one process resumes it; finishing before all chunks exist names the missing ones
+    n_chunks = len(ds.manifest["chunks"])
     split = CouplingStore(tmp_path / "split", fp)
-    make_couplings(*args[:3], split, *args[4:], rank=1, world_size=2)
-    assert not split.complete and sorted(split.done_chunks()) == list(range(1, len(ds.manifest["chunks"]), 2))
+    make_couplings(*args[:3], split, *args[4:], chunks=split.missing(n_chunks)[1::2], rank=1)
+    assert not split.complete and sorted(split.done_chunks()) == list(range(1, n_chunks, 2))
     with pytest.raises(CouplingsError, match=r"chunks \[0, 2"):
-        split.finish(len(ds.manifest["chunks"]))
-    make_couplings(*args[:3], split, *args[4:], rank=0, world_size=2)
-    split.finish(len(ds.manifest["chunks"]))
+        split.finish(n_chunks)
+    make_couplings(*args[:3], CouplingStore(tmp_path / "split", fp), *args[4:])  # one process: the rest, finished
     two = CouplingDataset(tmp_path / "split")
     assert two.manifest["chunks"] == ds.manifest["chunks"]
     for i in range(len(ds)):
@@ -211,6 +211,26 @@ def test_coupling_reader_names_a_damaged_file(tmp_path):
         CouplingDataset(tmp_path / "c")
     with pytest.raises(ValueError, match="lacks arrays"):
         store.add_chunk({"noise": np.zeros((1, 384, 1, 32))})
+
+
+def test_coupling_store_indices_and_reset_touch_only_its_own_chunks(tmp_path):
+    def arrays(v):
+        return {"noise": np.full((1, 384, 1, 32), v), "latents": np.zeros((1, 384, 1, 32)),
+                "at_feat": np.zeros((1, 32, 8)), "seed": np.zeros((1, 4, 384)), "index": np.arange(1)}  # fmt: skip
+
+    folder = tmp_path / "c"
+    folder.mkdir()
+    (folder / "chunk_notes.txt").write_text("mine")  # a user's file in a reused couplings_dir
+    store = CouplingStore(folder, {"x": 1})
+    store.add_chunk(arrays(0.0), index=0)
+    store.add_chunk(arrays(2.0), index=2, rank=1)  # another rank's chunk: a gap at 1
+    assert store.missing(4) == [1, 3]
+    store.add_chunk(arrays(3.0))  # no index: after the highest, never over a finished chunk
+    assert np.load(folder / "chunk_00002_noise.npy")[0, 0, 0, 0] == 2.0
+    assert np.load(folder / "chunk_00003_noise.npy")[0, 0, 0, 0] == 3.0
+    (folder / ".chunk_00001_noise.npy.x1y2.tmp").write_bytes(b"half written")  # a killed atomic write
+    assert CouplingStore(folder, {"x": 2}).n_chunks == 0  # other settings: its chunks and temporaries go ...
+    assert sorted(f.name for f in folder.iterdir()) == ["chunk_notes.txt", "manifest.json"]  # ... nothing else
 
 
 # ------------------------------------------------------------------ DDP, 2 CPU processes (gloo)

@@ -4,7 +4,8 @@ Step 1, `make_couplings`: run the teacher over every training window of the trai
 features from its encoder, ground-truth seed latents as in training, a noise draw ε per window and the teacher's
 sample x̂ from it. Stored by `dataloaders.couplings.CouplingStore` (npy + manifest, atomic, resumable). The noise of
 chunk k is drawn on the CPU from a generator seeded by (reflow.seed, k), so the couplings are the same for a seed
-whether or not the run was interrupted, and under DDP each rank makes the chunks k % world == rank.
+whether or not the run was interrupted, and under DDP each rank makes a share of the missing chunks (rank r: the
+r-th, r+N-th, ... of them; on a fresh run chunk k is rank k % N's).
 
 Step 2, `ReflowTrainer`: a `GenerativeTrainer` whose model (``models.generators.reflow.ReflowGenerator``) starts
 from the teacher's weights and whose batches are the stored couplings; validation (val split), checkpoints, exact
@@ -28,7 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import Dataset
 
-from dataloaders.couplings import CouplingDataset, CouplingStore
+from dataloaders.couplings import CouplingDataset, CouplingsError, CouplingStore
 from dataloaders.datasets import GeneratorWindowDataset
 from inference.loading import load_trained_generator, resolve_checkpoint_path
 from models.checkpoints import TRAINER_CHECKPOINT_FORMAT
@@ -120,13 +121,14 @@ def make_couplings(
     seed: int,
     batch_size: int,
     device: torch.device,
+    chunks: Sequence[int] | None = None,
     rank: int = 0,
-    world_size: int = 1,
 ) -> CouplingStore:
-    """Make this process's missing chunks of the teacher's couplings for every window of ``dataset``: chunk k
-    (windows k·batch_size …) when k % world_size == rank. One process also finishes the store; under DDP the
-    caller finishes it in one rank once all have made theirs. The teacher must be in eval mode (DropPath off), so a
-    chunk depends only on its noise and its windows, whichever process makes it."""
+    """Make chunks of the teacher's couplings for the windows of ``dataset`` (chunk k: windows k·batch_size …).
+    ``chunks=None`` (one process): every missing chunk, then the store is finished. Under DDP each rank passes its
+    share of the missing chunks and the caller finishes the store once all are made (`ReflowTrainer`). The teacher
+    must be in eval mode (DropPath off), so a chunk depends only on its noise and its windows, whichever process
+    makes it."""
     if teacher.training:
         raise ValueError("make_couplings: put the teacher in eval mode first (DropPath would randomise the samples)")
     if store.complete:
@@ -134,7 +136,7 @@ def make_couplings(
     n = len(dataset)
     n_chunks = (n + batch_size - 1) // batch_size
     done = store.done_chunks()
-    todo = [k for k in range(n_chunks) if k % world_size == rank and k not in done]
+    todo = [k for k in (store.missing(n_chunks) if chunks is None else chunks) if k not in done]
     for k in progress(todo, desc="reflow couplings", unit="chunk", rank=rank):
         idx = list(range(k * batch_size, min(n, (k + 1) * batch_size)))
         items = [dataset[i] for i in idx]
@@ -149,7 +151,7 @@ def make_couplings(
         store.add_chunk({"noise": noise.numpy(), "latents": out.float().cpu().numpy(),
                          "at_feat": at_feat.float().cpu().numpy(), "seed": seed_lat.float().cpu().numpy(),
                          "index": np.asarray(idx, np.int64)}, index=k, rank=rank)  # fmt: skip
-    if world_size == 1:
+    if chunks is None:
         store.finish(n_chunks)
     return store
 
@@ -228,21 +230,34 @@ class ReflowTrainer(GenerativeTrainer):
         self.windows = datasets["train"]
         fp = self.couplings_fingerprint(len(self.windows))
         folder = self.couplings_dir(fp)
-        # every rank makes its share of the chunks (k % world == rank): no rank idles at a barrier for the whole
-        # teacher pass (NCCL's timeout); rank 0 opens the folder first, since it resets one of other settings
+        # Every rank makes a share of the missing chunks, so none idles at a barrier through the whole teacher pass
+        # (NCCL's timeout). Rank 0 opens the folder first (it resets one of other settings); all ranks then read the
+        # same finished chunks before anyone writes (the barrier between), and all check the result, so a failure
+        # stops every rank instead of leaving the others at a barrier.
+        n_chunks = -(-len(self.windows) // fp["batch_size"])
         store = CouplingStore(folder, fp) if self.is_main else None
         self.barrier()
-        store = store or CouplingStore(folder, fp)
+        if store is None:
+            if not (folder / "manifest.json").is_file():
+                raise CouplingsError(f"rank {self.rank} does not see rank 0's couplings folder {folder}: it must "
+                                     "be on a filesystem every process shares (reflow.couplings_dir, output_dir)")
+            store = CouplingStore(folder, fp)
         if not store.complete:
+            missing = store.missing(n_chunks)
             if self.is_main:
-                self.logger.log_text(f"reflow: making the teacher's couplings in {folder} ({self.world_size} "
-                                     f"process{'es' if self.world_size > 1 else ''})")  # fmt: skip
+                self.logger.log_text(f"reflow: making {len(missing)} of {n_chunks} chunks of the teacher's couplings "
+                                     f"in {folder} ({self.world_size} process(es))")  # fmt: skip
+            self.barrier()
             teacher = self.teacher.to(self.device).eval()
             make_couplings(teacher, self.codec, self.windows, store, self.pre_frames, fp["steps"], fp["guidance"],
-                           fp["seed"], fp["batch_size"], self.device, self.rank, self.world_size)  # fmt: skip
+                           fp["seed"], fp["batch_size"], self.device, missing[self.rank :: self.world_size],
+                           self.rank)  # fmt: skip
             self.barrier()
-            if self.is_main and self.world_size > 1:
-                store.finish(-(-len(self.windows) // fp["batch_size"]))
+            left = store.missing(n_chunks)
+            if left:
+                raise CouplingsError(f"{folder}: chunks {left} were not made (a process failed); rerun to finish")
+            if self.is_main:
+                store.finish(n_chunks)
         self.barrier()
         del self.teacher  # its weights are the student's starting point; not needed any more
         self.couplings_folder = folder
