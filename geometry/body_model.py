@@ -28,12 +28,16 @@ from __future__ import annotations
 import os
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from geometry.skeleton import NUM_JOINTS, PARENTS
 from utils.io import sha256_file
+
+if TYPE_CHECKING:
+    from geometry.face_vertices import FaceVertexSubset
 
 __all__ = [
     "JointsFK",
@@ -352,7 +356,7 @@ class SMPLXVertices:
         self.num_betas = int(self.model.num_betas)
         self.num_expressions = int(self.model.num_expression_coeffs)
         self.source = f"smplx:{self.path.name} sha256:{sha256_file(self.path)[:16]}"
-        self._face_subset = None
+        self._face_subset: FaceVertexSubset | None = None
 
     @torch.no_grad()
     def vertices(
@@ -401,14 +405,14 @@ class SMPLXVertices:
         only_jaw[:, 66:69] = p.reshape(-1, NUM_JOINTS * 3)[:, 66:69]
         return self.vertices(only_jaw, betas, expressions, None, chunk)
 
-
     def face_metrics(
         self, pred_poses: np.ndarray, pred_expressions: np.ndarray | None, gt_poses: np.ndarray,
         gt_expressions: np.ndarray | None, betas: np.ndarray | None = None,
     ) -> dict[str, float]:  # fmt: skip
         """Face MSE and both LVDs (`evaluation.metrics` definitions) on the `face_vertices` pose of prediction and
         GT, computed on the vertices that pose can move only (`geometry.face_vertices.FaceVertexSubset`: the others
-        add exactly 0); equal to the metrics of the full meshes up to float rounding (tested)."""
+        add exactly 0); equal to the metrics of the full meshes up to float rounding (tested). On the CPU, whatever
+        ``device`` this model is on."""
         if self._face_subset is None:
             from geometry.face_vertices import FaceVertexSubset
 

@@ -73,11 +73,11 @@ def test_subset_metrics_equal_the_full_mesh_metrics(model_path):
     va, vb = (_full_face_vertices(m64, p, e, betas).numpy() for p, e in ((pa, ea), (pb, eb)))
     ref = {"face_mse": face_mse(va, vb), "lvd_emage2024": lvd_emage2024(va, vb), "lvd_evaltools": lvd_evaltools(va, vb)}
     got = sub.metrics(pa, ea, pb, eb, betas)
-    assert got == pytest.approx(ref, rel=1e-6)
+    assert got == pytest.approx(ref, rel=5e-8)  # float32 on small displacements (module docstring)
     # chunking (one frame of overlap for the differences) changes only rounding (float32 blend products, sums)
     assert sub.metrics(pa, ea, pb, eb, betas, chunk=5) == pytest.approx(got, rel=1e-8)
     # and the evaluator's entry point (the float32 model, as loaded for evaluation) gives the same numbers
-    assert get_vertex_model(model_path).face_metrics(pa, ea, pb, eb, betas) == pytest.approx(ref, rel=1e-6)
+    assert get_vertex_model(model_path).face_metrics(pa, ea, pb, eb, betas) == pytest.approx(ref, rel=5e-8)
     # a prediction equal to GT scores 0
     assert sub.metrics(pa, ea, pa, ea, betas) == {"face_mse": 0.0, "lvd_emage2024": 0.0, "lvd_evaltools": 0.0}
 
