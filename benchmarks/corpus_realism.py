@@ -9,8 +9,9 @@ betas[:10]) on the upper-body BC joints:
 * the median over frames and joints of |velocity| and |acceleration| (finite differences x fps^k), and the means
   (evaluation.realism.realism_stats, jerk included);
 * stroke-direction consistency: the mean resultant length R of the wrists' approach directions (relative to
-  spine3, over the 0.2 s before each wrist speed minimum that ends a stroke) pooled over files, with the R that
-  random directions would give for as many strokes (1 = every stroke arrives from the same direction);
+  spine3, in the body frame of the root orientation, over the 0.2 s before each strict wrist speed minimum that ends
+  a stroke), per file (mean over files with >= 5 strokes) and pooled, each with the R that random directions give
+  for as many strokes (1 = every stroke arrives from the same direction);
 * GT's beat-placement margin on the corpus: BC (corrected protocol) with its own audio minus BC of the motion
   delayed by 0.5 s (first frame repeated), per file and mean, with mean_vel computed from the corpus as the cache
   stage does. The real sample's margin is printed too (official mean_vel), for reference.
@@ -62,34 +63,57 @@ def summarise(name: str, seqs: list[np.ndarray]) -> dict[str, float]:
     return out
 
 
-def approach_directions(j: np.ndarray, wrist: int, lag: int = 6) -> np.ndarray:
-    """Unit vectors of the wrist's displacement (relative to spine3) over the ``lag`` frames before each local
-    speed minimum (order 5) that ends a stroke (the preceding 0.3 s peaks above 1.5x the median speed)."""
+def root_rotations(npz: Path) -> np.ndarray:
+    """(T, 3, 3) global orientation of each frame (the body frame the stroke directions are measured in)."""
+    import torch
+
+    from geometry.rotations import axis_angle_to_matrix
+
+    with np.load(npz, allow_pickle=False) as z:
+        return axis_angle_to_matrix(torch.from_numpy(z["poses"][:, :3].astype(np.float64))).numpy()
+
+
+def approach_directions(j: np.ndarray, rot: np.ndarray, wrist: int, lag: int = 6) -> np.ndarray:
+    """Unit vectors, in the body frame, of the wrist's displacement (relative to spine3) over the ``lag`` frames
+    before each strict local speed minimum (order 5) that ends a stroke (the preceding 0.3 s peaks above 1.5x the
+    median speed)."""
     from scipy.signal import argrelextrema
 
     p = j[:, wrist] - j[:, 9]
     v = np.linalg.norm(np.diff(p, axis=0), axis=-1) * FPS
     med = np.median(v)
     out = []
-    for b in argrelextrema(v, np.less_equal, order=5)[0]:
+    for b in argrelextrema(v, np.less, order=5)[0]:
         if b < lag or v[max(0, b - 9) : b].max() < 1.5 * med:
             continue
-        d = p[b] - p[b - lag]
+        d = rot[b].T @ (p[b] - p[b - lag])
         if np.linalg.norm(d) > 1e-6:
             out.append(d / np.linalg.norm(d))
     return np.array(out).reshape(-1, 3)
 
 
-def direction_consistency(name: str, seqs: list[np.ndarray]) -> dict[str, float]:
-    out = {}
+def _chance_r(n: int, rng: np.random.Generator) -> float:
+    r = rng.normal(size=(500, n, 3))
+    return float(np.linalg.norm((r / np.linalg.norm(r, axis=-1, keepdims=True)).mean(1), axis=-1).mean())
+
+
+def direction_consistency(name: str, seqs: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+    """Stroke-direction R per wrist, per file and pooled, for (joints, root rotations) pairs."""
+    out: dict[str, float] = {}
+    rng = np.random.default_rng(0)
     for wrist in (20, 21):
-        u = np.concatenate([approach_directions(j, wrist) for j in seqs])
-        rng = np.random.default_rng(0)
-        r = rng.normal(size=(1000, len(u), 3))
-        chance = float(np.linalg.norm((r / np.linalg.norm(r, axis=-1, keepdims=True)).mean(1), axis=-1).mean())
-        out[f"direction_R_{wrist}"] = float(np.linalg.norm(u.mean(0)))
-        print(f"{name:>10}: wrist {wrist} stroke direction R {out[f'direction_R_{wrist}']:.3f} over {len(u)} strokes "
-              f"(random directions: {chance:.3f})")
+        per = [approach_directions(j, rot, wrist) for j, rot in seqs]
+        u = np.concatenate(per)
+        if len(u) < 2:
+            print(f"{name:>10}: wrist {wrist}: fewer than 2 strokes found")
+            continue
+        files = [x for x in per if len(x) >= 5]
+        r_file = float(np.mean([np.linalg.norm(x.mean(0)) for x in files])) if files else float("nan")
+        c_file = float(np.mean([_chance_r(len(x), rng) for x in files])) if files else float("nan")
+        out[f"direction_R_{wrist}"], out[f"direction_R_file_{wrist}"] = float(np.linalg.norm(u.mean(0))), r_file
+        print(f"{name:>10}: wrist {wrist} stroke direction R per file {r_file:.3f} (random: {c_file:.3f}; "
+              f"{len(files)} files), pooled {out[f'direction_R_{wrist}']:.3f} over {len(u)} strokes "
+              f"(random: {_chance_r(len(u), rng):.3f})")
     return out
 
 
@@ -122,13 +146,14 @@ def main(argv: list[str] | None = None) -> dict:
         joints = {i: v[0] for i, v in fk.items()}
         print(f"FK: {get_fk().source}")
         syn = summarise("synthetic", list(joints.values()))
-        syn.update(direction_consistency("synthetic", list(joints.values())))
+        syn.update(direction_consistency("synthetic", [(joints[i], root_rotations(root / "smplxflame_30" / f"{i}.npz"))
+                                                       for i in ids]))  # fmt: skip
         res = {"synthetic": syn}
         real_npz = REAL / "smplxflame_30" / "2_scott_0_1_1.npz"
         if real_npz.is_file():
             rj, _ = fk_positions(real_npz)
             real = summarise("real", [rj])
-            real.update(direction_consistency("real", [rj]))
+            real.update(direction_consistency("real", [(rj, root_rotations(real_npz))]))
             res["real"] = real
             print(f"{'ratio':>10}: speed p50 {syn['speed_p50'] / real['speed_p50']:.2f}x  acc p50 "
                   f"{syn['acc_p50'] / real['acc_p50']:.2f}x  (target 0.5-2x)  | means: speed "
