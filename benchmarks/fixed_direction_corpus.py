@@ -1,6 +1,8 @@
 """Issue 13's causal test: does the loop place strokes on beats when what to draw there is known?
 
-    python benchmarks/fixed_direction_corpus.py [--main-job outputs/pipeline/synthetic_cpu] [--out DIR]
+    python benchmarks/fixed_direction_corpus.py [--main-job outputs/pipeline/synthetic_cpu] [--out DIR] [key=value ...]
+
+(key=value: overrides of the shortcut stage's config, e.g. solver.epochs=160 solver.decay_epochs=128)
 
 Makes the main job's corpus again (same sizes and seed, every random draw the same) except that every gesture
 group's stroke targets start at the same phase of their ellipse and turn the same way
@@ -31,6 +33,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--main-job", default="outputs/pipeline/synthetic_cpu", help="the main job's output folder")
     ap.add_argument("--config", default="configs/pipeline/synthetic_cpu.yaml")
     ap.add_argument("--out", default="outputs/fixed_direction_corpus")
+    ap.add_argument("overrides", nargs="*", help="key=value overrides of the shortcut stage's config")
     a = ap.parse_args(argv)
     from omegaconf import OmegaConf
 
@@ -66,11 +69,11 @@ def main(argv: list[str] | None = None) -> dict:
     node = cfg.generators.shortcut
     make = lambda extra: stage_config(str(node.config), node.get("overrides"), base + extra, data)  # noqa: E731
     t0 = time.time()
-    rec = fit_and_record(GenerativeTrainer(make([])))
+    rec = fit_and_record(GenerativeTrainer(make(list(a.overrides))))
     res: dict = {"train_s": round(time.time() - t0)}
     keys = ("fgd", "speed_ratio", "acceleration_ratio", "jerk_ratio", "beat_placement", "beat_placement_gt")
     for split, n, w in (("val", 2, None), ("val", 20, None), ("val", 1, 1.0), ("val", 1, 2.0), ("train", 2, None)):
-        over = [f"model.generator.params.sampler.n_steps={n}", f"test.split={split}"]
+        over = [*a.overrides, f"model.generator.params.sampler.n_steps={n}", f"test.split={split}"]
         over += [] if w is None else [f"model.generator.params.sampler.guidance_scale={w}"]
         name = f"{split}_n{n}" + ("" if w is None else f"_w{w:g}")
         m = run_test(make(over), rec["paths"]["checkpoint"], str(out / f"test_{name}"))["metrics"]
