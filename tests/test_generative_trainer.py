@@ -213,6 +213,11 @@ def test_config_errors(assets, tmp_path):
     cfg = make_cfg(assets, **{"rvq.upper": str(tmp_path / "missing.pt")})
     with pytest.raises(FileNotFoundError, match="rvq.upper"):
         GenerativeTrainer(cfg, run_dir=tmp_path / "run")
+    # a wider denoiser alone: named at build time, not a shape error in the first step
+    from utils.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"96-wide condition features but denoiser.params.latent_dim expects 192"):
+        GenerativeTrainer(make_cfg(assets, **{"denoiser.params.latent_dim": 64}), run_dir=tmp_path / "run2")
 
 
 # ------------------------------------------------------------------ DDP, 2 CPU processes (gloo)

@@ -321,6 +321,11 @@ class LatentGenerator(nn.Module):
         self.denoiser = _build(denoiser, "denoiser")
         if not hasattr(self.denoiser, "null_cond_embed"):
             raise ConfigError("denoiser: the generator needs a denoiser with a `null_cond_embed` parameter (T,D)")
+        enc_dim, cond_dim = getattr(self.modality_encoder, "out_dim", None), self.denoiser.null_cond_embed.shape[-1]
+        if enc_dim is not None and enc_dim != cond_dim:  # else a shape error deep inside the first training step
+            raise ConfigError(f"modality_encoder.params.latent_dim gives {enc_dim}-wide condition features but "
+                              f"denoiser.params.latent_dim expects {cond_dim} (parts x its latent_dim): set both "
+                              "latent_dims to the same value")  # fmt: skip
         if prediction not in PREDICTIONS:
             raise ConfigError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
         self.objective = objective
