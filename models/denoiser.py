@@ -92,6 +92,9 @@ class GestureDenoiser(nn.Module):
             raise ValueError(f"cross_attn_layout must be one of {CROSS_ATTN_LAYOUTS}, got {cross_attn_layout!r}")
         if joint_residual not in JOINT_RESIDUALS:
             raise ValueError(f"joint_residual must be one of {JOINT_RESIDUALS}, got {joint_residual!r}")
+        if cond_proj_dim and cond_proj_dim != latent_dim:  # the step size is embedded with latent_dim channels
+            raise ValueError(f"cond_proj_dim ({cond_proj_dim}) must equal latent_dim ({latent_dim}) (or be null: no "
+                             "step-size input)")  # fmt: skip
         self.input_dim = input_dim
         self.latent_dim = latent_dim
         self.n_parts = 4 if use_exp else 3

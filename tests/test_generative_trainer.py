@@ -217,7 +217,11 @@ def test_config_errors(assets, tmp_path):
     from utils.config import ConfigError
 
     with pytest.raises(ConfigError, match=r"96-wide condition features but denoiser.params.latent_dim expects 192"):
-        GenerativeTrainer(make_cfg(assets, **{"denoiser.params.latent_dim": 64}), run_dir=tmp_path / "run2")
+        GenerativeTrainer(make_cfg(assets, **{"denoiser.params.latent_dim": 64, "denoiser.params.cond_proj_dim": 64}),
+                          run_dir=tmp_path / "run2")  # fmt: skip
+    wider = {"denoiser.params.latent_dim": 64, "modality_encoder.params.latent_dim": 64}
+    with pytest.raises(ConfigError, match=r"cond_proj_dim \(32\) must equal latent_dim \(64\)"):
+        GenerativeTrainer(make_cfg(assets, **wider), run_dir=tmp_path / "run3")
 
 
 # ------------------------------------------------------------------ DDP, 2 CPU processes (gloo)
