@@ -206,7 +206,6 @@ class Evaluator:
         if short_audio not in SHORT_AUDIO_POLICIES:
             raise ValueError(f"short_audio must be one of {SHORT_AUDIO_POLICIES}, got {short_audio!r}")
         self.num_threads = num_threads
-        self._outer_threads = torch.get_num_threads()
         self.fps = 30  # the protocol's pose rate (BC's pose_fps)
         self.fgd_model = fgd_model
         self.fk = fk if fk is not None else get_fk()
@@ -276,9 +275,9 @@ class Evaluator:
     ) -> dict[str, Any]:
         """Add one whole sequence (pred and GT (T,165) axis-angle at 30 fps, GT betas (300,), its audio: a wav
         path or a 1-D 16 kHz array). Returns the sequence's own metrics (``SequenceResult.as_dict()``)."""
-        self._outer_threads = torch.get_num_threads()  # the face vertices are large arrays: they use these
+        face_threads = torch.get_num_threads()  # the face vertices are large arrays: the caller's threads
         with torch_threads(self.num_threads):  # many small ops: 1 thread avoids costly barriers
-            seq = self._add(pred_poses, gt_poses, betas, audio, id, pred_expressions, gt_expressions)
+            seq = self._add(pred_poses, gt_poses, betas, audio, id, pred_expressions, gt_expressions, face_threads)
         self._seqs.append(seq)
         return seq.as_dict()
 
@@ -303,7 +302,8 @@ class Evaluator:
             return None, what
         return y, None
 
-    def _add(self, pred_poses, gt_poses, betas, audio, id, pred_expressions, gt_expressions) -> SequenceResult:  # noqa: A002
+    def _add(self, pred_poses, gt_poses, betas, audio, id, pred_expressions, gt_expressions,  # noqa: A002
+             face_threads: int) -> SequenceResult:  # fmt: skip
         sid = id if id is not None else f"seq{len(self._seqs)}"
         pred = _as_poses(pred_poses, f"{sid} (prediction)")
         gt = _as_poses(gt_poses, f"{sid} (ground truth)")
@@ -355,7 +355,7 @@ class Evaluator:
             if pred_expressions is None or gt_expressions is None:
                 exclude("face", "no expressions")
             else:
-                with torch_threads(self._outer_threads):
+                with torch_threads(face_threads):
                     res["face"] = self.face_model.face_metrics(pred, pred_expressions, gt, gt_expressions, betas)
         if n >= 4:  # jerk needs a third difference
             res["realism"] = realism_stats(jp, fps=self.fps, name=f"{sid} (prediction)")
