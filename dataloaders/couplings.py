@@ -13,8 +13,9 @@ Layout of a couplings folder (arrays are plain ``.npy``, read with ``allow_pickl
 
 Every file is written atomically and a chunk counts as done only once its json exists, so a killed run resumes with
 the chunks that lack one. Chunk k's content depends only on k (its windows and its noise), so several processes may
-each make their own chunks (DDP: rank r makes k % world == r) into one folder; `CouplingStore.finish` then lists them
-in the manifest and marks it complete. A folder made with other settings (another fingerprint) is never reused.
+each make their share of the chunks (DDP: `trainers.reflow.ReflowTrainer`) into one folder; `CouplingStore.finish`
+then lists them in the manifest and marks it complete. A folder made with other settings (another fingerprint) is
+never reused.
 """
 
 from __future__ import annotations
@@ -106,9 +107,9 @@ class CouplingStore:
                 continue  # unreadable: made again
         return done
 
-    def missing(self, n_chunks: int) -> list[int]:
-        """Chunks among 0..n_chunks-1 not finished yet, in order."""
-        done = self.done_chunks()
+    def missing(self, n_chunks: int, done: Mapping[int, int] | None = None) -> list[int]:
+        """Chunks among 0..n_chunks-1 not finished yet, in order (``done``: `done_chunks()`, when already read)."""
+        done = self.done_chunks() if done is None else done
         return [k for k in range(n_chunks) if k not in done]
 
     @property
@@ -137,7 +138,7 @@ class CouplingStore:
         CouplingsError names any that is missing (call it once every process has made its chunks)."""
         done = self.done_chunks()
         n_chunks = len(done) if n_chunks is None else int(n_chunks)
-        missing = self.missing(n_chunks)
+        missing = self.missing(n_chunks, done)
         if missing:
             raise CouplingsError(f"{self.folder}: chunks {missing} were not made; rerun to finish them")
         self.manifest["chunks"] = [{"name": f"chunk_{k:05d}", "count": done[k]} for k in range(n_chunks)]

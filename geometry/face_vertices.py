@@ -34,7 +34,6 @@ import torch
 from geometry.skeleton import NUM_JOINTS
 
 JAW = 22
-FACE_METRICS = ("face_mse", "lvd_emage2024", "lvd_evaltools")
 
 
 def rodrigues(rot_vecs: torch.Tensor) -> torch.Tensor:
@@ -110,9 +109,8 @@ class FaceVertexSubset:
         self.vertices = torch.nonzero(moving).flatten()
         s = self.vertices
         self._template, self._shapedirs = v_template[s], shapedirs[s]
-        self._expr = expr[s].permute(2, 0, 1).reshape(self.n_expr, -1)  # (n_expr, S*3)
-        self._pjaw = posedirs[jaw_rows][:, s].reshape(9, -1)  # (9, S*3)
-        self._expr32, self._pjaw32 = self._expr.float(), self._pjaw.float()
+        self._expr32 = expr[s].permute(2, 0, 1).reshape(self.n_expr, -1).float()  # (n_expr, S*3)
+        self._pjaw32 = posedirs[jaw_rows][:, s].reshape(9, -1).float()  # (9, S*3)
         self._pother = posedirs[:, s]  # constant pose blend shapes (every joint but the jaw is fixed)
         self._weights = weights[s]  # (S, J)
         self._weights_var = self._weights[:, var].contiguous()  # (S, K)
@@ -236,4 +234,4 @@ def _rows(x: np.ndarray | None, s0: int, s1: int) -> np.ndarray | None:
     return x.reshape(x.shape[0], -1)[s0:s1]
 
 
-__all__ = ["FACE_METRICS", "FaceVertexSubset", "rigid_transforms", "rodrigues"]
+__all__ = ["FaceVertexSubset", "rigid_transforms", "rodrigues"]

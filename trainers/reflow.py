@@ -136,7 +136,7 @@ def make_couplings(
     n = len(dataset)
     n_chunks = (n + batch_size - 1) // batch_size
     done = store.done_chunks()
-    todo = [k for k in (store.missing(n_chunks) if chunks is None else chunks) if k not in done]
+    todo = [k for k in (store.missing(n_chunks, done) if chunks is None else chunks) if k not in done]
     for k in progress(todo, desc="reflow couplings", unit="chunk", rank=rank):
         idx = list(range(k * batch_size, min(n, (k + 1) * batch_size)))
         items = [dataset[i] for i in idx]
