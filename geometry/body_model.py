@@ -236,10 +236,15 @@ def _rodrigues(aa: torch.Tensor) -> torch.Tensor:
     return torch.stack(rows, -1).reshape(*aa.shape[:-1], 3, 3)
 
 
-def _depth_levels(parents: tuple[int, ...]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _depths(parents: tuple[int, ...]) -> list[int]:
     depth = [0] * len(parents)
     for j in range(1, len(parents)):
         depth[j] = depth[parents[j]] + 1
+    return depth
+
+
+def _depth_levels(parents: tuple[int, ...]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    depth = _depths(parents)
     levels = []
     for d in range(1, max(depth) + 1):
         idx = [j for j in range(len(parents)) if depth[j] == d]
@@ -270,6 +275,7 @@ class JointsFK:
         offsets[1:] -= self.rest_joints[parents[1:]]
         self._offsets = offsets  # root: its rest position; others: offset from the parent
         self._levels = _depth_levels(skeleton.parents)
+        self._depth = _depths(skeleton.parents)
         self.source = skeleton.source.replace("hand mean added", "flat hands") if flat_hand_mean else skeleton.source
 
     def with_betas(self, betas: np.ndarray | torch.Tensor | None) -> JointsFK:
@@ -293,8 +299,41 @@ class JointsFK:
         full = poses.reshape(-1, NUM_JOINTS, 3) + torch.as_tensor(
             self._pose_mean, dtype=dtype, device=device
         ).reshape(NUM_JOINTS, 3)
-        rot = _rodrigues(full)  # (N, 55, 3, 3)
+        pos = self.from_matrices(_rodrigues(full)).reshape(*lead, NUM_JOINTS, 3)
+        if trans is not None:
+            if isinstance(trans, np.ndarray):  # e.g. a read-only memmap from the cache: copy, never alias
+                trans = np.array(trans)
+            trans = torch.as_tensor(trans, dtype=dtype, device=device)
+            if trans.shape[-1] != 3:
+                raise ValueError(f"trans must end in 3, got {tuple(trans.shape)}")
+            pos = pos + trans.unsqueeze(-2)
+        return pos
+
+    def from_matrices(self, rot: torch.Tensor, joints: list[int] | tuple[int, ...] | None = None) -> torch.Tensor:
+        """(N, 55, 3, 3) local rotation matrices, the mean pose already applied -> (N, 55, 3) joint positions
+        (no translation); with ``joints``, (N, len(joints), 3) computed on their chains only (cheaper: a training
+        loss on a few joints' positions goes through here, and it is differentiable)."""
+        if rot.shape[-3:] != (NUM_JOINTS, 3, 3):
+            raise ValueError(f"rot must be (N, {NUM_JOINTS}, 3, 3), got {tuple(rot.shape)}")
+        dtype, device = rot.dtype, rot.device
         offsets = torch.as_tensor(self._offsets, dtype=dtype, device=device)
+        if joints is not None:
+            parents = self._skeleton.parents
+            chain: set[int] = set()
+            for j in joints:
+                while j >= 0 and j not in chain:
+                    chain.add(j)
+                    j = parents[j] if j > 0 else -1
+            r_w: dict[int, torch.Tensor] = {}
+            p_w: dict[int, torch.Tensor] = {}
+            for j in sorted(chain, key=self._depth.__getitem__):  # parents before children
+                if j == 0:
+                    r_w[0], p_w[0] = rot[:, 0], offsets[0].expand(rot.shape[0], 3)
+                    continue
+                par = parents[j]
+                r_w[j] = r_w[par] @ rot[:, j]
+                p_w[j] = p_w[par] + (r_w[par] @ offsets[j].unsqueeze(-1)).squeeze(-1)
+            return torch.stack([p_w[j] for j in joints], dim=1)
         n = rot.shape[0]
         r_world = torch.empty_like(rot)
         pos = torch.empty(n, NUM_JOINTS, 3, dtype=dtype, device=device)
@@ -305,14 +344,6 @@ class JointsFK:
             r_par = r_world[:, par]
             r_world[:, idx] = r_par @ rot[:, idx]
             pos[:, idx] = pos[:, par] + (r_par @ offsets[idx].unsqueeze(-1)).squeeze(-1)
-        pos = pos.reshape(*lead, NUM_JOINTS, 3)
-        if trans is not None:
-            if isinstance(trans, np.ndarray):  # e.g. a read-only memmap from the cache: copy, never alias
-                trans = np.array(trans)
-            trans = torch.as_tensor(trans, dtype=dtype, device=device)
-            if trans.shape[-1] != 3:
-                raise ValueError(f"trans must end in 3, got {tuple(trans.shape)}")
-            pos = pos + trans.unsqueeze(-2)
         return pos
 
     def __repr__(self) -> str:

@@ -124,6 +124,28 @@ def test_mannequin_fk_matches_the_mannequin_package():
     np.testing.assert_allclose(ours - ours[:, :1], ref - ref[:, :1], atol=1e-6)
 
 
+def test_fk_from_matrices_on_a_joint_subset_equals_the_full_pass(toy_model):
+    """from_matrices(rot, joints) walks only those joints' chains; the positions equal the full pass's, gradients
+    flow, and the axis-angle call is the same function (Rodrigues, then from_matrices)."""
+    from geometry.rotations import axis_angle_to_matrix
+
+    g = torch.Generator().manual_seed(4)
+    poses = 0.3 * torch.randn(6, 165, generator=g, dtype=torch.float64)
+    for fk in (get_fk(toy_model, flat_hand_mean=True), get_fk(source="mannequin", flat_hand_mean=True)):
+        rot = axis_angle_to_matrix(poses.reshape(6, 55, 3)).requires_grad_(True)
+        full = fk.from_matrices(rot)
+        torch.testing.assert_close(full, fk(poses))
+        joints = [21, 3, 0, 40, 54, 12]
+        sub = fk.from_matrices(rot, joints)
+        assert sub.shape == (6, len(joints), 3)
+        torch.testing.assert_close(sub, full[:, joints], rtol=0, atol=1e-12)
+        sub.sum().backward()
+        assert float(rot.grad[:, 19].abs().sum()) > 0  # the right elbow moves the right wrist (21)
+        assert float(rot.grad[:, 1].abs().sum()) == 0  # the left hip is on no chosen joint's chain
+    with pytest.raises(ValueError, match="rot must be"):
+        get_fk(source="mannequin").from_matrices(torch.zeros(2, 54, 3, 3))
+
+
 def test_fk_bad_input():
     fk = get_fk(source="mannequin")
     with pytest.raises(ValueError, match="165"):

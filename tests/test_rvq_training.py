@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -195,6 +196,79 @@ def test_speed_profile_loss(tmp_path: Path) -> None:
         torch.testing.assert_close(out["loss"], out["rec"] + 4.0 * want)
     with pytest.raises(ConfigError, match="loss.speed"):
         RVQTrainer(small_cfg(tmp_path, part="face", **{"loss.speed": 1.0}), run_dir=tmp_path / "f")
+
+
+def _identity_stats():
+    from dataloaders.stats import Stats
+
+    z = np.zeros
+    return Stats(rot6d_mean=z(330), rot6d_std=np.ones(330), trans_v_mean=z(3), trans_v_std=np.ones(3),
+                 mean_vel=np.ones(55))  # fmt: skip
+
+
+def test_part_positions_equal_fk_of_the_axis_angle_pose() -> None:
+    """PartPositions (normalised part rot6d -> joint positions, other joints at rest) = JointsFK on the same pose."""
+    from geometry.body_model import get_fk
+    from geometry.rotations import poses_to_rot6d
+    from geometry.skeleton import BC_JOINTS, LOWER_JOINTS, PARTS, rot6d_indices
+    from trainers.rvq import PartPositions
+
+    g = torch.Generator().manual_seed(0)
+    fk = get_fk(None, source="mannequin", flat_hand_mean=True)
+    mean, std = np.linspace(-0.2, 0.3, 330), np.linspace(0.5, 2.0, 330)
+    for part in ("upper", "lower_trans"):
+        joints = list(PARTS[part]["joints"])
+        poses = torch.zeros(2, 5, 165)
+        for j in joints:
+            poses[..., 3 * j : 3 * j + 3] = 0.4 * torch.randn(2, 5, 3, generator=g)
+        idx = rot6d_indices(joints)
+        x = (poses_to_rot6d(poses)[..., idx] - torch.as_tensor(mean[idx]).float()) / torch.as_tensor(std[idx]).float()
+        if part == "lower_trans":
+            x = torch.cat([x, torch.randn(2, 5, 3, generator=g)], -1)  # trans_v channels are ignored
+        pp = PartPositions(part, mean, std, fk)
+        assert pp.joints == sorted(set(BC_JOINTS) | set(joints))
+        want = fk(poses)[..., pp.joints, :]
+        torch.testing.assert_close(pp(x), want, atol=1e-5, rtol=1e-5)
+    # the pelvis (lower_trans) moves the arms: a root rotation alone changes the BC joints' positions
+    assert 0 in LOWER_JOINTS
+
+
+def test_position_losses_hand_computed() -> None:
+    """fk_vel: squared velocity error / squared target velocity; fk_speed: the same on the norms (direction-free)."""
+    from trainers.rvq import position_losses
+
+    target = torch.zeros(1, 3, 2, 3)
+    target[0, 1, 0] = torch.tensor([3.0, 4.0, 0.0])  # joint 0 moves (3, 4, 0) then back; joint 1 still
+    same_speed_flipped = -target  # every velocity reversed, speeds unchanged
+    out = position_losses(same_speed_flipped, target)
+    energy = 2 * 25.0 / 4  # mean over (2 steps x 2 joints) of |v|^2
+    torch.testing.assert_close(out["fk_speed"], torch.tensor(0.0))
+    torch.testing.assert_close(out["fk_vel"], torch.tensor((2 * 100.0 / 4) / energy))  # |2v|^2 = 4|v|^2, i.e. 4
+    still = torch.zeros_like(target)
+    torch.testing.assert_close(position_losses(still, target)["fk_speed"], torch.tensor(1.0))
+    torch.testing.assert_close(position_losses(target, target)["fk_vel"], torch.tensor(0.0))
+
+
+def test_position_loss_terms_in_the_trainer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """loss.fk_vel / loss.fk_speed add the weighted position terms, with gradients to the reconstruction."""
+    import trainers.rvq as tr_mod
+
+    monkeypatch.setattr(tr_mod, "load_stats", lambda data: _identity_stats())
+    over = {"loss.fk_vel": 0.5, "loss.fk_speed": 2.0}
+    cfg = small_cfg(tmp_path, iterations=2, val_period=0, val_before_train=False, **over)
+    with RVQTrainer(cfg, run_dir=tmp_path / "p") as tr:
+        batch = torch.randn(4, 32, 78)
+        rec = (batch + 0.1 * torch.randn_like(batch)).requires_grad_(True)
+        tr.forward_model = lambda b: (rec, torch.tensor(0.0), torch.tensor(1.0))
+        out = tr.train_step(batch)
+        want = tr_mod.position_losses(tr._positions(rec), tr._positions(batch))
+        assert float(want["fk_vel"].detach()) > 0 and float(want["fk_speed"].detach()) > 0
+        torch.testing.assert_close(out["fk_vel"], want["fk_vel"])
+        torch.testing.assert_close(out["loss"], out["rec"] + 0.5 * want["fk_vel"] + 2.0 * want["fk_speed"])
+        out["loss"].backward()
+        assert rec.grad is not None and float(rec.grad.abs().sum()) > 0
+    with pytest.raises(ConfigError, match="loss.fk_vel"):
+        RVQTrainer(small_cfg(tmp_path, part="face", **{"loss.fk_vel": 1.0}), run_dir=tmp_path / "f")
 
 
 def test_fgd_skipped_with_note_when_not_configured(tmp_path: Path) -> None:

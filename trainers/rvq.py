@@ -38,7 +38,18 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from dataloaders.stats import denormalise_rot6d, load_stats
 from evaluation.fgd_autoencoder import load_fgd_autoencoder
-from geometry.skeleton import FRAME_DIM, PARTS, ROT6D_SLICE, check_part, part_frame_indices
+from geometry.body_model import JointsFK, get_fk
+from geometry.rotations import rotation_6d_to_matrix
+from geometry.skeleton import (
+    BC_JOINTS,
+    FRAME_DIM,
+    NUM_JOINTS,
+    PARTS,
+    ROT6D_SLICE,
+    check_part,
+    part_frame_indices,
+    rot6d_indices,
+)
 from models.vq.rvqvae import RVQVAE, load_rvqvae
 from trainers.base import BaseTrainer, window_dataset
 from utils.config import ConfigError, load_config, to_container
@@ -124,6 +135,45 @@ def joint_speed(x: torch.Tensor, n_joints: int) -> torch.Tensor:
     return d.reshape(*d.shape[:-1], n_joints, 6).norm(dim=-1)
 
 
+class PartPositions:
+    """Joint positions (B, T, J, 3) of a part's normalised vectors (B, T, D): the part's rot6d de-normalised, every
+    other joint at rest (identity rotation, root at the origin), FK on ``fk``'s skeleton. Differentiable.
+
+    ``joints`` are BC's upper-body joints (what BC and the realism metrics read) plus the part's own, so the
+    pelvis rotation of ``lower_trans`` shows where it moves the arms, and a hand's rotations at its fingers. Build the
+    FK with ``flat_hand_mean=True``: rest means identity for every joint (a loss on velocities does not need the
+    relaxed hand mean)."""
+
+    def __init__(self, part: str, rot6d_mean: Any, rot6d_std: Any, fk: JointsFK) -> None:
+        self.part_joints = list(PARTS[check_part(part)]["joints"])
+        if not self.part_joints:
+            raise ConfigError(f"the {part} part has no joints to take positions of")
+        idx = rot6d_indices(self.part_joints)
+        self.mean = torch.as_tensor(np.asarray(rot6d_mean)[idx], dtype=torch.float32)
+        self.std = torch.as_tensor(np.asarray(rot6d_std)[idx], dtype=torch.float32)
+        self.joints = sorted(set(BC_JOINTS) | set(self.part_joints))
+        self.fk = fk
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        b, t = x.shape[:2]
+        n = len(self.part_joints)
+        r6 = x[..., : 6 * n].float() * self.std.to(x.device) + self.mean.to(x.device)
+        rot = torch.eye(3, device=x.device).expand(b * t, NUM_JOINTS, 3, 3).clone()
+        rot[:, self.part_joints] = rotation_6d_to_matrix(r6.reshape(b * t, n, 6))
+        return self.fk.from_matrices(rot, self.joints).reshape(b, t, len(self.joints), 3)
+
+
+def position_losses(pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Joint positions (B, T, J, 3) -> relative errors of the frame-to-frame velocity (``fk_vel``: squared vector
+    error / squared target velocity) and of the speed profile (``fk_speed``: the same with the velocities' norms,
+    so where the motion slows (BC's beats) counts whatever the direction). Scale-free: weights mean the same on
+    any skeleton."""
+    vp, vt = pred.diff(dim=1), target.diff(dim=1)
+    energy = vt.pow(2).sum(-1).mean().clamp_min(1e-12)
+    return {"fk_vel": (vp - vt).pow(2).sum(-1).mean() / energy,
+            "fk_speed": (vp.norm(dim=-1) - vt.norm(dim=-1)).pow(2).mean() / energy}  # fmt: skip
+
+
 def reconstruction_loss(rec: torch.Tensor, target: torch.Tensor, kind: str = "l1_smooth") -> torch.Tensor:
     if kind == "l1_smooth":
         return F.smooth_l1_loss(rec, target)
@@ -155,8 +205,14 @@ class RVQTrainer(BaseTrainer):
                     reconstruction_loss(torch.zeros(1), torch.zeros(1), str(loss.get(f"{name}_kind")))
                 except ConfigError as e:
                     raise ConfigError(f"loss.{name}_kind: {e}") from None
-        if float(loss.get("speed", 0.0) or 0.0) and not PARTS[self.part]["joints"]:
-            raise ConfigError(f"loss.speed: the {self.part} part has no joints to take a speed of; set it to 0")
+        for name in ("speed", "fk_vel", "fk_speed"):
+            if float(loss.get(name, 0.0) or 0.0) and not PARTS[self.part]["joints"]:
+                raise ConfigError(f"loss.{name}: the {self.part} part has no joints to take a speed of; set it to 0")
+        self._positions = None
+        if any(float(loss.get(k, 0.0) or 0.0) for k in ("fk_vel", "fk_speed")):
+            stats = load_stats(self.cfg.data)
+            fk = get_fk(self.cfg.get("body_model"), flat_hand_mean=True)
+            self._positions = PartPositions(self.part, stats.rot6d_mean, stats.safe(stats.rot6d_std), fk)
         if self.best_metric is not None and self.best_metric == "fgd" and not self.cfg.val.get("fgd_autoencoder"):
             raise ConfigError("best_metric=fgd needs val.fgd_autoencoder (a path to the FGD autoencoder)")
 
@@ -225,6 +281,13 @@ class RVQTrainer(BaseTrainer):
             term = reconstruction_loss(joint_speed(rec.float(), n), joint_speed(batch, n), str(loss_cfg.recons))
             loss = loss + w * term
             out["speed"] = term
+        if self._positions is not None:  # joint positions: what BC, FGD's joints and the realism metrics see
+            terms = position_losses(self._positions(rec), self._positions(batch))
+            for name, term in terms.items():
+                w = float(loss_cfg.get(name, 0.0) or 0.0)
+                if w:
+                    loss = loss + w * term
+                    out[name] = term
         out["loss"] = loss
         return out
 
