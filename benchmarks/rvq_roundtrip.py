@@ -5,7 +5,8 @@
 
 OUTPUT_DIR is a pipeline output folder (``run_pipeline.py ... output_dir=OUTPUT_DIR`` with at least the corpus,
 cache and rvq stages done). The measurement is ``pipeline.codec_check.rvq_roundtrip`` (the pipeline's report shows it
-for val and test); this script runs it for other parts or checkpoints and prints the ratios.
+for val and test); this script runs it for other parts or checkpoints and prints the ratios and the beat placement
+of GT and the round trip (as is, and with the pelvis rotation held at zero).
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"[{s}, {r['n_files']} files, parts {'+'.join(a.parts)}] round trip / GT: " + "  ".join(
             f"{q} {r[q]['ratio']:.3f} [{r[q]['ci'][0]:.3f}, {r[q]['ci'][1]:.3f}]" for q in ("speed", "acceleration",
                                                                                         "jerk")))
+        if "beat_placement" in r:
+            print("  beat placement (mean over files [95% CI]): " + "  ".join(
+                f"{k} {v['mean']:.3f} [{v['ci'][0]:.3f}, {v['ci'][1]:.3f}]" for k, v in r["beat_placement"].items()))
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=1))
     return res

@@ -4,7 +4,10 @@ Each whole file of a split goes through the trained per-part RVQ-VAEs of a pipel
 stay ground truth; the decoded trans_v is not used: joints are measured with the translation zeroed), then FK
 (geometry.body_model.get_fk, the file's betas[:10]) and evaluation.realism on the upper-body BC joints: the pooled
 round-trip/GT ratios of mean speed, acceleration and jerk (ratio of means over files, 95% bootstrap CI over files).
-Issue 13's target: jerk and acceleration ratios <= 1.25. Used by the pipeline's report (val and test) and by
+Issue 13's target: jerk and acceleration ratios <= 1.25. Beside them, the beat placement (corrected BC minus BC of
+the motion 0.5 s late; evaluation.realism.beat_placement_score) of GT and of the round trip, each also with the pelvis
+rotation held at zero: the pelvis leans with the strokes and carries BC's joints with it, so "root held" shows how
+much stroke timing the upper body's own joints keep. Used by the pipeline's report (val and test) and by
 ``benchmarks/rvq_roundtrip.py``.
 """
 
@@ -19,11 +22,13 @@ import numpy as np
 import torch
 
 from dataloaders.stats import Stats, load_stats_dir
-from evaluation.realism import pooled_realism, realism_stats
+from evaluation.metrics import BeatConsistency
+from evaluation.realism import beat_placement_score, pooled_realism, realism_stats
 from geometry.body_model import get_fk
 from geometry.rotations import poses_to_rot6d, rot6d_to_poses
 from geometry.skeleton import GENERATOR_PARTS, PARTS, axis_angle_indices, rot6d_indices
 from models.vq.rvqvae import load_rvqvae
+from pipeline.learning_check import bootstrap
 from pipeline.runner import load_record
 from utils.device import torch_threads
 
@@ -74,24 +79,53 @@ def rvq_roundtrip(
     with open(corpus["paths"]["split_csv"], newline="") as f:
         split = {r["id"]: r["type"] for r in csv.DictReader(f)}
     files = Path(cache["paths"]["cache"]) / "files"
+    wavs = Path(corpus["paths"]["root"]) / "wave16k"
+    bc = BeatConsistency(np.asarray(stats.mean_vel), protocol="corrected")
     res: dict[str, Any] = {}
     with torch_threads(1):  # many small whole-file ops
         for s in splits:
             gen, gt = [], []
+            placement: dict[str, list[float]] = {k: [] for k in PLACEMENT_KEYS}
             for fid in sorted(i for i, t in split.items() if t == s):
                 d = files / fid
                 poses = np.load(d / "pose.npy").astype(np.float64)
                 fk = get_fk(betas=np.load(d / "betas.npy")[:10])
                 rt = round_trip(poses, np.load(d / "trans_v.npy"), vqs, stats)
                 t = rt.shape[0]
-                gt.append(realism_stats(fk(torch.from_numpy(poses[:t])).numpy(), 30.0, name=f"gt {fid}"))
-                gen.append(realism_stats(fk(torch.from_numpy(rt)).numpy(), 30.0, name=f"round trip {fid}"))
+                jg, jr = fk(torch.from_numpy(poses[:t])).numpy(), fk(torch.from_numpy(rt)).numpy()
+                gt.append(realism_stats(jg, 30.0, name=f"gt {fid}"))
+                gen.append(realism_stats(jr, 30.0, name=f"round trip {fid}"))
+                wav = wavs / f"{fid}.wav"
+                if wav.is_file() and t > 2 * bc.align_mask:
+                    onsets = bc.onsets(str(wav), t)
+                    if onsets.size:
+                        for key, p in (("gt", poses[:t]), ("round_trip", rt)):
+                            still = p.copy()
+                            still[:, :3] = 0.0  # the pelvis (global orientation) held at zero
+                            placement[key].append(_placement(fk, bc, onsets, p))
+                            placement[f"{key}_root_held"].append(_placement(fk, bc, onsets, still))
             if not gt:
                 continue
             pooled = pooled_realism(gen, gt, n_boot=n_boot, seed=0)
             res[s] = {"n_files": len(gt), "parts": list(parts),
                       **{q: {k: v for k, v in d.items() if k != "per_file_ratio"} for q, d in pooled.items()}}
+            if placement["gt"]:
+                res[s]["beat_placement"] = {k: _mean_ci(v, n_boot) for k, v in placement.items()}
     return res
+
+
+PLACEMENT_KEYS = ("gt", "round_trip", "gt_root_held", "round_trip_root_held")
+
+
+def _placement(fk: Any, bc: BeatConsistency, onsets: np.ndarray, poses: np.ndarray) -> float:
+    joints = fk(torch.from_numpy(poses)).numpy()
+    return beat_placement_score(joints, lambda j: bc.score(bc.motion_beats(j), onsets))["score"]
+
+
+def _mean_ci(values: list[float], n_boot: int) -> dict[str, Any]:
+    x = np.asarray(values, np.float64)
+    value, ci = bootstrap(lambda i: float(x[i].mean()), len(x), n_boot)
+    return {"mean": value, "ci": ci, "n_files": len(x)}
 
 
 def roundtrip_markdown(res: Mapping[str, Any]) -> str:
@@ -102,4 +136,13 @@ def roundtrip_markdown(res: Mapping[str, Any]) -> str:
         cells = [f"{r[q]['ratio']:.3f} [{r[q]['ci'][0]:.3f}, {r[q]['ci'][1]:.3f}]"
                  for q in ("speed", "acceleration", "jerk")]  # fmt: skip
         rows.append(f"| {s} | {r['n_files']} | " + " | ".join(cells) + " |")
+    if any("beat_placement" in r for r in res.values()):
+        rows += ["", "Beat placement (corrected BC minus BC 0.5 s late; mean over files [95% CI]); \"pelvis held\": "
+                 "the global orientation set to zero, so only the upper body's own joints move BC's joints:", "",
+                 "| split | GT | round trip | GT, pelvis held | round trip, pelvis held |", "|---|---|---|---|---|"]
+        for s, r in res.items():
+            if "beat_placement" in r:
+                bp = r["beat_placement"]
+                rows.append(f"| {s} | " + " | ".join(
+                    f"{bp[k]['mean']:.3f} [{bp[k]['ci'][0]:.3f}, {bp[k]['ci'][1]:.3f}]" for k in PLACEMENT_KEYS) + " |")
     return "\n".join(rows)

@@ -214,6 +214,13 @@ def _assert_artefacts(out: Path) -> None:
     for q in ("speed", "acceleration", "jerk"):
         assert codec["test"][q]["ratio"] == pytest.approx(lc["realism_ratios_vs_gt"]["rvq_roundtrip"][q], rel=0.02)
     assert "RVQ round trip of held-out GT" in results and "| val |" in results and "| test |" in results
+    # beat placement of GT and the round trip, as is and with the pelvis held: GT's equals the check's own GT value
+    bp = codec["test"]["beat_placement"]
+    assert set(bp) == {"gt", "round_trip", "gt_root_held", "round_trip_root_held"}
+    assert bp["gt"]["mean"] == pytest.approx(float(np.mean(lc["per_file"]["gt"]["beat_placement"])), abs=1e-9)
+    for k, v in bp.items():
+        assert v["n_files"] == 2 and v["ci"][0] <= v["mean"] + 1e-12 <= v["ci"][1] + 2e-12, k
+    assert "pelvis held" in results
 
 
 # ~1 min on 2 idle cores (53 s measured); the learning check runs and is checked for shape, not for a pass (the

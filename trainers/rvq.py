@@ -16,6 +16,8 @@ Differences from the reference, on purpose:
   them the tiny CPU codecs reconstruct with per-frame error that reads as jitter (round trip of held-out GT at ~15x
   GT jerk on the synthetic corpus); configs/rvq/tiny_overrides.yaml turns them on; ``loss.speed`` (default 0) adds
   the per-joint speed profile (`joint_speed`), against the extra velocity minima a codec adds (issue 13);
+  ``loss.fk_vel`` / ``loss.fk_speed`` (default 0) compare joint positions (`PartPositions`, `position_losses`): what
+  BC and the realism metrics read, where a small spine or pelvis error moves every joint above it;
 * validation uses the val split (upstream used test), FGD features are 240-D per token (upstream reshaped them to
   32-D chunks during training), and the best checkpoint follows the configured metric (upstream tracked the max L2);
 * checkpoints hold the full quantiser state (EMA sums/counts/init), so resuming does not re-initialise codebooks.
