@@ -63,6 +63,7 @@ def _command(out: Path, resume: Path | None = None, paced: bool = False) -> list
     entry = ("-c", PACED) if paced else ("rvq_beatx_train.py",)
     cmd = [sys.executable, *entry, "-c", "configs/rvq/upper_tiny.yaml", f"output_dir={out}",
            "data=null", "dataset={target: trainers.rvq.SmoothRandomWindows, params: {num_windows: 24, length: 32}}",
+           "loss.fk_vel=0", "loss.fk_speed=0",  # position terms need data statistics; random windows have none
            "model={nb_code: 32, code_dim: 16, width: 16, depth: 1, num_quantizers: 2}", "seed=5", "num_threads=1",
            "batch_size=8", f"solver.iterations={ITERATIONS}", "solver.warmup_iters=5", "solver.milestones=[20]",
            "logging=[jsonl]", "log_period=1", "val_period=1", "val_unit=iter", "val.max_windows=8",

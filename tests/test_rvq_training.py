@@ -269,6 +269,9 @@ def test_position_loss_terms_in_the_trainer(tmp_path: Path, monkeypatch: pytest.
         assert rec.grad is not None and float(rec.grad.abs().sum()) > 0
     with pytest.raises(ConfigError, match="loss.fk_vel"):
         RVQTrainer(small_cfg(tmp_path, part="face", **{"loss.fk_vel": 1.0}), run_dir=tmp_path / "f")
+    monkeypatch.undo()  # no statistics without a data node: a clear error instead of a failure inside the loader
+    with pytest.raises(ConfigError, match=r"loss.fk_vel / loss.fk_speed need the data statistics .*data.root"):
+        RVQTrainer(small_cfg(tmp_path, **{"loss.fk_speed": 1.0}), run_dir=tmp_path / "n")
 
 
 def test_fgd_skipped_with_note_when_not_configured(tmp_path: Path) -> None:

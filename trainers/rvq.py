@@ -212,7 +212,11 @@ class RVQTrainer(BaseTrainer):
                 raise ConfigError(f"loss.{name}: the {self.part} part has no joints to take a speed of; set it to 0")
         self._positions = None
         if any(float(loss.get(k, 0.0) or 0.0) for k in ("fk_vel", "fk_speed")):
-            stats = load_stats(self.cfg.data)
+            try:  # the statistics turn normalised vectors back into rotations
+                stats = load_stats(self.cfg.get("data"))
+            except (ValueError, OSError) as e:
+                raise ConfigError(f"loss.fk_vel / loss.fk_speed need the data statistics of the `data` node ({e}); "
+                                  "set both to 0 to train without them") from e  # fmt: skip
             fk = get_fk(self.cfg.get("body_model"), flat_hand_mean=True)
             self._positions = PartPositions(self.part, stats.rot6d_mean, stats.safe(stats.rot6d_std), fk)
         if self.best_metric is not None and self.best_metric == "fgd" and not self.cfg.val.get("fgd_autoencoder"):
