@@ -118,6 +118,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         updates = 100 if a.quick else 500
         cmd = [py, "rvq_beatx_train.py", "-c", "configs/rvq/upper_tiny.yaml", f"output_dir={t / 'long'}", "data=null",
                "dataset={target: trainers.rvq.SmoothRandomWindows, params: {num_windows: 64, length: 64}}",
+               "loss.fk_vel=0", "loss.fk_speed=0",  # the joint-position terms need data statistics
                "model={nb_code: 64, code_dim: 128, width: 32, depth: 2, num_quantizers: 6}", "batch_size=16",
                f"solver.iterations={updates}", "solver.milestones=[400]", "logging=[jsonl]", "log_period=50",
                "val_period=100", "val_unit=iter", "val.max_windows=16", "val.batch_size=16"]  # fmt: skip

@@ -313,11 +313,14 @@ class JointsFK:
         """(N, 55, 3, 3) local rotation matrices, the mean pose already applied -> (N, 55, 3) joint positions
         (no translation); with ``joints``, (N, len(joints), 3) computed on their chains only (cheaper: a training
         loss on a few joints' positions goes through here, and it is differentiable)."""
-        if rot.shape[-3:] != (NUM_JOINTS, 3, 3):
+        if rot.ndim != 4 or rot.shape[-3:] != (NUM_JOINTS, 3, 3):
             raise ValueError(f"rot must be (N, {NUM_JOINTS}, 3, 3), got {tuple(rot.shape)}")
         dtype, device = rot.dtype, rot.device
         offsets = torch.as_tensor(self._offsets, dtype=dtype, device=device)
         if joints is not None:
+            joints = [int(j) for j in joints]
+            if not joints or not all(0 <= j < NUM_JOINTS for j in joints):
+                raise ValueError(f"joints must be a non-empty list of indices in [0, {NUM_JOINTS}), got {joints}")
             parents = self._skeleton.parents
             chain: set[int] = set()
             for j in joints:

@@ -7,7 +7,8 @@ round-trip/GT ratios of mean speed, acceleration and jerk (ratio of means over f
 Issue 13's target: jerk and acceleration ratios <= 1.25. Beside them, the beat placement (corrected BC minus BC of
 the motion 0.5 s late; evaluation.realism.beat_placement_score) of GT and of the round trip, each also with the pelvis
 rotation held at zero: the pelvis leans with the strokes and carries BC's joints with it, so "root held" shows how
-much stroke timing the upper body's own joints keep. Used by the pipeline's report (val and test) and by
+much stroke timing the upper body's own joints keep (files without a wav, shorter than 4 s or without onsets are
+left out of it; its ``n_files`` says how many count). Used by the pipeline's report (val and test) and by
 ``benchmarks/rvq_roundtrip.py``.
 """
 
@@ -31,6 +32,8 @@ from models.vq.rvqvae import load_rvqvae
 from pipeline.learning_check import bootstrap
 from pipeline.runner import load_record
 from utils.device import torch_threads
+
+PLACEMENT_KEYS = ("gt", "round_trip", "gt_root_held", "round_trip_root_held")
 
 
 def round_trip(poses: np.ndarray, trans_v: np.ndarray, vqs: dict[str, Any], stats: Stats) -> np.ndarray:
@@ -99,11 +102,12 @@ def rvq_roundtrip(
                 if wav.is_file() and t > 2 * bc.align_mask:
                     onsets = bc.onsets(str(wav), t)
                     if onsets.size:
-                        for key, p in (("gt", poses[:t]), ("round_trip", rt)):
+                        for key, p, j in (("gt", poses[:t], jg), ("round_trip", rt, jr)):
                             still = p.copy()
                             still[:, :3] = 0.0  # the pelvis (global orientation) held at zero
-                            placement[key].append(_placement(fk, bc, onsets, p))
-                            placement[f"{key}_root_held"].append(_placement(fk, bc, onsets, still))
+                            placement[key].append(_placement(bc, onsets, j))
+                            placement[f"{key}_root_held"].append(
+                                _placement(bc, onsets, fk(torch.from_numpy(still)).numpy()))
             if not gt:
                 continue
             pooled = pooled_realism(gen, gt, n_boot=n_boot, seed=0)
@@ -114,11 +118,7 @@ def rvq_roundtrip(
     return res
 
 
-PLACEMENT_KEYS = ("gt", "round_trip", "gt_root_held", "round_trip_root_held")
-
-
-def _placement(fk: Any, bc: BeatConsistency, onsets: np.ndarray, poses: np.ndarray) -> float:
-    joints = fk(torch.from_numpy(poses)).numpy()
+def _placement(bc: BeatConsistency, onsets: np.ndarray, joints: np.ndarray) -> float:
     return beat_placement_score(joints, lambda j: bc.score(bc.motion_beats(j), onsets))["score"]
 
 
@@ -139,10 +139,11 @@ def roundtrip_markdown(res: Mapping[str, Any]) -> str:
     if any("beat_placement" in r for r in res.values()):
         rows += ["", "Beat placement (corrected BC minus BC 0.5 s late; mean over files [95% CI]); \"pelvis held\": "
                  "the global orientation set to zero, so only the upper body's own joints move BC's joints:", "",
-                 "| split | GT | round trip | GT, pelvis held | round trip, pelvis held |", "|---|---|---|---|---|"]
+                 "| split | files | GT | round trip | GT, pelvis held | round trip, pelvis held |",
+                 "|---|---|---|---|---|---|"]  # fmt: skip
         for s, r in res.items():
             if "beat_placement" in r:
                 bp = r["beat_placement"]
-                rows.append(f"| {s} | " + " | ".join(
+                rows.append(f"| {s} | {bp['gt']['n_files']} | " + " | ".join(
                     f"{bp[k]['mean']:.3f} [{bp[k]['ci'][0]:.3f}, {bp[k]['ci'][1]:.3f}]" for k in PLACEMENT_KEYS) + " |")
     return "\n".join(rows)

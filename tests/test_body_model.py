@@ -142,8 +142,13 @@ def test_fk_from_matrices_on_a_joint_subset_equals_the_full_pass(toy_model):
         sub.sum().backward()
         assert float(rot.grad[:, 19].abs().sum()) > 0  # the right elbow moves the right wrist (21)
         assert float(rot.grad[:, 1].abs().sum()) == 0  # the left hip is on no chosen joint's chain
-    with pytest.raises(ValueError, match="rot must be"):
-        get_fk(source="mannequin").from_matrices(torch.zeros(2, 54, 3, 3))
+    fk = get_fk(source="mannequin")
+    for bad in (torch.zeros(2, 54, 3, 3), torch.zeros(2, 3, 55, 3, 3)):
+        with pytest.raises(ValueError, match="rot must be"):
+            fk.from_matrices(bad)
+    for joints in ([], [55], [-1]):
+        with pytest.raises(ValueError, match="joints must be a non-empty list"):
+            fk.from_matrices(torch.eye(3).expand(1, 55, 3, 3), joints)
 
 
 def test_fk_bad_input():

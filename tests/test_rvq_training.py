@@ -229,8 +229,18 @@ def test_part_positions_equal_fk_of_the_axis_angle_pose() -> None:
         assert pp.joints == sorted(set(BC_JOINTS) | set(joints))
         want = fk(poses)[..., pp.joints, :]
         torch.testing.assert_close(pp(x), want, atol=1e-5, rtol=1e-5)
-    # the pelvis (lower_trans) moves the arms: a root rotation alone changes the BC joints' positions
-    assert 0 in LOWER_JOINTS
+    # the pelvis (lower_trans) moves the arms: a root rotation alone changes every BC joint's position
+    pp = PartPositions("lower_trans", np.zeros(330), np.ones(330), fk)
+    rest = torch.zeros(1, 1, 57)
+    rest[..., 0:6] = torch.tensor([1.0, 0, 0, 0, 1, 0])  # identity rot6d for every lower joint ...
+    rest[..., 6:54] = rest[..., 0:6].repeat(1, 1, 8)
+    turned = rest.clone()
+    turned[..., 0:6] = torch.tensor([0.0, 1, 0, -1, 0, 0])  # ... except the root, turned 90 degrees
+    moved = (pp(turned) - pp(rest)).norm(dim=-1)[0, 0]
+    bc = [pp.joints.index(j) for j in BC_JOINTS]
+    assert bool((moved[bc] > 0.01).all()) and 0 in LOWER_JOINTS
+    with pytest.raises(ConfigError, match="not supported for the hands part"):
+        PartPositions("hands", mean, std, fk)
 
 
 def test_position_losses_hand_computed() -> None:
@@ -265,7 +275,7 @@ def test_position_loss_terms_in_the_trainer(tmp_path: Path, monkeypatch: pytest.
         assert float(want["fk_vel"].detach()) > 0 and float(want["fk_speed"].detach()) > 0
         torch.testing.assert_close(out["fk_vel"], want["fk_vel"])
         torch.testing.assert_close(out["loss"], out["rec"] + 0.5 * want["fk_vel"] + 2.0 * want["fk_speed"])
-        out["loss"].backward()
+        (0.5 * out["fk_vel"] + 2.0 * out["fk_speed"]).backward()  # the position terms alone reach the reconstruction
         assert rec.grad is not None and float(rec.grad.abs().sum()) > 0
     with pytest.raises(ConfigError, match="loss.fk_vel"):
         RVQTrainer(small_cfg(tmp_path, part="face", **{"loss.fk_vel": 1.0}), run_dir=tmp_path / "f")

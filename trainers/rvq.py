@@ -45,6 +45,7 @@ from geometry.rotations import rotation_6d_to_matrix
 from geometry.skeleton import (
     BC_JOINTS,
     FRAME_DIM,
+    HANDS_JOINTS,
     NUM_JOINTS,
     PARTS,
     ROT6D_SLICE,
@@ -138,18 +139,23 @@ def joint_speed(x: torch.Tensor, n_joints: int) -> torch.Tensor:
 
 
 class PartPositions:
-    """Joint positions (B, T, J, 3) of a part's normalised vectors (B, T, D): the part's rot6d de-normalised, every
-    other joint at rest (identity rotation, root at the origin), FK on ``fk``'s skeleton. Differentiable.
+    """Joint positions (B, T, J, 3) of a part's normalised vectors (B, T, D): the part's rot6d de-normalised, FK on
+    ``fk``'s skeleton with every other joint at rest (identity rotation: the T-pose; the root at its rest position).
+    Differentiable.
 
-    ``joints`` are BC's upper-body joints (what BC and the realism metrics read) plus the part's own, so the
-    pelvis rotation of ``lower_trans`` shows where it moves the arms, and a hand's rotations at its fingers. Build the
-    FK with ``flat_hand_mean=True``: rest means identity for every joint (a loss on velocities does not need the
-    relaxed hand mean)."""
+    ``joints`` are BC's upper-body joints (what BC and the realism metrics read) plus the part's own, so the pelvis
+    rotation of ``lower_trans`` shows where it moves the arms. Known bias: the arms are held outstretched, so a pelvis
+    rotation moves them along longer levers than in a speaker's arms-down poses. Build the FK with
+    ``flat_hand_mean=True``; the hands part is refused (its rotations are relative to the relaxed hand mean, which
+    this FK leaves out)."""
 
     def __init__(self, part: str, rot6d_mean: Any, rot6d_std: Any, fk: JointsFK) -> None:
         self.part_joints = list(PARTS[check_part(part)]["joints"])
         if not self.part_joints:
             raise ConfigError(f"the {part} part has no joints to take positions of")
+        if set(self.part_joints) & set(HANDS_JOINTS):
+            raise ConfigError(f"joint-position terms are not supported for the {part} part (finger rotations are "
+                              "relative to the relaxed hand mean, which this FK leaves out); set them to 0")
         idx = rot6d_indices(self.part_joints)
         self.mean = torch.as_tensor(np.asarray(rot6d_mean)[idx], dtype=torch.float32)
         self.std = torch.as_tensor(np.asarray(rot6d_std)[idx], dtype=torch.float32)
@@ -168,10 +174,12 @@ class PartPositions:
 def position_losses(pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
     """Joint positions (B, T, J, 3) -> relative errors of the frame-to-frame velocity (``fk_vel``: squared vector
     error / squared target velocity) and of the speed profile (``fk_speed``: the same with the velocities' norms,
-    so where the motion slows (BC's beats) counts whatever the direction). Scale-free: weights mean the same on
-    any skeleton."""
+    so where the motion slows (BC's beats) counts whatever the direction). Relative to the batch's target energy, so the
+    weights do not depend on how much a part moves."""
     vp, vt = pred.diff(dim=1), target.diff(dim=1)
-    energy = vt.pow(2).sum(-1).mean().clamp_min(1e-12)
+    # floor (0.1 mm per frame)^2: a batch whose target barely moves is not blown up (inactive on the synthetic
+    # corpus, whose batch energies are 1.5-3.5e-5 m^2)
+    energy = vt.pow(2).sum(-1).mean().clamp_min(1e-8)
     return {"fk_vel": (vp - vt).pow(2).sum(-1).mean() / energy,
             "fk_speed": (vp.norm(dim=-1) - vt.norm(dim=-1)).pow(2).mean() / energy}  # fmt: skip
 
@@ -209,7 +217,8 @@ class RVQTrainer(BaseTrainer):
                     raise ConfigError(f"loss.{name}_kind: {e}") from None
         for name in ("speed", "fk_vel", "fk_speed"):
             if float(loss.get(name, 0.0) or 0.0) and not PARTS[self.part]["joints"]:
-                raise ConfigError(f"loss.{name}: the {self.part} part has no joints to take a speed of; set it to 0")
+                what = "a speed" if name == "speed" else "positions"
+                raise ConfigError(f"loss.{name}: the {self.part} part has no joints to take {what} of; set it to 0")
         self._positions = None
         if any(float(loss.get(k, 0.0) or 0.0) for k in ("fk_vel", "fk_speed")):
             try:  # the statistics turn normalised vectors back into rotations
@@ -217,8 +226,9 @@ class RVQTrainer(BaseTrainer):
             except (ValueError, OSError) as e:
                 raise ConfigError(f"loss.fk_vel / loss.fk_speed need the data statistics of the `data` node ({e}); "
                                   "set both to 0 to train without them") from e  # fmt: skip
-            fk = get_fk(self.cfg.get("body_model"), flat_hand_mean=True)
+            fk = get_fk(self.cfg.get("body_model"), flat_hand_mean=True)  # SMPL-X if found (SMPLX_MODEL_PATH)
             self._positions = PartPositions(self.part, stats.rot6d_mean, stats.safe(stats.rot6d_std), fk)
+            self.logger.log_text(f"joint-position terms on the {fk.source} skeleton")
         if self.best_metric is not None and self.best_metric == "fgd" and not self.cfg.val.get("fgd_autoencoder"):
             raise ConfigError("best_metric=fgd needs val.fgd_autoencoder (a path to the FGD autoencoder)")
 
@@ -288,7 +298,8 @@ class RVQTrainer(BaseTrainer):
             loss = loss + w * term
             out["speed"] = term
         if self._positions is not None:  # joint positions: what BC, FGD's joints and the realism metrics see
-            terms = position_losses(self._positions(rec), self._positions(batch))
+            with torch.autocast(device_type=self.device.type, enabled=False):  # mm-size differences: not in bf16
+                terms = position_losses(self._positions(rec.float()), self._positions(batch.float()))
             for name, term in terms.items():
                 w = float(loss_cfg.get(name, 0.0) or 0.0)
                 if w:
