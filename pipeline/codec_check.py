@@ -29,7 +29,7 @@ from geometry.body_model import get_fk
 from geometry.rotations import poses_to_rot6d, rot6d_to_poses
 from geometry.skeleton import GENERATOR_PARTS, PARTS, axis_angle_indices, rot6d_indices
 from models.vq.rvqvae import load_rvqvae
-from pipeline.learning_check import bootstrap
+from pipeline.nfe_table import mean_ci
 from pipeline.runner import load_record
 from utils.device import torch_threads
 
@@ -123,9 +123,8 @@ def _placement(bc: BeatConsistency, onsets: np.ndarray, joints: np.ndarray) -> f
 
 
 def _mean_ci(values: list[float], n_boot: int) -> dict[str, Any]:
-    x = np.asarray(values, np.float64)
-    value, ci = bootstrap(lambda i: float(x[i].mean()), len(x), n_boot)
-    return {"mean": value, "ci": ci, "n_files": len(x)}
+    value, ci = mean_ci(values, n_boot)
+    return {"mean": value, "ci": ci, "n_files": len(values)}
 
 
 def roundtrip_markdown(res: Mapping[str, Any]) -> str:
