@@ -8,11 +8,13 @@ import pytest
 from evaluation.realism import (
     QUANTITIES,
     REALISM_JOINTS,
+    beat_lag_curve,
     beat_placement_score,
     delay_motion,
     pooled_realism,
     realism_ratios,
     realism_stats,
+    shift_motion,
 )
 
 MEAN_ABS_SIN = 2 / np.pi  # mean |sin| (and |cos|) over whole periods
@@ -161,6 +163,37 @@ def test_beat_placement_with_beat_consistency():
     assert flat["score"] == 0.0 and calls == [x.shape, x.shape]
     with pytest.raises(ValueError, match="at least one frame"):
         beat_placement_score(x, lambda j: 0.0, delay_s=0.0)
+
+
+def test_shift_motion_both_ways():
+    x = np.arange(6.0)[:, None]
+    np.testing.assert_array_equal(shift_motion(x, 2)[:, 0], [0, 0, 0, 1, 2, 3])
+    np.testing.assert_array_equal(shift_motion(x, -2)[:, 0], [2, 3, 4, 5, 5, 5])
+    np.testing.assert_array_equal(shift_motion(x, 0), x)
+    for bad in (6, -6, 0.5):
+        with pytest.raises(ValueError):
+            shift_motion(x, bad)
+
+
+def test_beat_lag_curve_peaks_where_the_strokes_are():
+    """Strokes on the onsets peak at lag 0; the same strokes 9 frames late peak at lag -9 (advancing them back onto
+    the beats); a motion at constant speed has no beats and a flat curve."""
+    from evaluation.metrics import BeatConsistency
+
+    bc = BeatConsistency(np.full(55, 0.1), protocol="corrected")
+    x, onsets_abs = _stroke_motion(period_s=1.5, seconds=20.0)
+    onsets = onsets_abs[(onsets_abs > 2.0) & (onsets_abs < 18.0)] - 2.0
+    score = lambda j: bc.score(bc.motion_beats(j), onsets)  # noqa: E731
+    lags = list(range(-21, 22, 3))
+    on_beat = beat_lag_curve(x, score, lags)
+    assert lags[int(np.argmax(on_beat))] == 0 and on_beat.max() > 0.95
+    late = beat_lag_curve(delay_motion(x, 9), score, lags)
+    assert lags[int(np.argmax(late))] == -9
+    np.testing.assert_allclose(late[lags.index(-9)], on_beat[lags.index(0)], atol=0.02)  # only the edge differs
+    assert late[lags.index(0)] == pytest.approx(on_beat[lags.index(9)], abs=0.02)
+    steady = np.zeros_like(x)
+    steady[:, :, 0] = np.arange(x.shape[0])[:, None] / 30.0
+    np.testing.assert_array_equal(beat_lag_curve(steady, score, lags), np.zeros(len(lags)))
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,163 @@
+"""Issue 13's oracle test: does the generator place strokes when its condition carries the motion's own timing?
+
+    python benchmarks/oracle_timing.py [--signal oracle|real] [--model flow|regress] [--updates 1080] [--steps 2,20]
+        [--files 6] [--main-job outputs/pipeline/synthetic_cpu] [--json OUT.json]
+
+Run the main job first: this trains the main job's shortcut generator recipe (its config, networks, objective and
+sampler; its RVQ-VAEs and statistics) again, with a plain loop (AdamW at the stage's learning rate and batch size,
+x0.1 for the last 20% of the updates, as the stage's decay), on the train windows, and scores whole files of the train
+and val splits (beat placement and realism ratios, `evaluation.Evaluator`).
+
+``--signal oracle`` replaces the audio's onset channel (channel 0 of the 16 kHz onset+amplitude signal) by the
+ground-truth upper-body speed of the frame each sample belongs to (mean over BC's joints, FK of the embedded skeleton,
+divided by its train mean), in training and in generation: the condition then says exactly when the motion slows,
+i.e. where BC's motion beats are. A model that can use a frame-aligned timing signal places its strokes there.
+``--model regress`` trains the denoiser as a deterministic regressor instead (input x = 0, t = 0, MSE to the data
+latents), i.e. the conditional mean. The measured numbers are in the README ("What this says").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+BC_JOINTS = [3, 6, 9, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--signal", choices=("oracle", "real"), default="oracle")
+    ap.add_argument("--model", choices=("flow", "regress"), default="flow")
+    ap.add_argument("--updates", type=int, default=1080, help="training updates (main job: 40 epochs x 27)")
+    ap.add_argument("--steps", default="2,20", help="sampling steps to score (flow)")
+    ap.add_argument("--files", type=int, default=6, help="files scored per split (train, val)")
+    ap.add_argument("--main-job", default="outputs/pipeline/synthetic_cpu")
+    ap.add_argument("--config", default="configs/pipeline/synthetic_cpu.yaml")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", help="also write the result here")
+    a = ap.parse_args(argv)
+    import torch
+    import torch.nn.functional as F
+    from omegaconf import OmegaConf
+
+    from dataloaders.datasets import GeneratorWindowDataset, WholeFileDataset
+    from dataloaders.stats import load_stats
+    from evaluation.evaluator import Evaluator
+    from geometry.body_model import get_fk
+    from inference.generate import generate_items
+    from inference.loading import build_codec, build_generator_from_config, window_options
+    from models.generators.base import SampleOutput, Sampler, to_generator_layout
+    from pipeline.stages import stage_config
+    from utils.config import load_config
+
+    main_job = Path(a.main_job).resolve()
+    recs = {p: main_job / "stages" / f"rvq_{p}.json" for p in ("upper", "hands", "lower_trans")}
+    if not all(r.is_file() for r in recs.values()):
+        raise SystemExit(f"{main_job}: no RVQ-VAE records (run the main job: run_pipeline.py -c {a.config})")
+    cfg0 = load_config(a.config, [f"output_dir={main_job}"])
+    data = OmegaConf.create(OmegaConf.to_container(cfg0.data, resolve=True))
+    node = cfg0.generators.shortcut
+    rvq = [f"rvq.{p}={json.loads(r.read_text())['paths']['checkpoint']}" for p, r in recs.items()]
+    cfg = stage_config(str(node.config), node.get("overrides"), [f"output_dir={main_job / 'oracle_timing'}",
+                                                                 "device=cpu", *rvq], data)  # fmt: skip
+    if str(cfg.data.get("audio_rep", "onset+amplitude")) != "onset+amplitude":
+        raise SystemExit("the oracle replaces the onset channel of data.audio_rep=onset+amplitude")
+    torch.manual_seed(a.seed)
+    stats = load_stats(cfg.data)
+    codec = build_codec(cfg, stats, "cpu")
+    model = build_generator_from_config(cfg)
+    fk = get_fk(None)
+
+    def upper_speed(pose: torch.Tensor) -> torch.Tensor:  # (T,165) -> (T,) m/frame, first frame repeated
+        with torch.no_grad():
+            j = fk(pose.double())[:, BC_JOINTS].float()
+        v = (j[1:] - j[:-1]).norm(dim=-1).mean(-1)
+        return torch.cat([v[:1], v])
+
+    train = GeneratorWindowDataset(cfg.data, "train")
+    items = [train[i] for i in range(len(train))]
+    scale = float(torch.cat([upper_speed(it["pose"]) for it in items]).mean())
+    sr, fps = int(cfg.data.audio_sr), int(cfg.data.pose_fps)
+
+    def condition(item: dict) -> dict:
+        if a.signal == "real":
+            return item
+        speed = upper_speed(item["pose"]) / scale
+        audio = item["audio"].clone()
+        frame = torch.clamp(torch.arange(audio.shape[0]) * fps // sr, max=speed.shape[0] - 1)
+        audio[:, 0] = speed[frame]
+        return {**item, "audio": audio}
+
+    items = [condition(it) for it in items]
+    z = torch.cat([codec.encode(torch.stack([it["pose"] for it in items[i:i + 64]]),
+                                torch.stack([it["trans_v"] for it in items[i:i + 64]]))
+                   for i in range(0, len(items), 64)])  # fmt: skip
+    audio, word = torch.stack([it["audio"] for it in items]), torch.stack([it["word"] for it in items])
+    den, seed_n = model.denoiser, int(cfg.get("pre_frames", 4))
+
+    def regress(seed: torch.Tensor, at_feat: torch.Tensor) -> torch.Tensor:
+        b, t = at_feat.shape[:2]
+        return den(torch.zeros(b, model.latent_channels, 1, t), torch.zeros(b), torch.zeros(b), seed, at_feat)
+
+    lr, batch = float(cfg.solver.lr), int(cfg.batch_size)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+    g = torch.Generator().manual_seed(a.seed)
+    model.train()
+    t0 = time.time()
+    for it in range(a.updates):
+        idx = torch.randint(0, len(items), (batch,), generator=g)
+        at = model.encode(audio[idx], word[idx])
+        seed = z[idx, :seed_n]
+        if a.model == "flow":
+            loss = model.loss(z[idx], None, None, seed, generator=g, at_feat=at)["loss"]
+        else:
+            loss = F.mse_loss(regress(seed, at), to_generator_layout(z[idx]))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        for group in opt.param_groups:
+            group["lr"] = lr * (0.1 if it >= 0.8 * a.updates else 1.0)
+        if it % 200 == 0 or it == a.updates - 1:
+            print(f"update {it} loss {loss.item():.4f} ({time.time() - t0:.0f} s)", flush=True)
+    model.eval()
+    if a.model == "regress":
+
+        class Regression(Sampler):
+            default_steps, default_guidance = 1, 1.0
+
+            def __call__(self, net, noise, seed, at_feat, null_cond, n_steps=None, guidance=None, generator=None):
+                return SampleOutput(latents=regress(seed, at_feat), nfe=1, nfe_rows=1)
+
+        model.sampler = Regression()
+    res: dict = {"signal": a.signal, "model": a.model, "updates": a.updates, "final_loss": loss.item(),
+                 "train_seconds": round(time.time() - t0)}  # fmt: skip
+    keys = ("beat_placement", "beat_placement_gt", "speed_ratio", "acceleration_ratio", "jerk_ratio")
+    for n in [int(s) for s in a.steps.split(",")] if a.model == "flow" else [1]:
+        if a.model == "flow":
+            model.sampler.configure(n_steps=n)
+        for split in ("train", "val"):
+            whole = WholeFileDataset(cfg.data, split)
+            files = [condition(whole[i]) for i in range(min(a.files, len(whole)))]
+            ev = Evaluator(None, mean_vel=np.asarray(stats.mean_vel), fk=get_fk(None))
+            with torch.no_grad():
+                generate_items(model, codec, files, window_options(cfg), torch.device("cpu"), seed=a.seed,
+                               evaluators=[ev], keep=False)  # fmt: skip
+            m = ev.compute()
+            res[f"{split}_n{n}"] = {k: m.get(k) for k in keys}
+            print(f"{split} n={n}: " + ", ".join(f"{k} {m.get(k):.3f}" for k in keys), flush=True)
+    if a.json:
+        from utils.io import atomic_write
+
+        atomic_write(a.json, lambda tmp: tmp.write_text(json.dumps(res, indent=2)))
+    return res
+
+
+if __name__ == "__main__":
+    main()
