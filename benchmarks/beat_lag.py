@@ -15,9 +15,11 @@ embedded skeleton), as the codec check does.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -37,21 +39,42 @@ def lag_curves(folder: str | Path, lags: list[int]) -> dict:
     if not meta_path.is_file():
         raise SystemExit(f"{meta_path}: not found (a test output folder of test.py or the pipeline's test stage)")
     meta = json.loads(meta_path.read_text())
-    bc = BeatConsistency(np.load(meta["mean_vel"]["path"]), protocol="corrected")
+    mean_vel = (meta.get("mean_vel") or {}).get("path")
+    if not mean_vel:
+        raise SystemExit(f"{meta_path}: no mean_vel path (BC was not computed for this folder)")
+    bc = BeatConsistency(np.load(mean_vel), protocol="corrected")
+    if max(abs(lag) for lag in lags) >= bc.align_mask:
+        raise SystemExit(f"lags must stay below BC's {bc.align_mask}-frame edge mask (padding would be scored)")
     sums = {"generated": np.zeros(len(lags)), "gt": np.zeros(len(lags))}
     n = 0
-    for f in meta["files"]:
-        gt = np.load(f["gt"])
-        fk = get_fk(betas=np.asarray(gt["betas"])[:10])
+    for f in meta.get("files") or []:
+        missing = [k for k in ("pred", "gt", "audio") if not f.get(k)]
+        if missing:
+            raise SystemExit(f"{meta_path}: file {f.get('id')!r} has no {missing} entry (BC needs its audio)")
+        with np.load(f["gt"]) as gt:
+            if "betas" not in gt:
+                raise SystemExit(f"{f['gt']}: no 'betas' array")
+            fk = get_fk(betas=np.asarray(gt["betas"])[:10])
+        onsets = None
         for key, path in (("generated", f["pred"]), ("gt", f["gt"])):
-            poses = np.load(path)["poses"].astype(np.float64)
+            with np.load(path) as npz:
+                poses = npz["poses"].astype(np.float64)
             joints = fk(torch.from_numpy(poses)).numpy()
-            onsets = bc.onsets(f["audio"], len(joints))
-            sums[key] += beat_lag_curve(joints, lambda j: bc.score(bc.motion_beats(j), onsets), lags)  # noqa: B023
+            if onsets is None:  # the same audio and length for both
+                onsets = bc.onsets(f["audio"], len(joints))
+            score = functools.partial(_bc, bc, onsets)
+            try:
+                sums[key] += beat_lag_curve(joints, score, lags)
+            except ValueError as e:
+                raise SystemExit(f"{path}: {e}") from e
         n += 1
     if not n:
         raise SystemExit(f"{meta_path}: lists no files")
     return {"n_files": n, **{k: (v / n).tolist() for k, v in sums.items()}}
+
+
+def _bc(bc: Any, onsets: np.ndarray, joints: np.ndarray) -> float:
+    return bc.score(bc.motion_beats(joints), onsets)
 
 
 def main(argv: list[str] | None = None) -> dict:

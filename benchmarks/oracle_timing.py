@@ -1,17 +1,24 @@
 """Issue 13's oracle test: does the generator place strokes when its condition carries the motion's own timing?
 
-    python benchmarks/oracle_timing.py [--signal oracle|real] [--model flow|regress] [--updates 1080] [--steps 2,20]
-        [--files 6] [--main-job outputs/pipeline/synthetic_cpu] [--json OUT.json]
+    python benchmarks/oracle_timing.py [--signal oracle|direction|real] [--model flow|regress] [--updates 1080]
+        [--steps 2,20] [--files 6] [--main-job outputs/pipeline/synthetic_cpu] [--json OUT.json] [key=value ...]
 
-Run the main job first: this trains the main job's shortcut generator recipe (its config, networks, objective and
-sampler; its RVQ-VAEs and statistics) again, with a plain loop (AdamW at the stage's learning rate and batch size,
-x0.1 for the last 20% of the updates, as the stage's decay), on the train windows, and scores whole files of the train
-and val splits (beat placement and realism ratios, `evaluation.Evaluator`).
+(key=value: overrides of the shortcut stage's config, e.g. model.generator.params.objective.time_alpha=2.0)
+
+Run the main job first: this trains the main job's shortcut generator (its config, networks, objective and sampler;
+its RVQ-VAEs and statistics) again on the train windows (drawn with replacement), with a plain loop that is not the
+stage's trainer: AdamW with default betas and no gradient clipping (the stage: Adam, betas (0.5, 0.999), clipping at
+1.0) at the stage's learning rate and batch size, x0.1 after 80% of the updates. It then scores whole files of the
+train and val splits (beat placement and realism ratios, `evaluation.Evaluator`), one sampling seed, no CI.
 
 ``--signal oracle`` replaces the audio's onset channel (channel 0 of the 16 kHz onset+amplitude signal) by the
-ground-truth upper-body speed of the frame each sample belongs to (mean over BC's joints, FK of the embedded skeleton,
-divided by its train mean), in training and in generation: the condition then says exactly when the motion slows,
-i.e. where BC's motion beats are. A model that can use a frame-aligned timing signal places its strokes there.
+ground-truth upper-body speed of the frame each sample belongs to (mean over BC's joints, FK as the evaluator's:
+SMPL-X when SMPLX_MODEL_PATH is set, else the embedded skeleton; divided by its train mean), in training and in
+generation: the condition then says when the motion slows (its minima are near BC's motion beats, which BC takes per
+joint). A model that can use a frame-aligned timing signal places its strokes there.
+``--signal direction`` is the positive control: both audio channels carry the GT mean displacement of BC's joints
+per frame along x and y (signed, same scale), so the condition also says which way the motion goes and the
+conditional mean of the latents carries the strokes.
 ``--model regress`` trains the denoiser as a deterministic regressor instead (input x = 0, t = 0, MSE to the data
 latents), i.e. the conditional mean. The measured numbers are in the README ("What this says").
 """
@@ -33,7 +40,7 @@ BC_JOINTS = [3, 6, 9, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21]
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--signal", choices=("oracle", "real"), default="oracle")
+    ap.add_argument("--signal", choices=("oracle", "direction", "real"), default="oracle")
     ap.add_argument("--model", choices=("flow", "regress"), default="flow")
     ap.add_argument("--updates", type=int, default=1080, help="training updates (main job: 40 epochs x 27)")
     ap.add_argument("--steps", default="2,20", help="sampling steps to score (flow)")
@@ -42,7 +49,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--config", default="configs/pipeline/synthetic_cpu.yaml")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="also write the result here")
+    ap.add_argument("overrides", nargs="*", help="key=value overrides of the shortcut stage's config")
     a = ap.parse_args(argv)
+    if a.updates < 1 or a.files < 1:
+        raise SystemExit("--updates and --files must be >= 1")
     import torch
     import torch.nn.functional as F
     from omegaconf import OmegaConf
@@ -66,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
     node = cfg0.generators.shortcut
     rvq = [f"rvq.{p}={json.loads(r.read_text())['paths']['checkpoint']}" for p, r in recs.items()]
     cfg = stage_config(str(node.config), node.get("overrides"), [f"output_dir={main_job / 'oracle_timing'}",
-                                                                 "device=cpu", *rvq], data)  # fmt: skip
+                                                                 "device=cpu", *rvq, *a.overrides], data)  # fmt: skip
     if str(cfg.data.get("audio_rep", "onset+amplitude")) != "onset+amplitude":
         raise SystemExit("the oracle replaces the onset channel of data.audio_rep=onset+amplitude")
     torch.manual_seed(a.seed)
@@ -75,24 +85,33 @@ def main(argv: list[str] | None = None) -> dict:
     model = build_generator_from_config(cfg)
     fk = get_fk(None)
 
-    def upper_speed(pose: torch.Tensor) -> torch.Tensor:  # (T,165) -> (T,) m/frame, first frame repeated
+    def upper_motion(pose: torch.Tensor) -> torch.Tensor:
+        """(T,165) -> (T, 3) per frame: mean BC-joint speed, mean BC-joint displacement along x and y (m/frame),
+        the first frame repeated."""
         with torch.no_grad():
             j = fk(pose.double())[:, BC_JOINTS].float()
-        v = (j[1:] - j[:-1]).norm(dim=-1).mean(-1)
+        d = j[1:] - j[:-1]
+        v = torch.cat([d.norm(dim=-1).mean(-1, keepdim=True), d.mean(1)[:, :2]], dim=-1)
         return torch.cat([v[:1], v])
 
     train = GeneratorWindowDataset(cfg.data, "train")
     items = [train[i] for i in range(len(train))]
-    scale = float(torch.cat([upper_speed(it["pose"]) for it in items]).mean())
+    scale = float(torch.cat([upper_motion(it["pose"])[:, 0] for it in items]).mean())
     sr, fps = int(cfg.data.audio_sr), int(cfg.data.pose_fps)
 
     def condition(item: dict) -> dict:
+        """The item with its oracle audio, built from its own poses on the file's whole-sample grid. Generation slices
+        windows with the reference 533 samples per frame (true 533.3): on these 20-s files window i starts at most
+        ~190 samples (< half a frame) early against this grid."""
         if a.signal == "real":
             return item
-        speed = upper_speed(item["pose"]) / scale
+        motion = upper_motion(item["pose"]) / scale
         audio = item["audio"].clone()
-        frame = torch.clamp(torch.arange(audio.shape[0]) * fps // sr, max=speed.shape[0] - 1)
-        audio[:, 0] = speed[frame]
+        frame = torch.clamp(torch.arange(audio.shape[0]) * fps // sr, max=motion.shape[0] - 1)
+        if a.signal == "oracle":
+            audio[:, 0] = motion[frame, 0]
+        else:
+            audio[:, :] = motion[frame, 1:]
         return {**item, "audio": audio}
 
     items = [condition(it) for it in items]
@@ -136,8 +155,8 @@ def main(argv: list[str] | None = None) -> dict:
                 return SampleOutput(latents=regress(seed, at_feat), nfe=1, nfe_rows=1)
 
         model.sampler = Regression()
-    res: dict = {"signal": a.signal, "model": a.model, "updates": a.updates, "final_loss": loss.item(),
-                 "train_seconds": round(time.time() - t0)}  # fmt: skip
+    res: dict = {"signal": a.signal, "model": a.model, "overrides": list(a.overrides), "updates": a.updates,
+                 "final_loss": loss.item(), "train_seconds": round(time.time() - t0)}
     keys = ("beat_placement", "beat_placement_gt", "speed_ratio", "acceleration_ratio", "jerk_ratio")
     for n in [int(s) for s in a.steps.split(",")] if a.model == "flow" else [1]:
         if a.model == "flow":
@@ -151,7 +170,8 @@ def main(argv: list[str] | None = None) -> dict:
                                evaluators=[ev], keep=False)  # fmt: skip
             m = ev.compute()
             res[f"{split}_n{n}"] = {k: m.get(k) for k in keys}
-            print(f"{split} n={n}: " + ", ".join(f"{k} {m.get(k):.3f}" for k in keys), flush=True)
+            print(f"{split} n={n}: " + ", ".join(f"{k} {m.get(k)}" if m.get(k) is None else f"{k} {m[k]:.3f}"
+                                                  for k in keys), flush=True)  # fmt: skip
     if a.json:
         from utils.io import atomic_write
 

@@ -173,6 +173,9 @@ def shift_motion(x: np.ndarray, frames: int) -> np.ndarray:
     if int(frames) != frames:
         raise ValueError(f"shift_motion: frames must be an integer, got {frames!r}")
     frames = int(frames)
+    n = np.asarray(x).shape[0] if np.ndim(x) else 0
+    if abs(frames) >= n:
+        raise ValueError(f"shift_motion: a shift of {frames} frames leaves nothing of a {n}-frame sequence")
     if frames >= 0:
         return delay_motion(x, frames)
     return delay_motion(np.asarray(x)[::-1], -frames)[::-1].copy()
@@ -184,4 +187,4 @@ def beat_lag_curve(joints: np.ndarray, bc: Callable[[np.ndarray], float], lags: 
     ``bc`` maps a joint sequence to its BC against the file's own audio, as for :func:`beat_placement_score`.
     Returns an array of ``len(lags)`` BC values (``beat_placement_score`` is the lag-0 value minus the 0.5-s one)."""
     j = np.asarray(joints)
-    return np.array([float(bc(shift_motion(j, int(lag)))) for lag in lags])
+    return np.array([float(bc(shift_motion(j, lag))) for lag in lags])

@@ -170,8 +170,8 @@ def test_shift_motion_both_ways():
     np.testing.assert_array_equal(shift_motion(x, 2)[:, 0], [0, 0, 0, 1, 2, 3])
     np.testing.assert_array_equal(shift_motion(x, -2)[:, 0], [2, 3, 4, 5, 5, 5])
     np.testing.assert_array_equal(shift_motion(x, 0), x)
-    for bad in (6, -6, 0.5):
-        with pytest.raises(ValueError):
+    for bad, match in ((6, "shift of 6 frames"), (-6, "shift of -6 frames"), (0.5, "must be an integer")):
+        with pytest.raises(ValueError, match=match):
             shift_motion(x, bad)
 
 
@@ -194,6 +194,8 @@ def test_beat_lag_curve_peaks_where_the_strokes_are():
     steady = np.zeros_like(x)
     steady[:, :, 0] = np.arange(x.shape[0])[:, None] / 30.0
     np.testing.assert_array_equal(beat_lag_curve(steady, score, lags), np.zeros(len(lags)))
+    with pytest.raises(ValueError, match="must be an integer"):  # a fractional lag is refused, not truncated
+        beat_lag_curve(x, score, [0, 1.5])
 
 
 @pytest.mark.parametrize(
