@@ -1,7 +1,8 @@
 """Issue 13's oracle test: does the generator place strokes when its condition carries the motion's own timing?
 
-    python benchmarks/oracle_timing.py [--signal oracle|direction|real] [--model flow|regress] [--updates 1080]
-        [--steps 2,20] [--files 6] [--main-job outputs/pipeline/synthetic_cpu] [--json OUT.json] [key=value ...]
+    python benchmarks/oracle_timing.py [--signal oracle|direction|retrieved|real] [--model flow|regress]
+        [--updates 1080] [--steps 2,20] [--files 6] [--main-job outputs/pipeline/synthetic_cpu] [--json OUT.json]
+        [key=value ...]
 
 (key=value: overrides of the shortcut stage's config, e.g. model.generator.params.objective.time_alpha=2.0)
 
@@ -19,6 +20,9 @@ joint). A model that can use a frame-aligned timing signal places its strokes th
 ``--signal direction`` is the positive control: both audio channels carry the GT mean displacement of BC's joints
 per frame along x and y (signed, same scale), so the condition also says which way the motion goes and the
 conditional mean of the latents carries the strokes.
+``--signal retrieved`` is the same two channels taken not from the file's own motion but from train windows whose
+audio onset envelope matches (``benchmarks/retrieval_baseline.py``'s rule, never the file itself): audio and the
+train split's motion only, so no oracle.
 ``--model regress`` trains the denoiser as a deterministic regressor instead (input x = 0, t = 0, MSE to the data
 latents), i.e. the conditional mean. The measured numbers are in the README ("What this says").
 """
@@ -36,11 +40,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 BC_JOINTS = [3, 6, 9, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21]
+CROSSFADE = 16  # --signal retrieved: frames blended between retrieved windows (retrieval_baseline's default)
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--signal", choices=("oracle", "direction", "real"), default="oracle")
+    ap.add_argument("--signal", choices=("oracle", "direction", "retrieved", "real"), default="oracle")
     ap.add_argument("--model", choices=("flow", "regress"), default="flow")
     ap.add_argument("--updates", type=int, default=1080, help="training updates (main job: 40 epochs x 27)")
     ap.add_argument("--steps", default="2,20", help="sampling steps to score (flow)")
@@ -99,22 +104,54 @@ def main(argv: list[str] | None = None) -> dict:
     scale = float(torch.cat([upper_motion(it["pose"])[:, 0] for it in items]).mean())
     sr, fps = int(cfg.data.audio_sr), int(cfg.data.pose_fps)
 
-    def condition(item: dict) -> dict:
-        """The item with its oracle audio, built from its own poses on the file's whole-sample grid. Generation slices
-        windows with the reference 533 samples per frame (true 533.3): on these 20-s files window i starts at most
-        ~190 samples (< half a frame) early against this grid."""
+    retrieved: dict[str, torch.Tensor] = {}
+    if a.signal == "retrieved":  # not an oracle: only the audio and the train split's motion are used
+        from benchmarks.retrieval_baseline import onset_envelope, stitch
+
+        envs = np.stack([onset_envelope(it["audio"].numpy()) for it in items])
+        owner = np.array([it["id"] for it in items])
+        hop, win_samples = 128 - CROSSFADE, int(np.floor(128 * sr / fps))
+
+        def retrieve(item: dict) -> torch.Tensor:
+            """(n, 2): x/y displacement of the train windows whose onset envelopes match the file's, stitched
+            (retrieval_baseline's rule), never from the file itself."""
+            n, audio = item["pose"].shape[0], item["audio"].numpy()
+            starts, picks = list(range(0, max(n - CROSSFADE, 1), hop)), []
+            for f0 in starts:
+                q = audio[int(round(f0 * sr / fps)) : int(round(f0 * sr / fps)) + win_samples]
+                q = np.concatenate([q, np.zeros((win_samples - q.shape[0], q.shape[1]), q.dtype)])
+                score = envs @ onset_envelope(q)
+                score[owner == item["id"]] = -np.inf
+                picks.append(int(np.argmax(score)))
+            poses = stitch([items[k]["pose"].numpy() for k in picks], starts, n, CROSSFADE)
+            return upper_motion(torch.from_numpy(poses).float())[:, 1:] / scale
+
+        for split in ("train", "val"):
+            whole = WholeFileDataset(cfg.data, split)
+            for i in range(len(whole)):
+                retrieved[whole[i]["id"]] = retrieve(whole[i])
+
+    def condition(item: dict, f0: int = 0) -> dict:
+        """The item (frames f0.. of its file) with its oracle audio, built from its own poses on the file's
+        whole-sample grid. Generation slices windows with the reference 533 samples per frame (true 533.3): on these
+        20-s files window i starts at most ~190 samples (< half a frame) early against this grid."""
         if a.signal == "real":
             return item
-        motion = upper_motion(item["pose"]) / scale
+        if a.signal == "retrieved":
+            motion = retrieved[item["id"]][f0 : f0 + item["pose"].shape[0]]
+        else:
+            motion = upper_motion(item["pose"]) / scale
         audio = item["audio"].clone()
         frame = torch.clamp(torch.arange(audio.shape[0]) * fps // sr, max=motion.shape[0] - 1)
         if a.signal == "oracle":
             audio[:, 0] = motion[frame, 0]
-        else:
+        elif a.signal == "direction":
             audio[:, :] = motion[frame, 1:]
+        else:
+            audio[:, :] = motion[frame]
         return {**item, "audio": audio}
 
-    items = [condition(it) for it in items]
+    items = [condition(it, i * train.stride) for it, (_, i) in zip(items, train.windows, strict=True)]
     z = torch.cat([codec.encode(torch.stack([it["pose"] for it in items[i:i + 64]]),
                                 torch.stack([it["trans_v"] for it in items[i:i + 64]]))
                    for i in range(0, len(items), 64)])  # fmt: skip
