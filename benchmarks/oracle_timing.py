@@ -106,30 +106,23 @@ def main(argv: list[str] | None = None) -> dict:
 
     retrieved: dict[str, torch.Tensor] = {}
     if a.signal == "retrieved":  # not an oracle: only the audio and the train split's motion are used
-        from benchmarks.retrieval_baseline import onset_envelope, stitch
+        from benchmarks.retrieval_baseline import onset_envelope, retrieve, stitch
 
         envs = np.stack([onset_envelope(it["audio"].numpy()) for it in items])
         owner = np.array([it["id"] for it in items])
-        hop, win_samples = 128 - CROSSFADE, int(np.floor(128 * sr / fps))
 
-        def retrieve(item: dict) -> torch.Tensor:
+        def retrieved_motion(item: dict) -> torch.Tensor:
             """(n, 2): x/y displacement of the train windows whose onset envelopes match the file's, stitched
             (retrieval_baseline's rule), never from the file itself."""
-            n, audio = item["pose"].shape[0], item["audio"].numpy()
-            starts, picks = list(range(0, max(n - CROSSFADE, 1), hop)), []
-            for f0 in starts:
-                q = audio[int(round(f0 * sr / fps)) : int(round(f0 * sr / fps)) + win_samples]
-                q = np.concatenate([q, np.zeros((win_samples - q.shape[0], q.shape[1]), q.dtype)])
-                score = envs @ onset_envelope(q)
-                score[owner == item["id"]] = -np.inf
-                picks.append(int(np.argmax(score)))
+            n = item["pose"].shape[0]
+            starts, picks = retrieve(item["audio"].numpy(), n, envs, CROSSFADE, sr, fps, owner == item["id"])
             poses = stitch([items[k]["pose"].numpy() for k in picks], starts, n, CROSSFADE)
             return upper_motion(torch.from_numpy(poses).float())[:, 1:] / scale
 
         for split in ("train", "val"):
             whole = WholeFileDataset(cfg.data, split)
             for i in range(len(whole)):
-                retrieved[whole[i]["id"]] = retrieve(whole[i])
+                retrieved[whole[i]["id"]] = retrieved_motion(whole[i])
 
     def condition(item: dict, f0: int = 0) -> dict:
         """The item (frames f0.. of its file) with its oracle audio, built from its own poses on the file's

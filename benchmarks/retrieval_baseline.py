@@ -37,6 +37,24 @@ def onset_envelope(audio: np.ndarray, frames: int = WINDOW) -> np.ndarray:
     return smooth / (np.linalg.norm(smooth) + 1e-8)
 
 
+def retrieve(audio: np.ndarray, n: int, envs: np.ndarray, crossfade: int, sr: int, fps: int,
+             exclude: np.ndarray | None = None) -> tuple[list[int], list[int]]:
+    """Query windows of a file (``n`` frames, its (S, 2) ``audio``) -> (window starts, index of the best-matching row
+    of ``envs`` for each); rows where ``exclude`` is True are never picked. The tail window's audio is padded with
+    silence."""
+    win = int(np.floor(WINDOW * sr / fps))
+    starts, picks = list(range(0, max(n - crossfade, 1), WINDOW - crossfade)), []
+    for f0 in starts:
+        a0 = int(round(f0 * sr / fps))
+        q = audio[a0 : a0 + win]
+        q = np.concatenate([q, np.zeros((win - q.shape[0], q.shape[1]), q.dtype)])
+        score = envs @ onset_envelope(q)
+        if exclude is not None:
+            score[exclude] = -np.inf
+        picks.append(int(np.argmax(score)))
+    return starts, picks
+
+
 def stitch(windows: list[np.ndarray], starts: list[int], n: int, crossfade: int) -> np.ndarray:
     """Windows (W, D) placed at ``starts``; each later window's first ``crossfade`` frames blend linearly from what
     is there. Returns (n, D)."""
@@ -83,7 +101,6 @@ def main(argv: list[str] | None = None) -> dict:
     pool = [train[i] for i in range(len(train))]
     envs = np.stack([onset_envelope(it["audio"].numpy()) for it in pool])
     sr, fps = int(data.audio_sr), int(data.pose_fps)
-    hop, win_samples = WINDOW - a.crossfade, int(np.floor(WINDOW * sr / fps))
     res: dict = {"crossfade": a.crossfade, "train_windows": len(pool), "splits": {}}
     keys = ("beat_placement", "beat_placement_gt", "speed_ratio", "acceleration_ratio", "jerk_ratio")
     for split in a.splits.split(","):
@@ -95,15 +112,8 @@ def main(argv: list[str] | None = None) -> dict:
         for i in range(len(files)):
             item = files[i]
             n = item["pose"].shape[0]
-            audio = item["audio"].numpy()
-            starts = list(range(0, max(n - a.crossfade, 1), hop))
-            picks = {"retrieved": [], "random window": []}
-            for f0 in starts:
-                a0 = int(round(f0 * sr / fps))
-                q = audio[a0 : a0 + win_samples]
-                q = np.concatenate([q, np.zeros((win_samples - q.shape[0], q.shape[1]), q.dtype)])  # the tail: silence
-                picks["retrieved"].append(int(np.argmax(envs @ onset_envelope(q))))
-                picks["random window"].append(int(rng.integers(len(pool))))
+            starts, retrieved = retrieve(item["audio"].numpy(), n, envs, a.crossfade, sr, fps)
+            picks = {"retrieved": retrieved, "random window": [int(rng.integers(len(pool))) for _ in starts]}
             for name, ev in evs.items():
                 poses = stitch([pool[k]["pose"].numpy() for k in picks[name]], starts, n, a.crossfade)
                 seq = ev.add(poses, item["pose"].numpy(), betas=item["beta"][0].numpy(), audio=item["wav_path"],
