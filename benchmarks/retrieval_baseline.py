@@ -9,8 +9,9 @@ query's is found, and its ground-truth poses (the whole body, another file and o
 consecutive windows are blended linearly over ``crossfade`` frames (axis-angle). The onset envelope: the onset
 channel of the onset+amplitude audio, max-pooled per frame, smoothed over 5 frames, zero mean, unit norm. The
 control copies a random train window instead (seeded), stitched the same way. Scored with `evaluation.Evaluator`
-(beat placement, realism ratios; no FGD); beat placement also per file with a 95% bootstrap CI over files. Uses the
-main job's corpus and cache only (run the main job first). The measured numbers are in the README ("What this says").
+under the corrected protocol (beat placement, BC, realism ratios; no FGD); beat placement also per file with a 95%
+bootstrap CI over files. Uses the main job's corpus and cache only (run the main job first). The measured numbers
+are in the README ("What this says").
 """
 
 from __future__ import annotations
@@ -102,11 +103,11 @@ def main(argv: list[str] | None = None) -> dict:
     envs = np.stack([onset_envelope(it["audio"].numpy()) for it in pool])
     sr, fps = int(data.audio_sr), int(data.pose_fps)
     res: dict = {"crossfade": a.crossfade, "train_windows": len(pool), "splits": {}}
-    keys = ("beat_placement", "beat_placement_gt", "speed_ratio", "acceleration_ratio", "jerk_ratio")
+    keys = ("beat_placement", "beat_placement_gt", "bc", "bc_gt", "speed_ratio", "acceleration_ratio", "jerk_ratio")
     for split in a.splits.split(","):
         files = WholeFileDataset(data, split)
         rng = np.random.default_rng(a.seed)
-        evs = {name: Evaluator(None, mean_vel=np.asarray(stats.mean_vel), fk=get_fk(None))
+        evs = {name: Evaluator(None, mean_vel=np.asarray(stats.mean_vel), fk=get_fk(None), protocol="corrected")
                for name in ("retrieved", "random window")}  # fmt: skip
         per_file: dict[str, list[float]] = {name: [] for name in evs}
         for i in range(len(files)):
@@ -127,7 +128,8 @@ def main(argv: list[str] | None = None) -> dict:
             out[name] = {**{k: m.get(k) for k in keys}, "beat_placement_per_file": {"mean": value, "ci": ci}}
             print(f"{split} {name} ({len(per_file[name])} files): beat placement {value:.3f} [{ci[0]:.3f}, "
                   f"{ci[1]:.3f}] (GT {m.get('beat_placement_gt'):.3f}); speed / acc. / jerk vs GT "
-                  f"{m.get('speed_ratio'):.2f} / {m.get('acceleration_ratio'):.2f} / {m.get('jerk_ratio'):.2f}",
+                  f"{m.get('speed_ratio'):.2f} / {m.get('acceleration_ratio'):.2f} / {m.get('jerk_ratio'):.2f}; "
+                  f"BC (corrected) {m.get('bc'):.3f} (GT {m.get('bc_gt'):.3f})",
                   flush=True)  # fmt: skip
         res["splits"][split] = out
     if a.json:
