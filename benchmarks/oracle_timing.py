@@ -39,7 +39,6 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-BC_JOINTS = [3, 6, 9, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21]
 CROSSFADE = 16  # --signal retrieved: frames blended between retrieved windows (retrieval_baseline's default)
 
 
@@ -66,6 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
     from dataloaders.stats import load_stats
     from evaluation.evaluator import Evaluator
     from geometry.body_model import get_fk
+    from geometry.skeleton import BC_JOINTS
     from inference.generate import generate_items
     from inference.loading import build_codec, build_generator_from_config, window_options
     from models.generators.base import SampleOutput, Sampler, to_generator_layout
