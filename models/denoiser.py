@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.layers.attention import JOINT_RESIDUALS, CrossAttentionBlock, SpatialTemporalBlock
+from models.layers.attention import JOINT_RESIDUALS, ROPE_MODES, CrossAttentionBlock, SpatialTemporalBlock
 from models.layers.condition_cache import condition_projection
 from models.layers.embeddings import (
     PositionalEncoding,
@@ -64,6 +64,11 @@ class GestureDenoiser(nn.Module):
       relative to its own frame. ``True`` adds a frame-aligned path: ``at_feat[:, i]`` is projected (zero-initialised
       Linear, ``frame_cond_proj``) and added to the tokens of frame i of every part. Off by default (the released
       checkpoints have no such weights).
+    * ``rope``: ``"reference"`` rotates the token features themselves by their position (once before the
+      cross-attention, and inside every joint attention), so the same audio event at two positions reaches the
+      MLPs and the output as two different vectors; ``"qk"`` (needs ``joint_residual="clean"``) applies RoPE to the
+      self-attentions' queries and keys only (standard RoPE), so a rule such as "a stroke where the onset is" is
+      the same at every position. Same parameters either way (released checkpoints load in both modes).
     """
 
     def __init__(
@@ -86,12 +91,17 @@ class GestureDenoiser(nn.Module):
         cross_attn_layout: str = "reference",
         joint_residual: str = "reference",
         frame_cond: bool = False,
+        rope: str = "reference",
     ):
         super().__init__()
         if cross_attn_layout not in CROSS_ATTN_LAYOUTS:
             raise ValueError(f"cross_attn_layout must be one of {CROSS_ATTN_LAYOUTS}, got {cross_attn_layout!r}")
         if joint_residual not in JOINT_RESIDUALS:
             raise ValueError(f"joint_residual must be one of {JOINT_RESIDUALS}, got {joint_residual!r}")
+        if rope not in ROPE_MODES:
+            raise ValueError(f"rope must be one of {ROPE_MODES}, got {rope!r}")
+        if rope == "qk" and joint_residual != "clean":
+            raise ValueError("rope='qk' needs joint_residual='clean' (the reference residual adds the rotated input)")
         if cond_proj_dim and cond_proj_dim != latent_dim:  # the step size is embedded with latent_dim channels
             raise ValueError(f"cond_proj_dim ({cond_proj_dim}) must equal latent_dim ({latent_dim}) (or be null: no "
                              "step-size input)")  # fmt: skip
@@ -103,6 +113,7 @@ class GestureDenoiser(nn.Module):
         self.seed_frames = seed_frames
         self.cross_attn_layout = cross_attn_layout
         self.joint_residual = joint_residual
+        self.rope = rope
         cond_dim = self.n_parts * latent_dim
         mlp_ratio = ff_size / latent_dim
 
@@ -115,7 +126,7 @@ class GestureDenoiser(nn.Module):
         )
         self.mytimmblocks = nn.ModuleList(
             SpatialTemporalBlock(latent_dim, num_heads, mlp_ratio=mlp_ratio, drop_path=dropout,
-                                 joint_residual=joint_residual)
+                                 joint_residual=joint_residual, rope=rope)
             for _ in range(num_layers)
         )
         self.embed_timestep = TimestepEmbedder(latent_dim, self.sequence_pos_encoder)  # dead upstream; keys only
@@ -205,7 +216,8 @@ class GestureDenoiser(nn.Module):
         h = self.input_process2(h)
         if self.frame_cond_proj is not None:  # (B, T, P*D) -> (B, P, T, D): condition of frame i to frame i
             h = h + condition_projection(self.frame_cond_proj, at_feat).view(b, t, p, d).permute(0, 2, 1, 3)
-        h = self.rel_pos(h, seq_dim=2)
+        if self.rope == "reference":
+            h = self.rel_pos(h, seq_dim=2)
         h = self._cross_attend(h, at_feat)
         for blk in self.mytimmblocks:
             h = blk(h)

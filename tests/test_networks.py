@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from models.denoiser import GestureDenoiser
@@ -251,6 +252,10 @@ def test_denoiser_rejects_bad_shapes_and_options():
         _small_denoiser(cross_attn_layout="permute")
     with pytest.raises(ValueError, match="joint_residual"):
         _small_denoiser(joint_residual="none")
+    with pytest.raises(ValueError, match="rope must be"):
+        _small_denoiser(rope="abs")
+    with pytest.raises(ValueError, match="rope='qk' needs joint_residual='clean'"):
+        _small_denoiser(rope="qk")
 
 
 @pytest.mark.parametrize("layout", ["reference", "per_frame"])
@@ -384,3 +389,45 @@ def test_frame_cond_gives_the_condition_a_position():
         a, b = fc(x, 0.5, None, seed, cond), fc(x, 0.5, None, seed, cond[:, perm])
     assert (a - b).abs().max() > 1e-3
     assert "frame_cond_proj.weight" not in ref.state_dict()  # released checkpoints are unaffected
+
+
+def test_qk_rope_rotates_queries_and_keys_only():
+    """rope='qk': each sub-attention is softmax(R q (R k)^T / sqrt(d)) v with R the RoPE rotation, v unrotated."""
+    torch.manual_seed(0)
+    ja = JointAttention(8, 2, residual="clean", rope="qk").eval()
+    x = torch.randn(2, 3, 5, 8)
+
+    def by_hand(xx, att, rope):
+        q, k, v = F.linear(xx, att.in_proj_weight, att.in_proj_bias).chunk(3, dim=-1)
+        q, k, v = (t.view(t.shape[0], t.shape[1], 2, 4).transpose(1, 2) for t in (q, k, v))  # (N, H, L, 4)
+        q, k = rope(q, seq_dim=2), rope(k, seq_dim=2)
+        w = torch.softmax(q @ k.transpose(-1, -2) / 2.0, dim=-1)
+        return att.out_proj((w @ v).transpose(1, 2).reshape(xx.shape))
+
+    upd_t = by_hand(x.reshape(6, 5, 8), ja.temporal_attention, ja.temporal_pos).view(2, 3, 5, 8)
+    xs = (x + upd_t).transpose(1, 2).reshape(10, 3, 8)
+    upd_s = by_hand(xs, ja.spatial_attention, ja.spatial_pos).view(2, 5, 3, 8).transpose(1, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(ja(x), upd_t + upd_s, atol=1e-6, rtol=1e-5)
+
+
+def test_qk_rope_denoiser_has_no_absolute_position():
+    """With identical tokens and an identical condition at every frame, the translation-free variant (rope='qk',
+    joint_residual='clean', cross_attn_layout='per_frame') gives the same output at every frame; the reference
+    rotates features by position, so its frames differ. Both load the same state dict."""
+    from models.denoiser import GestureDenoiser
+
+    torch.manual_seed(0)
+    kw = dict(latent_dim=32, ff_size=64, num_layers=2, num_heads=4, dropout=0.0, cond_proj_dim=32, frame_cond=True,
+              cross_attn_layout="per_frame")
+    ref = GestureDenoiser(joint_residual="reference", **kw).eval()
+    qk = GestureDenoiser(joint_residual="clean", rope="qk", **kw).eval()
+    qk.load_state_dict(ref.state_dict(), strict=True)
+    torch.nn.init.normal_(qk.frame_cond_proj.weight, std=0.05)
+    x = torch.randn(2, 384, 1, 1).expand(2, 384, 1, 32)
+    cond = torch.randn(2, 1, 96).expand(2, 32, 96)
+    seed = torch.randn(2, 4, 384)
+    with torch.no_grad():
+        out_qk, out_ref = qk(x, 0.3, None, seed, cond), ref(x, 0.3, None, seed, cond)
+    assert (out_qk - out_qk[..., :1]).abs().max() < 1e-5
+    assert (out_ref - out_ref[..., :1]).abs().max() > 1e-2

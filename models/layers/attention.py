@@ -29,6 +29,10 @@ from models.layers.condition_cache import condition_projection
 from models.layers.embeddings import RotaryEmbedding
 
 JOINT_RESIDUALS = ("reference", "clean")
+# "reference": RoPE rotates the features themselves (q = k = v = the rotated input), as the released models do;
+# "qk": standard RoPE (Su et al. 2021), only queries and keys are rotated, so attention sees relative positions and
+# the features stay position-free (the network is translation-equivariant away from the window's edges).
+ROPE_MODES = ("reference", "qk")
 
 _MATH_ATTENTION: contextvars.ContextVar[bool] = contextvars.ContextVar("math_attention", default=False)
 
@@ -174,13 +178,22 @@ class JointAttention(nn.Module):
     * ``"clean"``: the same rotated-input attention, but the module returns only the two attention updates
       (temporal update + spatial update, the spatial one computed on input + temporal update), so the block's
       residual is the only skip path.
+
+    ``rope="qk"`` (needs ``residual="clean"``) rotates only each sub-attention's queries and keys (standard RoPE);
+    values and updates carry no position-dependent rotation.
     """
 
-    def __init__(self, dim: int, num_heads: int, residual: str = "reference", attn_drop: float = 0.0):
+    def __init__(self, dim: int, num_heads: int, residual: str = "reference", attn_drop: float = 0.0,
+                 rope: str = "reference"):
         super().__init__()
         if residual not in JOINT_RESIDUALS:
             raise ValueError(f"joint_residual must be one of {JOINT_RESIDUALS}, got {residual!r}")
+        if rope not in ROPE_MODES:
+            raise ValueError(f"rope must be one of {ROPE_MODES}, got {rope!r}")
+        if rope == "qk" and residual != "clean":
+            raise ValueError("rope='qk' needs joint_residual='clean' (the reference residual adds the rotated input)")
         self.residual = residual
+        self.rope = rope
         self.num_heads = num_heads
         self.temporal_attention = MultiheadSelfAttention(dim, num_heads, dropout=attn_drop)
         self.spatial_attention = MultiheadSelfAttention(dim, num_heads, dropout=attn_drop)
@@ -192,8 +205,18 @@ class JointAttention(nn.Module):
         n, length, c = x.shape
         return rope(x.view(n, length, self.num_heads, c // self.num_heads), seq_dim=1).view(n, length, c)
 
+    def _attend_qk(self, x: torch.Tensor, attn: MultiheadSelfAttention, rope: RotaryEmbedding) -> torch.Tensor:
+        q, k, v = attn.project(x)  # (N, H, L, C/H)
+        return attn.attend(rope(q, seq_dim=2), rope(k, seq_dim=2), v)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, p, t, c = x.shape
+        if self.rope == "qk":
+            upd_t = self._attend_qk(x.reshape(b * p, t, c), self.temporal_attention, self.temporal_pos)
+            upd_t = upd_t.view(b, p, t, c)
+            xs = (x + upd_t).transpose(1, 2).reshape(b * t, p, c)
+            upd_s = self._attend_qk(xs, self.spatial_attention, self.spatial_pos)
+            return upd_t + upd_s.view(b, t, p, c).transpose(1, 2)
         xt = self._rotate(x.reshape(b * p, t, c), self.temporal_pos)
         upd_t = self.temporal_attention(xt)
         if self.residual == "reference":
@@ -215,10 +238,10 @@ class SpatialTemporalBlock(nn.Module):
     """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0,
-                 joint_residual: str = "reference"):
+                 joint_residual: str = "reference", rope: str = "reference"):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)  # unused, as upstream
-        self.spatial_temporal_attn = JointAttention(dim, num_heads, residual=joint_residual)
+        self.spatial_temporal_attn = JointAttention(dim, num_heads, residual=joint_residual, rope=rope)
         self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
