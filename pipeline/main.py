@@ -97,9 +97,14 @@ def report_stage(cfg: DictConfig, command: str, stage_log: list[dict[str, Any]],
     # the body parts (the measures are upper-body joint speeds; a face part does not move them)
     codec = rvq_roundtrip(out, ("val", "test"), tuple(p for p in cfg.rvq.parts if p in GENERATOR_PARTS))
     save_json(codec, rdir / "rvq_roundtrip.json")
+    from pipeline.reproducibility import environment, output_digests, reproducibility_markdown
+
+    env, digests = environment(), output_digests(out)
+    save_json({"environment": env, "sha256": digests}, rdir / "reproducibility.json")
     paths = write_report(rdir, tests, labels, check, command, commit, stage_log, notes, plots,
-                         roundtrip_markdown(codec), nfe)
+                         roundtrip_markdown(codec), nfe, reproducibility_markdown(env, digests))
     paths["rvq_roundtrip"] = rdir / "rvq_roundtrip.json"
+    paths["reproducibility"] = rdir / "reproducibility.json"
     all_paths = {k: str(v) for k, v in paths.items()}
     all_paths.update({p.stem: str(p) for p in plots})
     return {"paths": all_paths, "commit": commit}

@@ -208,6 +208,7 @@ def write_report(
     plots: list[Path],
     codec: str | None = None,
     nfe: str | None = None,
+    reproducibility: str | None = None,
 ) -> dict[str, Path]:
     """metrics/<run>.json copies, report.md and results.md under ``report_dir``; returns their paths."""
     from utils.io import save_json
@@ -243,7 +244,8 @@ def write_report(
         "", *nfe_part, check_line, "", *codec_part, "## Notes", "",
         *[f"- {n}" for n in notes],
         f"- Fields of the predictions copied from ground truth (reference test protocol): {gt_copied}.",
-        "", "## Stages", "", *timing, "", "## Plots", "", *[f"![{p.stem}]({p.name})" for p in plots], "",
+        "", *([reproducibility] if reproducibility else []),
+        "## Stages", "", *timing, "", "## Plots", "", *[f"![{p.stem}]({p.name})" for p in plots], "",
     ]  # fmt: skip
     save_text("\n".join(body), report_dir / "report.md")
     paths["report"] = report_dir / "report.md"

@@ -1,0 +1,100 @@
+"""What the report says about reproducibility (issue 13, item 5): this run's environment, digests of everything it
+made, and which numbers were measured to be bit-identical across runs and machines.
+
+Two main-job output folders compare number by number with ``python benchmarks/compare_runs.py OUT_A OUT_B``; the
+digests in ``report/reproducibility.json`` let a reader see at a glance whether two runs made identical files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+# Measured with benchmarks/compare_runs.py on main-job outputs (configs/pipeline/synthetic_cpu.yaml,
+# OMP_NUM_THREADS=1, torch 2.13.0+cpu). Rerun those commands before changing a line here.
+MEASURED = (
+    "Same machine, same thread count, two output folders (2026-11-30, commit 5cd5caf): every checkpoint's weights, "
+    "every test metric, every res_*.npz and every learning-check number bit-identical.",
+    "Another day, a freshly installed machine of the same type (AMD EPYC; 2026-12-01, commit ebf2d1d, no pipeline "
+    "code changed since 5cd5caf) against that 5cd5caf run: again everything bit-identical.",
+    "A machine of another type (the one the README's earlier results came from; same torch build and threads): the "
+    "corpus, the caches and every ground-truth number bit-identical; every trained number differs (learning-check "
+    "jerk ratio 0.814 vs 0.733, beat placement 0.0218 vs 0.0195), with the same pass/fail verdicts. Float "
+    "reductions in the CPU kernels are not bit-stable across CPUs, and training amplifies last-bit differences.",
+    "The thread count alone changes training on one machine (FGD autoencoder val loss after 20 updates: 0.1676 with "
+    "1 thread, 0.1283 with 2), so compare runs made with the same OMP_NUM_THREADS.",
+)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def folder_digest(files: list[Path]) -> str:
+    """One sha256 over (name, sha256) of ``files`` sorted by name: equal iff the same names hold the same bytes."""
+    h = hashlib.sha256()
+    for p in sorted(files, key=lambda q: q.name):
+        h.update(f"{p.name}\0{sha256_file(p)}\n".encode())
+    return h.hexdigest()
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment() -> dict[str, Any]:
+    """What decides whether two runs can be bit-identical: library builds, CPU and thread count."""
+    import numpy as np
+    import torch
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
+            "cpu": _cpu_model(), "machine": platform.machine(), "os": platform.platform(),
+            "torch_threads": torch.get_num_threads(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+            "cuda": torch.version.cuda if torch.cuda.is_available() else None}  # fmt: skip
+
+
+def output_digests(out: Path) -> dict[str, str]:
+    """sha256 of each stage's checkpoint (``stages/*.json`` -> ``paths.checkpoint``), and one digest per test run's
+    ``res_*.npz`` and per learning-check condition's ``res_*.npz``."""
+    digests: dict[str, str] = {}
+    for rec in sorted((out / "stages").glob("*.json")):
+        ckpt = (json.loads(rec.read_text()).get("paths") or {}).get("checkpoint")
+        if ckpt and Path(ckpt).is_file():
+            digests[f"{rec.stem} checkpoint"] = sha256_file(ckpt)
+    for d in sorted(p for p in (out / "test").glob("*") if p.is_dir()):
+        files = list(d.glob("res_*.npz"))
+        if files:
+            digests[f"test/{d.name} res_*.npz ({len(files)})"] = folder_digest(files)
+    for d in sorted(p for p in (out / "report" / "learning_check").glob("*") if p.is_dir()):
+        files = list(d.glob("res_*.npz"))
+        if files:
+            digests[f"learning_check/{d.name} res_*.npz ({len(files)})"] = folder_digest(files)
+    return digests
+
+
+def reproducibility_markdown(env: dict[str, Any], digests: dict[str, str]) -> str:
+    lines = ["## Reproducibility", "",
+             "Bit-identical: rerunning this command on the same machine with the same thread count and library "
+             "builds (every file below, and so every number). Not bit-identical across CPUs, library builds or thread "
+             "counts: every trained number (ground-truth numbers stay identical). Measured:", "",
+             *[f"- {m}" for m in MEASURED], "",
+             "Compare two runs number by number: `python benchmarks/compare_runs.py OUT_A OUT_B`; or compare the "
+             "digests below (`report/reproducibility.json`).", "",
+             "This run's environment: " + ", ".join(f"{k} {v}" for k, v in env.items()) + ".", "",
+             "| output | sha256 (first 16) |", "|---|---|",
+             *[f"| {k} | `{v[:16]}` |" for k, v in digests.items()], ""]  # fmt: skip
+    return "\n".join(lines)
