@@ -46,6 +46,24 @@ def folder_digest(files: list[Path]) -> str:
     return h.hexdigest()
 
 
+def weights_digest(path: str | os.PathLike) -> str:
+    """sha256 over a checkpoint's model tensors (name, dtype, shape, bytes; keys sorted). Not the file's bytes: a
+    checkpoint also holds its run folder and wall-clock times, which differ between two identical runs."""
+    import torch
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("model", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: not a checkpoint with a state dict")
+    h = hashlib.sha256()
+    for k in sorted(state):
+        v = state[k]
+        if torch.is_tensor(v):
+            h.update(f"{k}\0{v.dtype}\0{tuple(v.shape)}\n".encode())
+            h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -68,13 +86,13 @@ def environment() -> dict[str, Any]:
 
 
 def output_digests(out: Path) -> dict[str, str]:
-    """sha256 of each stage's checkpoint (``stages/*.json`` -> ``paths.checkpoint``), and one digest per test run's
-    ``res_*.npz`` and per learning-check condition's ``res_*.npz``."""
+    """sha256 of each stage's checkpoint weights (``stages/*.json`` -> ``paths.checkpoint``, `weights_digest`), and
+    one digest per test run's ``res_*.npz`` and per learning-check condition's ``res_*.npz`` (`folder_digest`)."""
     digests: dict[str, str] = {}
     for rec in sorted((out / "stages").glob("*.json")):
         ckpt = (json.loads(rec.read_text()).get("paths") or {}).get("checkpoint")
         if ckpt and Path(ckpt).is_file():
-            digests[f"{rec.stem} checkpoint"] = sha256_file(ckpt)
+            digests[f"{rec.stem} weights"] = weights_digest(ckpt)
     for d in sorted(p for p in (out / "test").glob("*") if p.is_dir()):
         files = list(d.glob("res_*.npz"))
         if files:
