@@ -67,8 +67,9 @@ class GestureDenoiser(nn.Module):
     * ``rope``: ``"reference"`` rotates the token features themselves by their position (once before the
       cross-attention, and inside every joint attention), so the same audio event at two positions reaches the
       MLPs and the output as two different vectors; ``"qk"`` (needs ``joint_residual="clean"``) applies RoPE to the
-      self-attentions' queries and keys only (standard RoPE), so a rule such as "a stroke where the onset is" is
-      the same at every position. Same parameters either way (released checkpoints load in both modes).
+      self-attentions' queries and keys only (standard RoPE); with ``cross_attn_layout="per_frame"`` as well the
+      network has no absolute position, so a rule such as "a stroke where the onset is" can be the same at every
+      position. Same parameters either way (released checkpoints load in both modes).
     """
 
     def __init__(

@@ -14,6 +14,8 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from utils.io import sha256_file
+
 # Measured with benchmarks/compare_runs.py on main-job outputs (configs/pipeline/synthetic_cpu.yaml,
 # OMP_NUM_THREADS=1, torch 2.13.0+cpu). Rerun those commands before changing a line here.
 MEASURED = (
@@ -30,37 +32,39 @@ MEASURED = (
 )
 
 
-def sha256_file(path: str | os.PathLike) -> str:
+def folder_digest(files: list[Path], root: Path | None = None) -> str:
+    """One sha256 over (name, sha256) of ``files`` sorted by name, the name taken relative to ``root`` (default: the
+    file name): equal iff the same names hold the same bytes."""
+    named = sorted((str(p.relative_to(root)) if root is not None else p.name, p) for p in files)
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def folder_digest(files: list[Path]) -> str:
-    """One sha256 over (name, sha256) of ``files`` sorted by name: equal iff the same names hold the same bytes."""
-    h = hashlib.sha256()
-    for p in sorted(files, key=lambda q: q.name):
-        h.update(f"{p.name}\0{sha256_file(p)}\n".encode())
+    for name, p in named:
+        h.update(f"{name}\0{sha256_file(p)}\n".encode())
     return h.hexdigest()
 
 
 def weights_digest(path: str | os.PathLike) -> str:
-    """sha256 over a checkpoint's model tensors (name, dtype, shape, bytes; keys sorted). Not the file's bytes: a
-    checkpoint also holds its run folder and wall-clock times, which differ between two identical runs."""
+    """sha256 over a checkpoint's tensors (name, dtype, shape, bytes; keys sorted): our trainer's ``model``, a
+    released ``{'net': ...}`` RVQ-VAE or ``{'model_state': ...}`` file, or a bare state dict. Not the file's bytes:
+    our checkpoints also hold their run folder and wall-clock times, which differ between two identical runs."""
     import torch
 
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    state = state.get("model", state) if isinstance(state, dict) else state
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: not a checkpoint with a state dict")
+    from models.checkpoints import extract_state_dict
+    from utils.io import load_torch
+
+    obj = load_torch(path)
+    wrapped = next((obj[k] for k in ("model", "net") if isinstance(obj, dict) and isinstance(obj.get(k), dict)), None)
+    if wrapped is not None:  # our trainer's checkpoints, released RVQ-VAEs
+        state = wrapped
+    else:
+        state = extract_state_dict(obj, path, allow_trainer=True)[0]
+    tensors = {k: v for k, v in state.items() if torch.is_tensor(v)}
+    if not tensors:
+        raise ValueError(f"{path}: no tensors to digest")
     h = hashlib.sha256()
-    for k in sorted(state):
-        v = state[k]
-        if torch.is_tensor(v):
-            h.update(f"{k}\0{v.dtype}\0{tuple(v.shape)}\n".encode())
-            h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    for k in sorted(tensors):
+        v = tensors[k]
+        h.update(f"{k}\0{v.dtype}\0{tuple(v.shape)}\n".encode())
+        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
@@ -82,33 +86,38 @@ def environment() -> dict[str, Any]:
     return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
             "cpu": _cpu_model(), "machine": platform.machine(), "os": platform.platform(),
             "torch_threads": torch.get_num_threads(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-            "cuda": torch.version.cuda if torch.cuda.is_available() else None}  # fmt: skip
+            **({"cuda": torch.version.cuda, "gpu": torch.cuda.get_device_name(0),
+                "cudnn": torch.backends.cudnn.version()} if torch.cuda.is_available() else {"cuda": None})}  # fmt: skip
 
 
 def output_digests(out: Path) -> dict[str, str]:
-    """sha256 of each stage's checkpoint weights (``stages/*.json`` -> ``paths.checkpoint``, `weights_digest`), and
-    one digest per test run's ``res_*.npz`` and per learning-check condition's ``res_*.npz`` (`folder_digest`)."""
+    """sha256 of each stage's checkpoint weights (``stages/*.json`` -> ``paths.checkpoint``, `weights_digest`;
+    "missing" when the recorded file is gone), one digest per test run over its ``res_*.npz``, and one per
+    learning-check condition over every ``res_*.npz`` below it (one folder per sampling seed; `folder_digest`)."""
     digests: dict[str, str] = {}
     for rec in sorted((out / "stages").glob("*.json")):
         ckpt = (json.loads(rec.read_text()).get("paths") or {}).get("checkpoint")
-        if ckpt and Path(ckpt).is_file():
-            digests[f"{rec.stem} weights"] = weights_digest(ckpt)
+        if ckpt:
+            digests[f"{rec.stem} weights"] = weights_digest(ckpt) if Path(ckpt).is_file() else "missing"
     for d in sorted(p for p in (out / "test").glob("*") if p.is_dir()):
         files = list(d.glob("res_*.npz"))
         if files:
             digests[f"test/{d.name} res_*.npz ({len(files)})"] = folder_digest(files)
     for d in sorted(p for p in (out / "report" / "learning_check").glob("*") if p.is_dir()):
-        files = list(d.glob("res_*.npz"))
+        files = list(d.rglob("res_*.npz"))
         if files:
-            digests[f"learning_check/{d.name} res_*.npz ({len(files)})"] = folder_digest(files)
+            digests[f"learning_check/{d.name} res_*.npz ({len(files)})"] = folder_digest(files, d)
     return digests
 
 
 def reproducibility_markdown(env: dict[str, Any], digests: dict[str, str]) -> str:
+    """The report's Reproducibility section: what was measured, this run's environment, its digests."""
     lines = ["## Reproducibility", "",
-             "Bit-identical: rerunning this command on the same machine with the same thread count and library "
-             "builds (every file below, and so every number). Not bit-identical across CPUs, library builds or thread "
-             "counts: every trained number (ground-truth numbers stay identical). Measured:", "",
+             "Bit-identical, as measured on one machine type (AMD EPYC, CPU): rerunning this command with the same "
+             "thread count and library builds (every digest below, and so every number). Not bit-identical across "
+             "CPUs, library builds or thread counts: every trained number (ground-truth numbers stay identical). "
+             "The learning-check rows gt and other_gt are ground-truth references, the others generated. "
+             "Measured:", "",
              *[f"- {m}" for m in MEASURED], "",
              "Compare two runs number by number: `python benchmarks/compare_runs.py OUT_A OUT_B`; or compare the "
              "digests below (`report/reproducibility.json`).", "",

@@ -6,6 +6,7 @@ import hashlib
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from pipeline.reproducibility import (
@@ -54,19 +55,44 @@ def test_weights_digest_ignores_run_paths_but_not_one_weight(tmp_path):
     assert weights_digest(tmp_path / "d.pt") != weights_digest(tmp_path / "a.pt")  # same values, other dtype
 
 
+def test_weights_digest_reads_released_layouts_and_refuses_empty_ones(tmp_path):
+    w = {"lin.weight": torch.arange(6.0).reshape(2, 3)}
+    torch.save({"model": w}, tmp_path / "ours.pt")
+    torch.save({"model_state": w}, tmp_path / "v1.bin")  # e.g. the official FGD autoencoder
+    torch.save({"net": w}, tmp_path / "rvq.pth")  # released RVQ-VAEs
+    torch.save(w, tmp_path / "raw.pt")
+    digests = {weights_digest(tmp_path / n) for n in ("ours.pt", "v1.bin", "rvq.pth", "raw.pt")}
+    assert len(digests) == 1  # the same tensors, whatever the wrapper
+    torch.save({"model_state": {"lin.weight": torch.ones(2, 3)}}, tmp_path / "v1b.bin")
+    assert weights_digest(tmp_path / "v1b.bin") not in digests
+    torch.save({"net": {}}, tmp_path / "empty.pth")
+    with pytest.raises(ValueError, match="no tensors"):
+        weights_digest(tmp_path / "empty.pth")
+
+
 def test_output_digests_cover_checkpoints_test_runs_and_learning_check(tmp_path):
     out = tmp_path / "out"
     (out / "stages").mkdir(parents=True)
     torch.save({"model": {"w": torch.ones(3)}}, tmp_path / "g.pt")
     (out / "stages" / "gen_shortcut.json").write_text(json.dumps({"paths": {"checkpoint": str(tmp_path / "g.pt")}}))
+    (out / "stages" / "gen_ddim.json").write_text(json.dumps({"paths": {"checkpoint": str(tmp_path / "gone.pt")}}))
     (out / "stages" / "cache.json").write_text(json.dumps({"paths": {"mean_vel": "x.npy"}}))  # no checkpoint
     _npz(out / "test" / "shortcut_n2" / "res_f1.npz", 1.0)
     _npz(out / "test" / "shortcut_n2" / "gt_f1.npz", 9.0)  # ground truth: not a generated output
-    _npz(out / "report" / "learning_check" / "own" / "res_f1.npz", 1.0)
+    own = out / "report" / "learning_check" / "own"
+    _npz(own / "seed0" / "res_f1.npz", 1.0)  # the learning check writes one folder per sampling seed
+    _npz(own / "seed1" / "res_f1.npz", 2.0)
     d = output_digests(out)
-    assert set(d) == {"gen_shortcut weights", "test/shortcut_n2 res_*.npz (1)", "learning_check/own res_*.npz (1)"}
-    assert d["gen_shortcut weights"] == weights_digest(tmp_path / "g.pt")
+    assert set(d) == {"gen_shortcut weights", "gen_ddim weights", "test/shortcut_n2 res_*.npz (1)",
+                      "learning_check/own res_*.npz (2)"}  # fmt: skip
+    assert d["gen_shortcut weights"] == weights_digest(tmp_path / "g.pt") and d["gen_ddim weights"] == "missing"
     assert d["test/shortcut_n2 res_*.npz (1)"] == folder_digest([out / "test" / "shortcut_n2" / "res_f1.npz"])
+    before = d["learning_check/own res_*.npz (2)"]
+    _npz(own / "seed1" / "res_f1.npz", 2.5)  # another seed's motion changes: the condition's digest changes
+    assert output_digests(out)["learning_check/own res_*.npz (2)"] != before
+    _npz(own / "seed1" / "res_f1.npz", 1.0)  # seed folders with identical files must not collide
+    _npz(own / "seed0" / "res_f1.npz", 2.0)
+    assert output_digests(out)["learning_check/own res_*.npz (2)"] != before
     md = reproducibility_markdown(environment(), d)
     assert all(v[:16] in md for v in d.values()) and all(m in md for m in MEASURED)
     assert "compare_runs.py" in md

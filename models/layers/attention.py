@@ -31,7 +31,7 @@ from models.layers.embeddings import RotaryEmbedding
 JOINT_RESIDUALS = ("reference", "clean")
 # "reference": RoPE rotates the features themselves (q = k = v = the rotated input), as the released models do;
 # "qk": standard RoPE (Su et al. 2021), only queries and keys are rotated, so attention sees relative positions and
-# the features stay position-free (the network is translation-equivariant away from the window's edges).
+# the features carry no rotation by position.
 ROPE_MODES = ("reference", "qk")
 
 _MATH_ATTENTION: contextvars.ContextVar[bool] = contextvars.ContextVar("math_attention", default=False)
@@ -191,7 +191,7 @@ class JointAttention(nn.Module):
         if rope not in ROPE_MODES:
             raise ValueError(f"rope must be one of {ROPE_MODES}, got {rope!r}")
         if rope == "qk" and residual != "clean":
-            raise ValueError("rope='qk' needs joint_residual='clean' (the reference residual adds the rotated input)")
+            raise ValueError("rope='qk' needs residual='clean' (the reference residual adds the rotated input)")
         self.residual = residual
         self.rope = rope
         self.num_heads = num_heads
