@@ -415,8 +415,6 @@ def test_qk_rope_denoiser_has_no_absolute_position():
     """With identical tokens and an identical condition at every frame, the translation-free variant (rope='qk',
     joint_residual='clean', cross_attn_layout='per_frame') gives the same output at every frame; the reference
     rotates features by position, so its frames differ. Both load the same state dict."""
-    from models.denoiser import GestureDenoiser
-
     torch.manual_seed(0)
     kw = dict(latent_dim=32, ff_size=64, num_layers=2, num_heads=4, dropout=0.0, cond_proj_dim=32, frame_cond=True,
               cross_attn_layout="per_frame")
