@@ -12,34 +12,31 @@ per item: identical, or the largest absolute difference and where it is. Exit co
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import sys
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipeline.reproducibility import checkpoint_tensors  # noqa: E402
+from utils.io import atomic_write, sha256_file  # noqa: E402
+
 WALL_CLOCK = {"seconds", "generation_seconds", "real_time_factor", "train_s", "wall_s", "timing"}
 
 
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def weight_diff(a: Path, b: Path) -> float:
-    """Largest |difference| between the model weights of two checkpoints (our trainer format: ``model``; the file
-    hashes differ anyway, as they hold run paths and wall-clock times). inf when the key sets or shapes differ."""
+    """Largest |difference| between the model weights of two checkpoints (`checkpoint_tensors`; the file hashes
+    differ anyway, as they hold run paths and wall-clock times). inf when the key sets or shapes differ."""
     import torch
 
-    sa, sb = (torch.load(p, map_location="cpu", weights_only=True) for p in (a, b))
-    sa, sb = (s.get("model", s) if isinstance(s, dict) else s for s in (sa, sb))
-    if not isinstance(sa, dict) or not isinstance(sb, dict) or sa.keys() != sb.keys():
+    sa, sb = checkpoint_tensors(a), checkpoint_tensors(b)
+    if sa.keys() != sb.keys():
         return math.inf
     worst = 0.0
     for k, v in sa.items():
         w = sb[k]
-        if not torch.is_tensor(v) or not torch.is_tensor(w):
-            continue
         if v.shape != w.shape:
             return math.inf
         if v.numel() and not torch.equal(v, w):
@@ -101,8 +98,8 @@ def compare(run_a: Path, run_b: Path) -> list[dict[str, Any]]:
             rows.append({"item": f"test/{t}", "identical": False, "missing_in": str(run_b)})
             continue
         add(f"test/{t} metrics", json.loads(ma.read_text())["metrics"], json.loads(mb.read_text())["metrics"])
-        ha = {p.name: _sha(p) for p in sorted((run_a / "test" / t).glob("res_*.npz"))}
-        hb = {p.name: _sha(p) for p in sorted((run_b / "test" / t).glob("res_*.npz"))}
+        ha = {p.name: sha256_file(p) for p in sorted((run_a / "test" / t).glob("res_*.npz"))}
+        hb = {p.name: sha256_file(p) for p in sorted((run_b / "test" / t).glob("res_*.npz"))}
         differing = sorted(k for k in set(ha) | set(hb) if ha.get(k) != hb.get(k))
         rows.append({"item": f"test/{t} res_*.npz ({len(ha)} files)", "identical": not differing and bool(ha),
                      "differing_files": differing[:5]})  # fmt: skip
@@ -136,9 +133,6 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                      ", ".join(f"{k}: {v}" for k, v in row.items() if k not in ("item", "identical") and v))
             print(f"DIFFERENT  {row['item']}  {extra}")
     if a.json:
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-        from utils.io import atomic_write
-
         atomic_write(a.json, lambda tmp: tmp.write_text(json.dumps(rows, indent=2)))
     return rows
 

@@ -42,10 +42,9 @@ def folder_digest(files: list[Path], root: Path | None = None) -> str:
     return h.hexdigest()
 
 
-def weights_digest(path: str | os.PathLike) -> str:
-    """sha256 over a checkpoint's tensors (name, dtype, shape, bytes; keys sorted): our trainer's ``model``, a
-    released ``{'net': ...}`` RVQ-VAE or ``{'model_state': ...}`` file, or a bare state dict. Not the file's bytes:
-    our checkpoints also hold their run folder and wall-clock times, which differ between two identical runs."""
+def checkpoint_tensors(path: str | os.PathLike) -> dict[str, Any]:
+    """The tensors of a checkpoint: our trainer's ``model``, a released ``{'net': ...}`` RVQ-VAE or
+    ``{'model_state': ...}`` file, or a bare state dict (loaded with ``weights_only=True``)."""
     import torch
 
     from models.checkpoints import extract_state_dict
@@ -53,11 +52,17 @@ def weights_digest(path: str | os.PathLike) -> str:
 
     obj = load_torch(path)
     wrapped = next((obj[k] for k in ("model", "net") if isinstance(obj, dict) and isinstance(obj.get(k), dict)), None)
-    if wrapped is not None:  # our trainer's checkpoints, released RVQ-VAEs
-        state = wrapped
-    else:
-        state = extract_state_dict(obj, path, allow_trainer=True)[0]
-    tensors = {k: v for k, v in state.items() if torch.is_tensor(v)}
+    state = wrapped if wrapped is not None else extract_state_dict(obj, path, allow_trainer=True)[0]
+    return {k: v for k, v in state.items() if torch.is_tensor(v)}
+
+
+def weights_digest(path: str | os.PathLike) -> str:
+    """sha256 over a checkpoint's tensors (`checkpoint_tensors`; name, dtype, shape, bytes; keys sorted). Not the
+    file's bytes: our checkpoints also hold their run folder and wall-clock times, which differ between two identical
+    runs."""
+    import torch
+
+    tensors = checkpoint_tensors(path)
     if not tensors:
         raise ValueError(f"{path}: no tensors to digest")
     h = hashlib.sha256()
