@@ -1,8 +1,8 @@
 """Issue 13's oracle test: does the generator place strokes when its condition carries the motion's own timing?
 
     python benchmarks/oracle_timing.py [--signal oracle|direction|retrieved|real] [--model flow|regress]
-        [--updates 1080] [--steps 2,20] [--files 6] [--main-job outputs/pipeline/synthetic_cpu] [--json OUT.json]
-        [key=value ...]
+        [--updates 1080] [--steps 2,20] [--files 6] [--train-files K] [--probe]
+        [--main-job outputs/pipeline/synthetic_cpu] [--json OUT.json] [key=value ...]
 
 (key=value: overrides of the shortcut stage's config, e.g. model.generator.params.objective.time_alpha=2.0)
 
@@ -24,7 +24,13 @@ conditional mean of the latents carries the strokes.
 audio onset envelope matches (``benchmarks/retrieval_baseline.py``'s rule, never the file itself): audio and the
 train split's motion only, so no oracle.
 ``--model regress`` trains the denoiser as a deterministic regressor instead (input x = 0, t = 0, MSE to the data
-latents), i.e. the conditional mean. The measured numbers are in the README ("What this says").
+latents), i.e. the conditional mean.
+``--train-files K`` trains on the windows of the first K train files only and scores those K files (a memorisation
+test: can the networks fit stroke timing at all?). ``--probe`` also scores the train files generated from altered
+audio, each against the file's own audio and motion: ``delayed`` (the condition's audio 0.5 s late: leading zeros,
+cropped) and ``swapped`` (the audio of the next train file after the scored ones, repeated or cropped to length;
+with ``--train-files`` a file not trained on). A model that places its strokes from its audio loses placement in
+both. The measured numbers are in the README ("What this says").
 """
 
 from __future__ import annotations
@@ -49,14 +55,16 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--updates", type=int, default=1080, help="training updates (main job: 40 epochs x 27)")
     ap.add_argument("--steps", default="2,20", help="sampling steps to score (flow)")
     ap.add_argument("--files", type=int, default=6, help="files scored per split (train, val)")
+    ap.add_argument("--train-files", type=int, default=0, help="train on (and score) the first K train files only")
+    ap.add_argument("--probe", action="store_true", help="also score train files with delayed and swapped audio")
     ap.add_argument("--main-job", default="outputs/pipeline/synthetic_cpu")
     ap.add_argument("--config", default="configs/pipeline/synthetic_cpu.yaml")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="also write the result here")
     ap.add_argument("overrides", nargs="*", help="key=value overrides of the shortcut stage's config")
     a = ap.parse_args(argv)
-    if a.updates < 1 or a.files < 1:
-        raise SystemExit("--updates and --files must be >= 1")
+    if a.updates < 1 or a.files < 1 or a.train_files < 0:
+        raise SystemExit("--updates and --files must be >= 1, --train-files >= 0")
     import torch
     import torch.nn.functional as F
     from omegaconf import OmegaConf
@@ -145,6 +153,12 @@ def main(argv: list[str] | None = None) -> dict:
         return {**item, "audio": audio}
 
     items = [condition(it, i * train.stride) for it, (_, i) in zip(items, train.windows, strict=True)]
+    train_files = WholeFileDataset(cfg.data, "train")
+    if a.train_files:
+        if a.train_files >= len(train_files):
+            raise SystemExit(f"--train-files {a.train_files}: the train split has {len(train_files)} files")
+        kept = {train_files[i]["id"] for i in range(a.train_files)}
+        items = [it for it in items if it["id"] in kept]
     z = torch.cat([codec.encode(torch.stack([it["pose"] for it in items[i:i + 64]]),
                                 torch.stack([it["trans_v"] for it in items[i:i + 64]]))
                    for i in range(0, len(items), 64)])  # fmt: skip
@@ -186,22 +200,34 @@ def main(argv: list[str] | None = None) -> dict:
 
         model.sampler = Regression()
     res: dict = {"signal": a.signal, "model": a.model, "overrides": list(a.overrides), "updates": a.updates,
+                 "train_files": a.train_files or len(train_files), "train_windows": len(items),
                  "final_loss": loss.item(), "train_seconds": round(time.time() - t0)}
     keys = ("beat_placement", "beat_placement_gt", "speed_ratio", "acceleration_ratio", "jerk_ratio")
     for n in [int(s) for s in a.steps.split(",")] if a.model == "flow" else [1]:
         if a.model == "flow":
             model.sampler.configure(n_steps=n)
         for split in ("train", "val"):
-            whole = WholeFileDataset(cfg.data, split)
-            files = [condition(whole[i]) for i in range(min(a.files, len(whole)))]
-            ev = Evaluator(None, mean_vel=np.asarray(stats.mean_vel), fk=get_fk(None))
-            with torch.no_grad():
-                generate_items(model, codec, files, window_options(cfg), torch.device("cpu"), seed=a.seed,
-                               evaluators=[ev], keep=False)  # fmt: skip
-            m = ev.compute()
-            res[f"{split}_n{n}"] = {k: m.get(k) for k in keys}
-            print(f"{split} n={n}: " + ", ".join(f"{k} {m.get(k)}" if m.get(k) is None else f"{k} {m[k]:.3f}"
-                                                  for k in keys), flush=True)  # fmt: skip
+            whole = train_files if split == "train" else WholeFileDataset(cfg.data, split)
+            n_files = a.train_files if a.train_files and split == "train" else min(a.files, len(whole))
+            files = [condition(whole[i]) for i in range(n_files)]
+            conditions = {f"{split}_n{n}": files}
+            if a.probe and split == "train":
+                shift, donor = sr // 2, condition(whole[n_files % len(whole)])["audio"]
+                conditions[f"{split}_n{n}_delayed"] = [
+                    {**f, "audio": torch.cat([torch.zeros_like(f["audio"][:shift]), f["audio"][:-shift]])}
+                    for f in files]  # fmt: skip
+                conditions[f"{split}_n{n}_swapped"] = [
+                    {**f, "audio": donor.repeat(-(-f["audio"].shape[0] // donor.shape[0]), 1)[: f["audio"].shape[0]]}
+                    for f in files]  # fmt: skip
+            for name, inputs in conditions.items():
+                ev = Evaluator(None, mean_vel=np.asarray(stats.mean_vel), fk=get_fk(None))
+                with torch.no_grad():
+                    generate_items(model, codec, inputs, window_options(cfg), torch.device("cpu"), seed=a.seed,
+                                   evaluators=[ev], keep=False, references=files)  # fmt: skip
+                m = ev.compute()
+                res[name] = {k: m.get(k) for k in keys}
+                print(f"{name}: " + ", ".join(f"{k} {m.get(k)}" if m.get(k) is None else f"{k} {m[k]:.3f}"
+                                              for k in keys), flush=True)  # fmt: skip
     if a.json:
         from utils.io import atomic_write
 
