@@ -25,12 +25,13 @@ audio onset envelope matches (``benchmarks/retrieval_baseline.py``'s rule, never
 train split's motion only, so no oracle.
 ``--model regress`` trains the denoiser as a deterministic regressor instead (input x = 0, t = 0, MSE to the data
 latents), i.e. the conditional mean.
-``--train-files K`` trains on the windows of the first K train files only and scores those K files (a memorisation
-test: can the networks fit stroke timing at all?). ``--probe`` also scores the train files generated from altered
-audio, each against the file's own audio and motion: ``delayed`` (the condition's audio 0.5 s late: leading zeros,
-cropped) and ``swapped`` (the audio of the next train file after the scored ones, repeated or cropped to length;
-with ``--train-files`` a file not trained on). A model that places its strokes from its audio loses placement in
-both. The measured numbers are in the README ("What this says").
+``--train-files K`` trains on the windows of the first K train files only and scores those K files (``--files``
+then applies to val only): a memorisation test, can the networks fit stroke timing at all? ``--probe`` also scores
+the train files generated from altered audio, words kept, each against the file's own audio and motion: ``delayed``
+(the condition's audio 0.5 s late: leading zeros, cropped; the learning check's ``delayed`` moves the words too) and
+``swapped`` (the audio of the next train file after the scored ones, repeated or cropped to length; with
+``--train-files`` a file not trained on). A model that places its strokes from its audio loses placement in both.
+The measured numbers are in the README ("What this says").
 """
 
 from __future__ import annotations
@@ -156,7 +157,8 @@ def main(argv: list[str] | None = None) -> dict:
     train_files = WholeFileDataset(cfg.data, "train")
     if a.train_files:
         if a.train_files >= len(train_files):
-            raise SystemExit(f"--train-files {a.train_files}: the train split has {len(train_files)} files")
+            raise SystemExit(f"--train-files {a.train_files}: must be < {len(train_files)}, the train split's files "
+                             "(0 = all)")  # fmt: skip
         kept = {train_files[i]["id"] for i in range(a.train_files)}
         items = [it for it in items if it["id"] in kept]
     z = torch.cat([codec.encode(torch.stack([it["pose"] for it in items[i:i + 64]]),
@@ -212,9 +214,11 @@ def main(argv: list[str] | None = None) -> dict:
             files = [condition(whole[i]) for i in range(n_files)]
             conditions = {f"{split}_n{n}": files}
             if a.probe and split == "train":
-                shift, donor = sr // 2, condition(whole[n_files % len(whole)])["audio"]
+                if n_files >= len(whole):
+                    raise SystemExit(f"--probe swaps in train file {n_files + 1}'s audio: use --files < {len(whole)}")
+                shift, donor = sr // 2, condition(whole[n_files])["audio"]
                 conditions[f"{split}_n{n}_delayed"] = [
-                    {**f, "audio": torch.cat([torch.zeros_like(f["audio"][:shift]), f["audio"][:-shift]])}
+                    {**f, "audio": torch.cat([torch.zeros_like(f["audio"][:shift]), f["audio"]])[: f["audio"].shape[0]]}
                     for f in files]  # fmt: skip
                 conditions[f"{split}_n{n}_swapped"] = [
                     {**f, "audio": donor.repeat(-(-f["audio"].shape[0] // donor.shape[0]), 1)[: f["audio"].shape[0]]}
