@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
     from inference.generate import generate_items
     from inference.loading import build_codec, build_generator_from_config, window_options
     from models.generators.base import SampleOutput, Sampler, to_generator_layout
+    from pipeline.learning_check import delay_inputs
     from pipeline.stages import stage_config
     from utils.config import load_config
 
@@ -216,10 +217,10 @@ def main(argv: list[str] | None = None) -> dict:
             if a.probe and split == "train":
                 if n_files >= len(whole):
                     raise SystemExit(f"--probe swaps in train file {n_files + 1}'s audio: use --files < {len(whole)}")
-                shift, donor = sr // 2, condition(whole[n_files])["audio"]
+                donor = condition(whole[n_files])["audio"]
+                # the learning check's delay, words put back: only the audio is late
                 conditions[f"{split}_n{n}_delayed"] = [
-                    {**f, "audio": torch.cat([torch.zeros_like(f["audio"][:shift]), f["audio"]])[: f["audio"].shape[0]]}
-                    for f in files]  # fmt: skip
+                    {**delay_inputs(f, 0.5, sr, fps), "word": f["word"]} for f in files]  # fmt: skip
                 conditions[f"{split}_n{n}_swapped"] = [
                     {**f, "audio": donor.repeat(-(-f["audio"].shape[0] // donor.shape[0]), 1)[: f["audio"].shape[0]]}
                     for f in files]  # fmt: skip
