@@ -78,7 +78,7 @@ def _median_pair(fa: Callable[[], None], fb: Callable[[], None], iters: int, war
 def bench(name: str, args: argparse.Namespace, device: torch.device) -> dict:
     seed_everything(0)
     gen = build_generator(GENERATORS[name]).to(device)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if args.bf16 and device.type == "cuda" else nullcontext()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if args.bf16 else nullcontext()
     audio, word, latents, noise = _inputs(args.batch, device)
 
     def train_step():
@@ -129,7 +129,7 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA, or CPU with native bf16 matmul)")
     ap.add_argument("--only", nargs="+", choices=sorted(GENERATORS), default=None)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()

@@ -1,6 +1,7 @@
 """End-to-end inference speed of gesture_inference.py at the released architecture's full size (not a timed test).
 
-    python -m benchmarks.bench_inference [--seconds 60] [--nfe 1,2,4] [--guidance 2] [--device cpu] [--out r.json]
+    python -m benchmarks.bench_inference [--seconds 60] [--nfe 1,2,4] [--guidance 2] [--device cpu]
+                                         [--precision fp32|bf16] [--out r.json]
 
 What is timed, per NFE setting (shortcut sampler n_steps; CFG w > 1 doubles the batch of every step), on a
 synthetic-speech wav of --seconds: inference.api.generate_from_audio (audio decode + resampling path of the training
@@ -8,7 +9,8 @@ cache, onset+amplitude features, text-free words, windowed generation, RVQ decod
 inference.api.write_result (npz + json write; no FK). Model load and the one-off librosa warm-up are reported
 separately. Networks: configs/shortcut_rvqvae_128.yaml (denoiser 256-D, 8+3 blocks; modality encoder with an
 11195-word table) and full-size RVQ-VAEs (width 512, 1024 codes x 6), random weights (speed does not depend on
-them). Also: streaming (--stream path) per-window latency and the first window's latency.
+them). Also: streaming (--stream path) per-window latency and the first window's latency. ``--precision bf16``: the
+generator under bf16 autocast, as ``gesture_inference.py --precision bf16``.
 Real-time factor = wall time / audio seconds (< 1 is faster than real time; 0.05 = 20x faster).
 """
 
@@ -38,7 +40,7 @@ from utils.io import save_json
 CONFIG = "configs/shortcut_rvqvae_128.yaml"
 
 
-def build_loaded(device: torch.device) -> LoadedModel:
+def build_loaded(device: torch.device, precision: str = "fp32") -> LoadedModel:
     cfg = load_config(CONFIG, ["data.root=unused", "data.stats_dir=null", "data.vocab=null"])
     node = to_container(cfg.model.generator)
     node["params"]["modality_encoder"]["params"]["vocab_size"] = VOCAB
@@ -47,7 +49,8 @@ def build_loaded(device: torch.device) -> LoadedModel:
     opts.seed_from_gt, opts.drop_tail = False, False
     vocab = Vocab(list(SPECIALS) + [f"w{i}" for i in range(VOCAB - len(SPECIALS))])
     src = ModelSource(cfg, Path(CONFIG), "released", "benchmark (random weights)", CONFIG)
-    return LoadedModel(cfg, model, build_codec(device), vocab, opts, device, src, "random-weights", "identity stats")
+    return LoadedModel(cfg, model, build_codec(device), vocab, opts, device, src, "random-weights", "identity stats",
+                       precision=precision)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -57,11 +60,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--guidance", type=float, default=2.0, help="CFG scale (upstream 2; <= 1 disables CFG)")
     ap.add_argument("--repeats", type=int, default=2, help="runs per setting (the best is reported)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="the generator's arithmetic")
     ap.add_argument("--out", help="write the results as json")
     a = ap.parse_args(argv)
     device = get_device(a.device)
     t0 = time.perf_counter()
-    lm = build_loaded(device)
+    lm = build_loaded(device, a.precision)
     load_s = time.perf_counter() - t0
     warm_s = warm_up(SR)
     rng = np.random.default_rng(0)
@@ -70,7 +74,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     results: dict = {"seconds_audio": a.seconds, "device": str(device), "threads": torch.get_num_threads(),
                      "load_average_before": os.getloadavg(),
-                     "model_build_s": load_s, "warm_up_s": warm_s, "guidance": a.guidance, "runs": []}  # fmt: skip
+                     "model_build_s": load_s, "warm_up_s": warm_s, "guidance": a.guidance, "precision": a.precision,
+                     "runs": []}  # fmt: skip
     with tempfile.TemporaryDirectory() as d:
         wav = Path(d) / "speech.wav"
         sf.write(wav, y, SR, subtype="PCM_16")

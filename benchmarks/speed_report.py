@@ -7,6 +7,8 @@ Rows (each a subprocess of an existing benchmark, so imports, caches and peak RS
 
 * generator train step per generator (shortcut, reflow, MeanFlow, DDIM; batch 8 x 128 frames, full size) and one
   window's sampling with each generator's default steps/guidance (`benchmarks/bench_generators.py`);
+* the shortcut and DDIM rows and the inference rows again under bf16 autocast (`--bf16` / `--precision bf16`; opt-in
+  settings with other numbers than float32; fast only where oneDNN or the GPU has a bf16 path);
 * RVQ-VAE train step per part (batch 32 x 64 frames; `benchmarks/bench_rvq.py`);
 * end-to-end inference real-time factor per NFE and the streaming first-window latency
   (`benchmarks/bench_inference.py`, 30 s of audio);
@@ -102,6 +104,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "inference": [py, "-m", "benchmarks.bench_inference", "--seconds", "10" if a.quick else "30", "--nfe",
                           "1,2", "--repeats", "1" if a.quick else "2", "--device", a.device, "--out",
                           str(t / "inference.json")],
+            # bf16 autocast (opt-in: `amp: bf16`, `--precision bf16`): the generator rows again, other numbers
+            "generators_bf16": [py, "-m", "benchmarks.bench_generators", "--batch", "8", "--sample-batch", "1",
+                                "--iters", iters, "--warmup", "1", "--device", a.device, "--bf16", "--only", "shortcut",
+                                "diffusion", "--out", str(t / "generators_bf16.json")],
+            "inference_bf16": [py, "-m", "benchmarks.bench_inference", "--seconds", "10" if a.quick else "30",
+                               "--nfe", "1,2", "--repeats", "1" if a.quick else "2", "--device", a.device,
+                               "--precision", "bf16", "--out", str(t / "inference_bf16.json")],
             "evaluation": [py, "benchmarks/bench_eval.py", "--out", str(t / "evaluation.json")],
             "evaluation_face": [py, "benchmarks/bench_eval.py", "--face", "4000", "--bootstrap", "100", "--out",
                                 str(t / "evaluation_face.json")],
@@ -140,23 +149,25 @@ def table(report: dict[str, Any]) -> str:
     """The report as a markdown table: one line per measured quantity."""
     lines = ["| row | value | peak RSS (MiB) |", "|---|---|---|"]
     rows = report["rows"]
-    g = rows.get("generators", {}).get("result", {})
-    for name in ("shortcut", "reflow", "meanflow", "diffusion"):
-        if name in g:
-            r = g[name]
-            lines.append(f"| {name}: train step (batch {g['batch']}) / one window's sampling (NFE {r['nfe']}) | "
-                         f"{r['train_step_s']:.3f} s / {r['sample_s']:.3f} s | {rows['generators']['peak_rss_mib']} |")
+    for key, tag in (("generators", ""), ("generators_bf16", ", bf16")):
+        g = rows.get(key, {}).get("result", {})
+        for name in ("shortcut", "reflow", "meanflow", "diffusion"):
+            if name in g:
+                r = g[name]
+                lines.append(f"| {name}{tag}: train step (batch {g['batch']}) / one window's sampling (NFE {r['nfe']}) "
+                             f"| {r['train_step_s']:.3f} s / {r['sample_s']:.3f} s | {rows[key]['peak_rss_mib']} |")
     for r in rows.get("rvq", {}).get("result", {}).get("results", []):
         lines.append(f"| RVQ-VAE {r['part']}: train step (batch {r['batch']}x{r['frames']}) | {r['median_s']:.3f} s | "
                      f"{rows['rvq']['peak_rss_mib']} |")  # fmt: skip
-    inf = rows.get("inference", {}).get("result", {})
-    for r in inf.get("runs", []):
-        lines.append(f"| inference n={r['n_steps']}{' CFG' if r['cfg'] else ''}: real-time factor | "
-                     f"{r['real_time_factor']:.4f} ({r['x_faster_than_real_time']}x) | "
-                     f"{rows['inference']['peak_rss_mib']} |")  # fmt: skip
-    if "streaming_n2" in inf:
-        lines.append(f"| streaming n=2: first-window latency | {inf['streaming_n2']['first_window_latency_s']:.3f} s | "
-                     f"{rows['inference']['peak_rss_mib']} |")  # fmt: skip
+    for key, tag in (("inference", ""), ("inference_bf16", ", bf16")):
+        inf = rows.get(key, {}).get("result", {})
+        for r in inf.get("runs", []):
+            lines.append(f"| inference n={r['n_steps']}{' CFG' if r['cfg'] else ''}{tag}: real-time factor | "
+                         f"{r['real_time_factor']:.4f} ({r['x_faster_than_real_time']}x) | "
+                         f"{rows[key]['peak_rss_mib']} |")
+        if "streaming_n2" in inf:
+            lines.append(f"| streaming n=2{tag}: first-window latency | "
+                         f"{inf['streaming_n2']['first_window_latency_s']:.3f} s | {rows[key]['peak_rss_mib']} |")
     ev = rows.get("evaluation", {}).get("result")
     if ev:
         lines.append(f"| evaluation of {ev['seconds_of_motion']:.0f} s (FK + FGD + BC + L1div) | "

@@ -200,7 +200,7 @@ def _meta(lm: LoadedModel, inp: PreparedInput, seed: int, nfe: int, windows: int
                    "neutral_defaults": field_sources(lm.codec.has_face)[1],
                    "first_window_seed": "mean pose (no ground truth)" if seed_motion is None
                    else seed_motion.source},
-        "device": str(lm.device),
+        "device": str(lm.device), "precision": lm.precision,
     }  # fmt: skip
     if betas_given:
         meta["fields"]["neutral_defaults"].pop("betas")
@@ -254,7 +254,8 @@ def generate_from_audio(
                                wavlm_finetune=bool(data.get("wavlm_finetune") or False))  # fmt: skip
         out = generate_windowed(lm.model, lm.codec, torch.from_numpy(feats)[None].to(lm.device),
                                 torch.from_numpy(inp.word_ids)[None].to(lm.device), opts=lm.opts, rng=rng,
-                                first_seed=None if seed_motion is None else seed_motion.latents)  # fmt: skip
+                                first_seed=None if seed_motion is None else seed_motion.latents,
+                                precision=lm.precision)  # fmt: skip
         poses, trans = out.poses[0].float().cpu().numpy(), out.trans[0].double().cpu().numpy()
         expressions = None if out.expressions is None else out.expressions[0].float().cpu().numpy()
         latents, nfe, windows = out.latents[0].float().cpu().numpy(), out.nfe, out.n_windows

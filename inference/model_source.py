@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ from models.checkpoints import (
 from models.generators import LatentGenerator
 from models.motion_codec import MotionCodec
 from utils.config import load_config
-from utils.device import get_device
+from utils.device import PRECISIONS, get_device, native_bf16
 from utils.io import load_torch, sha256_file
 from utils.paths import REPO_ROOT, resolve_path
 
@@ -73,6 +74,7 @@ class LoadedModel:
     checkpoint_sha256: str
     stats_source: str
     info: dict[str, Any] = field(default_factory=dict)
+    precision: str = "fp32"  # fp32 | bf16: the generator's arithmetic (utils.device.autocast_for)
 
     @property
     def fps(self) -> int:
@@ -268,8 +270,14 @@ def load_model(
     device: str | torch.device = "auto",
     n_steps: int | None = None,
     guidance: float | None = None,
+    precision: str = "fp32",
 ) -> LoadedModel:
-    """Build the generator, load its weights strictly, build the frozen codec; GT-free window options."""
+    """Build the generator, load its weights strictly, build the frozen codec; GT-free window options.
+
+    ``precision``: ``fp32`` (default) or ``bf16`` (the generator under bf16 autocast; a warning when the device has
+    no fast bf16 path)."""
+    if precision not in PRECISIONS:
+        raise ModelError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     cfg = source.cfg
     check_generator_config(cfg, str(source.checkpoint))
     dev = get_device(str(device))
@@ -303,8 +311,11 @@ def load_model(
     opts = window_options(cfg)
     # no ground truth at inference: mean-pose seed for the first window, whole file generated (no tail dropped)
     opts.seed_from_gt, opts.seed_fallback, opts.drop_tail = False, "mean_pose", False
+    if precision == "bf16" and not native_bf16(dev):
+        warnings.warn(f"--precision bf16 on a {dev.type} without a fast bf16 path (e.g. an AVX2-only CPU): expect it "
+                      "slower than fp32", stacklevel=2)  # fmt: skip
     return LoadedModel(cfg, model, codec, vocab, opts, dev, source, sha256_file(source.checkpoint), stats_src,
-                       info={"rvq": dict(getattr(codec, "paths", {}))})  # fmt: skip
+                       info={"rvq": dict(getattr(codec, "paths", {}))}, precision=precision)  # fmt: skip
 
 
 __all__ = ["DEFAULT_PIPELINE_DIR", "LoadedModel", "ModelError", "ModelSource", "TRAIN_COMMAND",

@@ -35,7 +35,7 @@ from dataloaders.features import audio as audio_feat
 from geometry.rotations import rot6d_to_poses
 from inference.audio_input import InputError
 from inference.model_source import LoadedModel
-from inference.windowed import WindowOptions, plan_windows
+from inference.windowed import WindowOptions, generate_window, plan_windows
 
 if TYPE_CHECKING:  # inference.api imports this module
     from inference.api import SeedMotion
@@ -159,12 +159,9 @@ class GestureStream:
         t0 = time.perf_counter()
         a0, a1 = self._slice(i)
         feats = torch.from_numpy(np.ascontiguousarray(self.feature_fn(self.y, a0, a1)))[None].to(self.lm.device)
-        model, codec = self.lm.model, self.lm.codec
-        at_feat = model.encode(feats, self._words(i))
-        # noise right after the encoder, from the same private generator: the offline draw order
-        noise = torch.randn((1, codec.latent_dim, 1, at_feat.shape[1]), generator=self.rng, device=at_feat.device,
-                            dtype=at_feat.dtype)  # fmt: skip
-        out = model.sample_with_stats(None, None, self.seed_lat, noise=noise, generator=self.rng, at_feat=at_feat)
+        # the offline path's window step: same RNG draw order, same precision
+        out = generate_window(self.lm.model, feats, self._words(i), self.seed_lat, self.lm.codec.latent_dim, self.rng,
+                              self.lm.precision)  # fmt: skip
         self.nfe += out.nfe
         lat = out.latents.squeeze(2).permute(0, 2, 1)
         kept = lat if i == 0 else lat[:, self.opts.seed_latents :]

@@ -119,6 +119,30 @@ def test_seed_steps_guidance_and_betas(pipe, clip, lm, tmp_path):
     assert "betas" not in json.loads((out / "talk16.json").read_text())["fields"]["neutral_defaults"]
 
 
+def test_bf16_precision_moves_motion_less_than_a_seed_and_is_recorded(pipe, clip, lm, tmp_path, capsys):
+    from inference.streaming import GestureStream, collect
+
+    lm_bf = load_model(resolve_model_source(pipe["out"]), "cpu", precision="bf16")
+    a, c = generate_from_audio(lm, clip["wav"], seed=3), generate_from_audio(lm, clip["wav"], seed=4)
+    b = generate_from_audio(lm_bf, clip["wav"], seed=3)
+    assert a.meta["precision"] == "fp32" and b.meta["precision"] == "bf16"
+    assert b.latents.dtype == np.float32 and np.isfinite(b.poses).all()
+    d_prec, d_seed = np.abs(b.poses - a.poses).mean(), np.abs(c.poses - a.poses).mean()
+    print(f"mean |pose difference|: bf16 vs fp32 {d_prec:.5f}, seed 4 vs seed 3 {d_seed:.5f}")
+    assert 0 < d_prec < 0.5 * d_seed  # other numbers (0.13x here), but less than another sampling seed moves them
+    # the stream takes the same window step, so it equals the offline bf16 output
+    st = GestureStream(lm_bf, seed=3)
+    got = collect(st.push(prepare_input(lm_bf, clip["wav"]).audio.samples) + st.finish())
+    ref = generate_from_audio(lm_bf, clip["wav"], seed=3, features="windowed")
+    np.testing.assert_allclose(got["poses"], ref.poses, rtol=0, atol=1e-6)
+    out = tmp_path / "bf"
+    assert main(["--audio", str(clip["wav"]), "--out", str(out), "--ckpt", str(pipe["out"]), "--precision", "bf16",
+                 "-q"]) == 0  # fmt: skip
+    assert json.loads((out / "talk16.json").read_text())["precision"] == "bf16"
+    with pytest.raises(ModelError, match="precision must be one of fp32, bf16"):
+        load_model(resolve_model_source(pipe["out"]), "cpu", precision="fp16")
+
+
 def test_seed_motion_from_a_user_npz(pipe, clip, lm, tmp_path):
     from dataloaders.beat2 import load_motion, process_trans
     from inference.api import load_seed_motion

@@ -328,13 +328,31 @@ def test_config_errors(tmp_path):
         TestSplitTrainer(make_cfg(tmp_path))
 
 
-def test_iteration_limit_and_bf16_ignored_on_cpu(tmp_path):
+def test_iteration_limit_and_bf16_on_cpu(tmp_path, monkeypatch):
+    class DtypeTrainer(ToyTrainer):
+        def train_step(self, batch):
+            out = super().train_step(batch)
+            self.pred_dtypes = getattr(self, "pred_dtypes", set()) | {self.forward_model(batch[0]).dtype}
+            return out
+
     cfg = make_cfg(tmp_path, amp="bf16", **{"solver.epochs": None, "+solver.iterations": 11})
-    with ToyTrainer(cfg) as tr:
+    with DtypeTrainer(cfg) as tr:
         tr.fit()
-    assert tr.amp_dtype is None and tr.iteration == 11 and tr.epoch == 1 and tr.batch_in_epoch == 3
-    texts = [r.get("text", "") for r in read_metrics(tr.run_dir / "metrics.jsonl")]
-    assert any("bf16 ignored" in t for t in texts)
+    assert tr.amp_dtype is torch.bfloat16 and tr.iteration == 11 and tr.epoch == 1 and tr.batch_in_epoch == 3
+    assert tr.pred_dtypes == {torch.bfloat16}  # the linears ran under CPU autocast
+    assert all(p.dtype == torch.float32 for p in tr.model.parameters())  # master weights stay float32
+    with ToyTrainer(make_cfg(tmp_path / "fp32", **{"solver.epochs": None, "+solver.iterations": 11})) as ref:
+        ref.fit()
+    w_bf16, w_fp32 = tr.model[0].weight.detach(), ref.model[0].weight.detach()
+    assert not torch.equal(w_bf16, w_fp32) and torch.allclose(w_bf16, w_fp32, atol=0.05)  # other numbers, same run
+
+    import trainers.base as base
+
+    monkeypatch.setattr(base, "native_bf16", lambda device: False)
+    with ToyTrainer(make_cfg(tmp_path / "slow", amp="bf16", **{"solver.epochs": None, "+solver.iterations": 2})) as t2:
+        t2.fit()
+    texts = [r.get("text", "") for r in read_metrics(t2.run_dir / "metrics.jsonl")]
+    assert any("without a fast bf16 path" in t for t in texts)
 
 
 def test_resumable_sampler_shards_and_skips():

@@ -23,7 +23,7 @@ Configuration keys read here (everything else in the config belongs to the stage
 
     seed: 42                    # seed_everything(seed) before build_model; ranks > 0 then reseed with seed + rank
     device: auto                # auto | cpu | cuda (utils.device.get_device); under torchrun cuda:<LOCAL_RANK>
-    amp: none                   # none | bf16 (torch.autocast on CUDA; ignored on CPU with a logged note)
+    amp: none                   # none | bf16 (torch.autocast on CUDA or CPU; CPU: fast with AVX-512/AMX)
     batch_size: 128             # per process
     num_workers: 0              # default: data.num_workers if present, else 0
     drop_last: true             # drop the incomplete last batch of every epoch (upstream does)
@@ -94,7 +94,7 @@ from trainers.checkpointing import (
 )
 from trainers.optim import apply_optimizer_impl, build_optimizer, build_scheduler
 from utils.config import ConfigError, instantiate_from_config, to_container
-from utils.device import rng_state, seed_everything, set_rng_state, torch_threads
+from utils.device import native_bf16, rng_state, seed_everything, set_rng_state, torch_threads
 from utils.io import remove_stale_temp_files, save_json
 from utils.logging import Logger, build_logger, progress
 from utils.runs import create_run_dir
@@ -304,10 +304,15 @@ class BaseTrainer:
         amp = str(self.cfg.get("amp", "none") or "none").lower()
         if amp not in ("none", "bf16"):
             raise ConfigError(f"amp must be 'none' or 'bf16', got {amp!r}")
-        if amp == "bf16" and self.device.type != "cuda":
+        if amp == "none":
+            return None
+        if self.device.type not in ("cuda", "cpu"):
             self.logger.log_text(f"amp=bf16 ignored on {self.device.type}: training in float32")
             return None
-        return torch.bfloat16 if amp == "bf16" else None
+        if not native_bf16(self.device):
+            self.logger.log_text(f"amp=bf16 on a {self.device.type} without a fast bf16 path: expect it slower than "
+                                 "float32")  # fmt: skip
+        return torch.bfloat16
 
     # ------------------------------------------------------------------ loop
     def _finished(self) -> bool:

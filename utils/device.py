@@ -26,6 +26,32 @@ def get_device(preference: str | torch.device | None = "auto") -> torch.device:
     return dev
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether bf16 matmuls/convolutions have a fast kernel here (CUDA: the GPU supports bf16; CPU: oneDNN's bf16
+    path, AVX-512 or newer on x86). Without one, bf16 autocast still runs but is usually slower than float32."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        try:
+            return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):  # a build without the query: assume no fast path
+            return False
+    return False
+
+
+def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """``fp32``: no autocast (bit-identical to plain float32 code); ``bf16``: ``torch.autocast`` in bfloat16 on
+    ``device`` (matmuls and convolutions in bf16, reductions and norms in float32; other numbers than fp32)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
 def seed_everything(seed: int, deterministic: bool = True) -> None:
     """Seed python, numpy and torch. ``deterministic`` makes CPU runs bit-reproducible (and CUDA ones as far as
     cuDNN allows)."""
