@@ -3,6 +3,7 @@
     python benchmarks/bench_rvq.py                         # CPU, and CUDA when available
     python benchmarks/bench_rvq.py --devices cuda --iters 20 --parts upper hands
     python benchmarks/bench_rvq.py --out outputs/bench_rvq.json
+    python benchmarks/bench_rvq.py --bf16                  # under bf16 autocast, as the trainers' `amp: bf16`
 
 Prints one line per (device, part) and optionally writes a JSON file (atomically). Random inputs: the step time does
 not depend on the data. The first ``--warmup`` steps (codebook initialisation, cuDNN autotuning) are not timed.
@@ -33,15 +34,17 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bench_part(part: str, device: torch.device, batch: int, frames: int, iters: int, warmup: int) -> dict:
+def bench_part(part: str, device: torch.device, batch: int, frames: int, iters: int, warmup: int,
+               bf16: bool = False) -> dict:  # fmt: skip
     torch.manual_seed(0)
     model = RVQVAE(part_dim(part)).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=2e-4, betas=(0.9, 0.99), weight_decay=0.0)
     x = torch.randn(batch, frames, part_dim(part), device=device)
 
     def step() -> float:
-        rec, commit, _ = model(x)
-        loss = F.smooth_l1_loss(rec, x) + 0.02 * commit
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            rec, commit, _ = model(x)
+            loss = F.smooth_l1_loss(rec.float(), x) + 0.02 * commit
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -57,7 +60,7 @@ def bench_part(part: str, device: torch.device, batch: int, frames: int, iters: 
         _sync(device)
         times.append(time.perf_counter() - t0)
     times.sort()
-    res = {"part": part, "device": str(device), "batch": batch, "frames": frames, "iters": iters,
+    res = {"part": part, "device": str(device), "batch": batch, "frames": frames, "iters": iters, "bf16": bf16,
            "median_s": times[len(times) // 2], "min_s": times[0],
            "params": sum(p.numel() for p in model.parameters())}
     if device.type == "cuda":
@@ -75,6 +78,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA, or CPU with oneDNN's bf16 path)")
     ap.add_argument("--out", default=None, help="JSON file for the results")
     args = ap.parse_args(argv)
     if args.threads:
@@ -87,7 +91,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             print("cuda requested but not available; skipped")
             continue
         for part in args.parts:
-            r = bench_part(part, device, args.batch, args.frames, args.iters, args.warmup)
+            r = bench_part(part, device, args.batch, args.frames, args.iters, args.warmup, args.bf16)
             results.append(r)
             if "gpu" in r:
                 extra = f", {r['gpu']}, peak {r['max_mem_gib']:.1f} GiB"

@@ -7,7 +7,7 @@ Rows (each a subprocess of an existing benchmark, so imports, caches and peak RS
 
 * generator train step per generator (shortcut, reflow, MeanFlow, DDIM; batch 8 x 128 frames, full size) and one
   window's sampling with each generator's default steps/guidance (`benchmarks/bench_generators.py`);
-* the shortcut and DDIM rows and the inference rows again under bf16 autocast (`--bf16` / `--precision bf16`; opt-in
+* the shortcut, DDIM, RVQ upper and inference rows again under bf16 autocast (`--bf16` / `--precision bf16`; opt-in
   settings with other numbers than float32; fast only where oneDNN or the GPU has a bf16 path);
 * RVQ-VAE train step per part (batch 32 x 64 frames; `benchmarks/bench_rvq.py`);
 * end-to-end inference real-time factor per NFE and the streaming first-window latency
@@ -108,6 +108,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "generators_bf16": [py, "-m", "benchmarks.bench_generators", "--batch", "8", "--sample-batch", "1",
                                 "--iters", iters, "--warmup", "1", "--device", a.device, "--bf16", "--only", "shortcut",
                                 "diffusion", "--out", str(t / "generators_bf16.json")],
+            "rvq_bf16": [py, "benchmarks/bench_rvq.py", "--batch", "32", "--frames", "64", "--iters", iters,
+                         "--devices", a.device, "--parts", "upper", "--bf16", "--out", str(t / "rvq_bf16.json")],
             "inference_bf16": [py, "-m", "benchmarks.bench_inference", "--seconds", "10" if a.quick else "30",
                                "--nfe", "1,2", "--repeats", "1" if a.quick else "2", "--device", a.device,
                                "--precision", "bf16", "--out", str(t / "inference_bf16.json")],
@@ -156,9 +158,10 @@ def table(report: dict[str, Any]) -> str:
                 r = g[name]
                 lines.append(f"| {name}{tag}: train step (batch {g['batch']}) / one window's sampling (NFE {r['nfe']}) "
                              f"| {r['train_step_s']:.3f} s / {r['sample_s']:.3f} s | {rows[key]['peak_rss_mib']} |")
-    for r in rows.get("rvq", {}).get("result", {}).get("results", []):
-        lines.append(f"| RVQ-VAE {r['part']}: train step (batch {r['batch']}x{r['frames']}) | {r['median_s']:.3f} s | "
-                     f"{rows['rvq']['peak_rss_mib']} |")  # fmt: skip
+    for key, tag in (("rvq", ""), ("rvq_bf16", ", bf16")):
+        for r in rows.get(key, {}).get("result", {}).get("results", []):
+            lines.append(f"| RVQ-VAE {r['part']}{tag}: train step (batch {r['batch']}x{r['frames']}) | "
+                         f"{r['median_s']:.3f} s | {rows[key]['peak_rss_mib']} |")  # fmt: skip
     for key, tag in (("inference", ""), ("inference_bf16", ", bf16")):
         inf = rows.get(key, {}).get("result", {})
         for r in inf.get("runs", []):
