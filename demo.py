@@ -21,6 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, default=7860)
     ap.add_argument("--share", action="store_true", help="also make a public Gradio link (needs the internet)")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                    help="the generator's arithmetic (as gesture_inference.py --precision)")
     ap.add_argument("--max-upload-mb", type=float, default=25.0, help="largest upload (default 25 MB)")
     ap.add_argument("--max-seconds", type=float, default=60.0, help="longest audio (default 60 s)")
     ap.add_argument("--keep-minutes", type=float, default=30.0,
@@ -36,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
 
     limits = Limits(max_upload_mb=a.max_upload_mb, max_seconds=a.max_seconds, keep_minutes=a.keep_minutes)
     serve(a.ckpt, a.config, a.generator, a.host, a.port, a.share, limits, a.device, a.workdir, a.examples_dir,
-          a.smplx_model)
+          a.smplx_model, precision=a.precision)
     return 0
 
 

@@ -254,6 +254,15 @@ def test_model_menu(pipe, tmp_path, monkeypatch):
     assert given.label == "command line: some/run" and given.ckpt == "some/run"
 
 
+def test_demo_precision_reaches_the_loaded_model(pipe, tmp_path):
+    from webdemo.core import ModelCache
+
+    entries = list_models(str(pipe["out"]), outputs=tmp_path / "none")
+    for precision in ("fp32", "bf16"):
+        lm, settings = ModelCache(entries, "cpu", precision=precision).get(entries[0].label)
+        assert lm.precision == precision and settings["nfe_per_window"] >= 1
+
+
 def test_examples_come_from_the_corpus_generator(tmp_path):
     from inference.audio_input import decode_audio
     from webdemo.examples import example_rows, make_examples

@@ -273,9 +273,9 @@ def model_notice(entry: ModelEntry) -> str | None:
 class ModelCache:
     """Loads a model the first time it is chosen and keeps the ``size`` most recent ones."""
 
-    def __init__(self, entries: Sequence[ModelEntry], device: str = "auto", size: int = 2):
+    def __init__(self, entries: Sequence[ModelEntry], device: str = "auto", size: int = 2, precision: str = "fp32"):
         self.entries = {e.label: e for e in entries}
-        self.device = device
+        self.device, self.precision = device, precision
         self.size = size
         self._loaded: OrderedDict[str, tuple[LoadedModel, dict[str, Any]]] = OrderedDict()
         self.lock = threading.Lock()  # one generation at a time per process: the sampler settings are per model
@@ -290,7 +290,7 @@ class ModelCache:
         if label in self._loaded:
             self._loaded.move_to_end(label)
             return self._loaded[label]
-        lm = load_model(self.entries[label].source(), self.device)
+        lm = load_model(self.entries[label].source(), self.device, precision=self.precision)
         warm_up(lm.audio_sr)  # librosa's first resample takes seconds: not part of any request's real-time factor
         self._loaded[label] = (lm, dict(lm.model.sampler.settings()))
         while len(self._loaded) > self.size:
@@ -346,12 +346,13 @@ class DemoApp:
         workdir: str | os.PathLike | None = None,
         device: str = "auto",
         smplx_model: str | None = None,
+        precision: str = "fp32",
     ):
         if not models:
             raise ValueError("the demo needs at least one model entry")
         self.limits = limits or Limits()
         self.models = list(models)
-        self.cache = ModelCache(self.models, device)
+        self.cache = ModelCache(self.models, device, precision=precision)
         self.folders = RequestFolders(workdir, keep_seconds=self.limits.keep_minutes * 60)
         self.upload_roots = [Path(r).resolve() for r in upload_roots]
         self.smplx_model = smplx_model

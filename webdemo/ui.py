@@ -145,6 +145,7 @@ def serve(
     examples_dir: str = DEFAULT_EXAMPLES_DIR,
     smplx_model: str | None = None,
     block: bool = True,
+    precision: str = "fp32",
 ) -> Any:
     """Build the app and the page and start the server (``demo.py``)."""
     from utils.paths import resolve_path
@@ -162,7 +163,7 @@ def serve(
     ex_dir = resolve_path(examples_dir)
     examples = make_examples(ex_dir)
     app = DemoApp(list_models(ckpt, config, generator), [upload_folder(), ex_dir], limits, workdir, device,
-                  smplx_model)  # fmt: skip
+                  smplx_model, precision)  # fmt: skip
     atexit.register(app.close)
     # a plain `kill` (SIGTERM) ends the server like Ctrl+C does, so the request folders are removed (atexit)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
