@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from inference.cli import PRECISION_CHOICES
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -21,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, default=7860)
     ap.add_argument("--share", action="store_true", help="also make a public Gradio link (needs the internet)")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+    ap.add_argument("--precision", choices=PRECISION_CHOICES, default="fp32",
                     help="the generator's arithmetic (as gesture_inference.py --precision)")
     ap.add_argument("--max-upload-mb", type=float, default=25.0, help="largest upload (default 25 MB)")
     ap.add_argument("--max-seconds", type=float, default=60.0, help="longest audio (default 60 s)")

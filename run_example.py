@@ -13,6 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from inference.cli import PRECISION_CHOICES
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -29,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--guidance", type=float)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--precision", choices=PRECISION_CHOICES, default="fp32", help="as gesture_inference.py")
     ap.add_argument("--body", default="mannequin", choices=["mannequin", "skeleton", "smplx"])
     ap.add_argument("--size", default="960x720", help="WIDTHxHEIGHT (even numbers)")
     ap.add_argument("--quiet", action="store_true")
@@ -42,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {a.audio}: run_example.py takes one audio file (gesture_inference.py takes folders)",
               file=sys.stderr)  # fmt: skip
         return EXIT_BAD_INPUT
-    infer = ["--audio", a.audio, "--out", a.output, "--seed", str(a.seed), "--device", a.device]
+    infer = ["--audio", a.audio, "--out", a.output, "--seed", str(a.seed), "--device", a.device, "--precision",
+             a.precision]  # fmt: skip
     for flag in ("ckpt", "config", "text", "textgrid", "asr", "steps", "guidance"):
         if getattr(a, flag) is not None:
             infer += [f"--{flag}", str(getattr(a, flag))]

@@ -64,7 +64,7 @@ def bench_train(kind: str, codec: MotionCodec, batch: int, iters: int, device: t
     tv = 0.01 * torch.randn(batch, 128, 3, device=device)
     audio = torch.rand(batch, 68266, 2, device=device)
     word = torch.randint(0, VOCAB, (batch, 128), device=device)
-    ctx = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 and device.type == "cuda" else nullcontext()
+    ctx = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     times = []
     for i in range(iters + 1):  # the first one is warm-up
         _sync(device)

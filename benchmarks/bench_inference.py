@@ -34,7 +34,7 @@ from inference.loading import window_options
 from inference.model_source import LoadedModel, ModelSource
 from models.generators import build_generator
 from utils.config import load_config, to_container
-from utils.device import get_device
+from utils.device import PRECISIONS, get_device
 from utils.io import save_json
 
 CONFIG = "configs/shortcut_rvqvae_128.yaml"
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--guidance", type=float, default=2.0, help="CFG scale (upstream 2; <= 1 disables CFG)")
     ap.add_argument("--repeats", type=int, default=2, help="runs per setting (the best is reported)")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="the generator's arithmetic")
+    ap.add_argument("--precision", choices=PRECISIONS, default="fp32", help="the generator's arithmetic")
     ap.add_argument("--out", help="write the results as json")
     a = ap.parse_args(argv)
     device = get_device(a.device)

@@ -5,8 +5,9 @@
 Reports GFLOP/s of a 1024^3 matmul, of a (256 x 512) @ (512 x 1024) matmul (a denoiser linear on one window's tokens)
 and of a 3-tap Conv1d with 64 channels over 16,000 samples (the audio encoder's kind of layer), each in float32 and
 in bf16, plus the x86 feature flags that decide the bf16 speed (avx512_bf16, amx_bf16) and whether oneDNN reports a
-bf16 path (`utils.device.native_bf16`). Use it to choose `--precision bf16` / `amp: bf16`: where bf16 is not
-clearly faster than float32 here, keep float32. Medians of --iters calls after 2 warm-up calls.
+bf16 hardware (`utils.device.native_bf16`). Use it to choose `--precision bf16` / `amp: bf16`: where bf16 is not
+clearly faster than float32 here, keep float32. The bf16 numbers are for bf16 tensors; autocast adds the casts, so
+the models gain less than these ratios (see the README's speed report). Medians of --iters calls after 2 warm-ups.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -38,7 +40,7 @@ def cpu_flags() -> dict[str, bool]:
     return {f: f in have for f in FLAGS}
 
 
-def _median_s(fn, device: torch.device, iters: int) -> float:
+def _median_s(fn: Callable[[], object], device: torch.device, iters: int) -> float:
     times = []
     for i in range(iters + 2):
         if device.type == "cuda":

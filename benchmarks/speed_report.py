@@ -8,7 +8,7 @@ Rows (each a subprocess of an existing benchmark, so imports, caches and peak RS
 * generator train step per generator (shortcut, reflow, MeanFlow, DDIM; batch 8 x 128 frames, full size) and one
   window's sampling with each generator's default steps/guidance (`benchmarks/bench_generators.py`);
 * the shortcut, DDIM, RVQ upper and inference rows again under bf16 autocast (`--bf16` / `--precision bf16`; opt-in
-  settings with other numbers than float32; fast only where oneDNN or the GPU has a bf16 path);
+  settings with other numbers than float32), only where the device has bf16 hardware (`utils.device.native_bf16`);
 * RVQ-VAE train step per part (batch 32 x 64 frames; `benchmarks/bench_rvq.py`);
 * end-to-end inference real-time factor per NFE and the streaming first-window latency
   (`benchmarks/bench_inference.py`, 30 s of audio);
@@ -117,7 +117,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "evaluation_face": [py, "benchmarks/bench_eval.py", "--face", "4000", "--bootstrap", "100", "--out",
                                 str(t / "evaluation_face.json")],
         }  # fmt: skip
+        from utils.device import get_device, native_bf16
+
+        report["native_bf16"] = native_bf16(get_device(a.device))
         for name, cmd in jobs.items():
+            if name.endswith("_bf16") and not report["native_bf16"]:
+                print(f"[speed_report] {name}: skipped (no bf16 hardware on {a.device})", flush=True)
+                continue
             print(f"[speed_report] {name} ...", flush=True)
             row = run_child(cmd, t / f"{name}.log")
             res = t / f"{name}.json"

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from inference.audio_input import InputError, list_audio_files
 
+PRECISION_CHOICES = ("fp32", "bf16")  # utils.device.PRECISIONS (tested equal), spelt here so --help needs no torch
+
 EXIT_BAD_INPUT = 2
 
 
@@ -42,9 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="BEAT2-format npz whose start the motion continues from (its first 16 frames seed the first "
                         "window; default: the mean pose)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                   help="the generator's arithmetic: fp32 (default) or bf16 autocast (about 2x faster on a GPU or an "
-                   "AVX-512 CPU; other numbers than fp32)")
+    p.add_argument("--precision", choices=PRECISION_CHOICES, default="fp32",
+                   help="the generator's arithmetic: fp32 (default) or bf16 autocast (faster on a GPU or a CPU with "
+                   "avx512_bf16/AMX; other numbers than fp32)")
     p.add_argument("--stream", action="store_true", help="generate window by window as the audio arrives")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. --set data.stats_dir=/path (repeatable)")  # fmt: skip

@@ -41,7 +41,7 @@ from models.checkpoints import (
 from models.generators import LatentGenerator
 from models.motion_codec import MotionCodec
 from utils.config import load_config
-from utils.device import PRECISIONS, get_device, native_bf16
+from utils.device import check_precision, get_device, native_bf16
 from utils.io import load_torch, sha256_file
 from utils.paths import REPO_ROOT, resolve_path
 
@@ -276,8 +276,10 @@ def load_model(
 
     ``precision``: ``fp32`` (default) or ``bf16`` (the generator under bf16 autocast; a warning when the device has
     no fast bf16 path)."""
-    if precision not in PRECISIONS:
-        raise ModelError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    try:
+        check_precision(precision)
+    except ValueError as e:
+        raise ModelError(str(e)) from e
     cfg = source.cfg
     check_generator_config(cfg, str(source.checkpoint))
     dev = get_device(str(device))
@@ -312,8 +314,8 @@ def load_model(
     # no ground truth at inference: mean-pose seed for the first window, whole file generated (no tail dropped)
     opts.seed_from_gt, opts.seed_fallback, opts.drop_tail = False, "mean_pose", False
     if precision == "bf16" and not native_bf16(dev):
-        warnings.warn(f"--precision bf16 on a {dev.type} without a fast bf16 path (e.g. an AVX2-only CPU): expect it "
-                      "slower than fp32", stacklevel=2)  # fmt: skip
+        warnings.warn(f"--precision bf16 on a {dev.type} without bf16 hardware (a CPU without avx512_bf16/AMX): "
+                      "expect it no faster than fp32", stacklevel=2)  # fmt: skip
     return LoadedModel(cfg, model, codec, vocab, opts, dev, source, sha256_file(source.checkpoint), stats_src,
                        info={"rvq": dict(getattr(codec, "paths", {}))}, precision=precision)  # fmt: skip
 

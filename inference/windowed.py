@@ -136,6 +136,8 @@ def takes_frame_audio(generator: torch.nn.Module) -> bool:
 
 @dataclass
 class WindowStep:
+    """What `generate_window` made for one window (the noise kept for records and tests)."""
+
     at_feat: Tensor  # the window's condition (float32)
     noise: Tensor  # (B,latent_dim,1,T') float32
     latents: Tensor  # (B,latent_dim,1,T') float32

@@ -254,13 +254,21 @@ def test_model_menu(pipe, tmp_path, monkeypatch):
     assert given.label == "command line: some/run" and given.ckpt == "some/run"
 
 
-def test_demo_precision_reaches_the_loaded_model(pipe, tmp_path):
-    from webdemo.core import ModelCache
+def test_demo_precision_reaches_the_loaded_model(pipe, uploads, tmp_path, monkeypatch):
+    import demo
+    import webdemo.ui
 
-    entries = list_models(str(pipe["out"]), outputs=tmp_path / "none")
-    for precision in ("fp32", "bf16"):
-        lm, settings = ModelCache(entries, "cpu", precision=precision).get(entries[0].label)
+    got = {}
+    monkeypatch.setattr(webdemo.ui, "serve", lambda *a, **kw: got.update(kw))
+    assert demo.main(["--precision", "bf16"]) == 0 and got["precision"] == "bf16"  # demo.py -> serve
+    models = list_models(str(pipe["out"]), outputs=tmp_path / "none")
+    for precision in ("fp32", "bf16"):  # serve -> DemoApp -> the model it loads
+        a = DemoApp(models, [uploads["dir"]], workdir=tmp_path / precision, device="cpu", precision=precision)
+        lm, settings = a.cache.get(models[0].label)
+        a.close()
         assert lm.precision == precision and settings["nfe_per_window"] >= 1
+    with pytest.raises(ValueError, match="precision must be one of fp32, bf16"):  # at start, not at the first request
+        DemoApp(models, [uploads["dir"]], workdir=tmp_path / "bad", precision="fp16")
 
 
 def test_examples_come_from_the_corpus_generator(tmp_path):

@@ -47,6 +47,14 @@ def clip(tmp_path_factory):
     return {"dir": d, "flac": flac, "wav": wav, "words": words, "textgrid": tg}
 
 
+def _padded(feats: np.ndarray, a0: int, a1: int) -> np.ndarray:
+    """Samples [a0, a1) of whole-file features, zero past the end (the offline path's last-window padding)."""
+    out = np.zeros((a1 - a0, feats.shape[1]), np.float32)
+    part = feats[a0 : min(a1, feats.shape[0])]
+    out[: part.shape[0]] = part
+    return out
+
+
 def _run(argv: list[str], capsys) -> tuple[int, str]:
     capsys.readouterr()
     rc = main(argv)
@@ -121,26 +129,40 @@ def test_seed_steps_guidance_and_betas(pipe, clip, lm, tmp_path):
 
 def test_bf16_precision_moves_motion_less_than_a_seed_and_is_recorded(pipe, clip, lm, tmp_path, capsys):
     from inference.streaming import GestureStream, collect
+    from inference.windowed import generate_windowed
 
     lm_bf = load_model(resolve_model_source(pipe["out"]), "cpu", precision="bf16")
     a, c = generate_from_audio(lm, clip["wav"], seed=3), generate_from_audio(lm, clip["wav"], seed=4)
     b = generate_from_audio(lm_bf, clip["wav"], seed=3)
-    assert a.meta["precision"] == "fp32" and b.meta["precision"] == "bf16"
-    assert b.latents.dtype == np.float32 and np.isfinite(b.poses).all()
+    assert a.meta["precision"] == "fp32" and b.meta["precision"] == "bf16" and np.isfinite(b.poses).all()
     d_prec, d_seed = np.abs(b.poses - a.poses).mean(), np.abs(c.poses - a.poses).mean()
     print(f"mean |pose difference|: bf16 vs fp32 {d_prec:.5f}, seed 4 vs seed 3 {d_seed:.5f}")
     assert 0 < d_prec < 0.5 * d_seed  # other numbers (0.13x here), but less than another sampling seed moves them
-    # the stream takes the same window step, so it equals the offline bf16 output
-    st = GestureStream(lm_bf, seed=3)
-    got = collect(st.push(prepare_input(lm_bf, clip["wav"]).audio.samples) + st.finish())
-    ref = generate_from_audio(lm_bf, clip["wav"], seed=3, features="windowed")
-    np.testing.assert_allclose(got["poses"], ref.poses, rtol=0, atol=1e-6)
+    # same noise from the same seed (drawn in float32 either way); condition and latents handed on in float32
+    inp = prepare_input(lm, clip["wav"])
+    feats = torch.from_numpy(audio_features(inp.audio.samples, 16000, "onset+amplitude", str(lm.cfg.data.onset_mode)))
+    runs = {p: generate_windowed(lm.model, lm.codec, feats[None], torch.from_numpy(inp.word_ids)[None], opts=lm.opts,
+                                 rng=torch.Generator().manual_seed(3), record=True, precision=p)
+            for p in ("fp32", "bf16")}  # fmt: skip
+    for w32, w16 in zip(runs["fp32"].windows, runs["bf16"].windows, strict=True):
+        assert torch.equal(w32["noise"], w16["noise"]) and w16["noise"].dtype == torch.float32
+        assert w16["at_feat"].dtype == w16["latents"].dtype == torch.float32
+        assert not torch.equal(w32["latents"], w16["latents"])
+    # the stream takes the same window step: given the offline features it equals the offline bf16 latents
+    st = GestureStream(lm_bf, seed=3, word_ids=inp.word_ids,
+                       feature_fn=lambda _y, a0, a1: _padded(feats.numpy(), a0, a1))  # fmt: skip
+    collect(st.push(inp.audio.samples) + st.finish())
+    np.testing.assert_array_equal(torch.cat(st.latents, 1).numpy(), runs["bf16"].latents.numpy())
     out = tmp_path / "bf"
     assert main(["--audio", str(clip["wav"]), "--out", str(out), "--ckpt", str(pipe["out"]), "--precision", "bf16",
                  "-q"]) == 0  # fmt: skip
     assert json.loads((out / "talk16.json").read_text())["precision"] == "bf16"
     with pytest.raises(ModelError, match="precision must be one of fp32, bf16"):
         load_model(resolve_model_source(pipe["out"]), "cpu", precision="fp16")
+    from inference.cli import PRECISION_CHOICES
+    from utils.device import PRECISIONS
+
+    assert PRECISION_CHOICES == PRECISIONS
 
 
 def test_seed_motion_from_a_user_npz(pipe, clip, lm, tmp_path):
@@ -323,10 +345,7 @@ def test_stream_equals_offline(pipe, clip, lm):
     feats = audio_features(inp.audio.samples, 16000, "onset+amplitude", str(lm.cfg.data.onset_mode))
 
     def whole(_y, a0, a1):
-        out = np.zeros((a1 - a0, 2), np.float32)
-        part = feats[a0 : min(a1, feats.shape[0])]
-        out[: part.shape[0]] = part
-        return out
+        return _padded(feats, a0, a1)
 
     off = generate_windowed(lm.model, lm.codec, torch.from_numpy(feats)[None], torch.from_numpy(inp.word_ids)[None],
                             opts=lm.opts, rng=torch.Generator().manual_seed(11))  # fmt: skip
@@ -508,9 +527,9 @@ def test_run_example_audio_to_video_in_one_command(pipe, clip, tmp_path, capsys)
 
     out = tmp_path / "example"
     rc = run_example.main(["--audio", str(clip["wav"]), "--output", str(out), "--ckpt", str(pipe["out"]),
-                           "--size", "160x120", "--body", "skeleton", "--quiet"])  # fmt: skip
+                           "--size", "160x120", "--body", "skeleton", "--quiet", "--precision", "bf16"])  # fmt: skip
     assert rc == 0, capsys.readouterr().err
-    assert (out / "talk16.npz").is_file() and (out / "talk16.json").is_file()
+    assert (out / "talk16.npz").is_file() and json.loads((out / "talk16.json").read_text())["precision"] == "bf16"
     info = probe_media(out / "gesture_video.mp4")
     assert info["duration"] == pytest.approx(7.37, abs=0.1) and info["audio"] and info["video"]
     rc = run_example.main(["--audio", str(tmp_path / "missing.wav"), "--output", str(out / "x")])

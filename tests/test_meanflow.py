@@ -287,8 +287,8 @@ def test_registration_config_and_upstream_errors():
 
 
 def test_bf16_autocast_on_cpu_trains_through_the_jvp():
-    """`amp: bf16` on CPU: the JVP target and the loss run under autocast, the loss and gradients stay finite and
-    the float32 loss stays close (bf16 rounding only)."""
+    """`amp: bf16` on CPU: the JVP target and the loss run under autocast (another loss than float32's), the loss and
+    gradients stay finite and the loss stays close to float32's (bf16 rounding only)."""
     g = torch.Generator().manual_seed(0)
     latents, seed = torch.randn(3, 32, 384, generator=g), torch.randn(3, 4, 384, generator=g)
     at = torch.randn(3, 32, 96, generator=g)
@@ -300,7 +300,6 @@ def test_bf16_autocast_on_cpu_trains_through_the_jvp():
         out["loss"].backward()
         grads = [p.grad for p in gen.parameters() if p.grad is not None]
         assert grads and all(torch.isfinite(gr).all() for gr in grads)
-        assert all(p.dtype == torch.float32 for p in gen.parameters())
         losses[amp] = float(out["loss"])
     assert losses[True] != losses[False] and abs(losses[True] - losses[False]) < 0.05 * abs(losses[False])
 

@@ -16,6 +16,8 @@ def _inf(rtf: float, first: float) -> dict:
 
 def test_table_has_the_fp32_and_bf16_rows():
     rows = {"generators": {"peak_rss_mib": 1000.0, "result": _gen(8, 2.1, 0.2)},
+            "rvq": {"peak_rss_mib": 500.0, "result": {"results": [
+                {"part": "upper", "batch": 32, "frames": 64, "median_s": 1.4}]}},
             "generators_bf16": {"peak_rss_mib": 900.0, "result": _gen(8, 1.05, 0.11)},
             "inference": {"peak_rss_mib": 800.0, "result": _inf(0.05, 0.21)},
             "inference_bf16": {"peak_rss_mib": 700.0, "result": _inf(0.025, 0.12)},
@@ -30,6 +32,7 @@ def test_table_has_the_fp32_and_bf16_rows():
     assert "| inference n=2 CFG: real-time factor | 0.0500 (20.0x) | 800.0 |" in lines
     assert "| inference n=2 CFG, bf16: real-time factor | 0.0250 (40.0x) | 700.0 |" in lines
     assert "| streaming n=2, bf16: first-window latency | 0.120 s | 700.0 |" in lines
+    assert "| RVQ-VAE upper: train step (batch 32x64) | 1.400 s | 500.0 |" in lines
     assert "| RVQ-VAE upper, bf16: train step (batch 32x64) | 0.800 s | 600.0 |" in lines
     assert lines[-1].startswith("torch 2.13.0, 2 threads") and "after 1.2" in lines[-1]
     # a report without the bf16 rows (an older json) still renders, without them

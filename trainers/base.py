@@ -23,7 +23,7 @@ Configuration keys read here (everything else in the config belongs to the stage
 
     seed: 42                    # seed_everything(seed) before build_model; ranks > 0 then reseed with seed + rank
     device: auto                # auto | cpu | cuda (utils.device.get_device); under torchrun cuda:<LOCAL_RANK>
-    amp: none                   # none | bf16 (torch.autocast on CUDA or CPU; CPU: fast with AVX-512/AMX)
+    amp: none                   # none | bf16 (torch.autocast on CUDA or CPU; validation stays float32)
     batch_size: 128             # per process
     num_workers: 0              # default: data.num_workers if present, else 0
     drop_last: true             # drop the incomplete last batch of every epoch (upstream does)
@@ -310,8 +310,8 @@ class BaseTrainer:
             self.logger.log_text(f"amp=bf16 ignored on {self.device.type}: training in float32")
             return None
         if not native_bf16(self.device):
-            self.logger.log_text(f"amp=bf16 on a {self.device.type} without a fast bf16 path: expect it slower than "
-                                 "float32")  # fmt: skip
+            self.logger.log_text(f"amp=bf16 on a {self.device.type} without bf16 hardware (a CPU without "
+                                 "avx512_bf16/AMX): expect it no faster than float32")  # fmt: skip
         return torch.bfloat16
 
     # ------------------------------------------------------------------ loop

@@ -30,24 +30,30 @@ PRECISIONS = ("fp32", "bf16")
 
 
 def native_bf16(device: torch.device) -> bool:
-    """Whether bf16 matmuls/convolutions have a fast kernel here (CUDA: the GPU supports bf16; CPU: oneDNN's bf16
-    path, AVX-512 or newer on x86). Without one, bf16 autocast still runs but is usually slower than float32."""
+    """Whether bf16 matmuls/convolutions have hardware support here (CUDA: the GPU supports bf16; x86 CPU: the
+    avx512_bf16 or AMX instructions). Without it, bf16 autocast still runs (oneDNN emulates bf16 on plain AVX-512)
+    but is usually no faster, or slower, than float32."""
     if device.type == "cuda":
         return bool(torch.cuda.is_bf16_supported())
     if device.type == "cpu":
-        try:
-            return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):  # a build without the query: assume no fast path
+        try:  # oneDNN's own query (_is_mkldnn_bf16_supported) is true on any AVX-512 CPU, emulated or not
+            return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+        except (AttributeError, RuntimeError):  # a build without the queries: assume no fast path
             return False
     return False
+
+
+def check_precision(precision: str) -> str:
+    """``precision`` itself when it is one of PRECISIONS; ValueError naming the choices otherwise."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision
 
 
 def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """``fp32``: no autocast (bit-identical to plain float32 code); ``bf16``: ``torch.autocast`` in bfloat16 on
     ``device`` (matmuls and convolutions in bf16, reductions and norms in float32; other numbers than fp32)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "fp32":
+    if check_precision(precision) == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 

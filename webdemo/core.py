@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from inference.model_source import DEFAULT_PIPELINE_DIR, TRAIN_COMMAND, LoadedModel
+from utils.device import check_precision
 from utils.paths import REPO_ROOT, resolve_path
 
 ProgressFn = Callable[[float, str], None]
@@ -352,7 +353,7 @@ class DemoApp:
             raise ValueError("the demo needs at least one model entry")
         self.limits = limits or Limits()
         self.models = list(models)
-        self.cache = ModelCache(self.models, device, precision=precision)
+        self.cache = ModelCache(self.models, device, precision=check_precision(precision))
         self.folders = RequestFolders(workdir, keep_seconds=self.limits.keep_minutes * 60)
         self.upload_roots = [Path(r).resolve() for r in upload_roots]
         self.smplx_model = smplx_model
