@@ -129,7 +129,7 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA, or a CPU with bf16 hardware: avx512_bf16/AMX)")
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA, or CPU: fast with avx512_bf16/AMX)")
     ap.add_argument("--only", nargs="+", choices=sorted(GENERATORS), default=None)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()

@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    ap.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA, or a CPU with bf16 hardware: avx512_bf16/AMX)")
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA, or CPU: fast with avx512_bf16/AMX)")
     ap.add_argument("--out", default=None, help="JSON file for the results")
     args = ap.parse_args(argv)
     if args.threads:
