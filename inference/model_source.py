@@ -275,7 +275,7 @@ def load_model(
     """Build the generator, load its weights strictly, build the frozen codec; GT-free window options.
 
     ``precision``: ``fp32`` (default) or ``bf16`` (the generator under bf16 autocast; a warning when the device has
-    no fast bf16 path)."""
+    no bf16 hardware, `utils.device.native_bf16`)."""
     try:
         check_precision(precision)
     except ValueError as e:

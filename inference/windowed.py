@@ -150,7 +150,8 @@ def generate_window(generator: torch.nn.Module, audio: Tensor, word: Tensor, see
 
     ``precision="bf16"`` runs the encoder and the sampler's network calls under bf16 autocast (the noise is still
     drawn in float32 from the same RNG, the latents returned in float32, the RVQ decode stays float32): other
-    numbers than fp32, ~2x faster where the device has a fast bf16 path. ``fp32`` is the plain float32 path."""
+    numbers than fp32, faster where the device has bf16 hardware (README "Speed report"). ``fp32`` is the plain
+    float32 path."""
     amp = autocast_for(audio.device, precision)
     with amp:
         at_feat = generator.encode(audio, word)
