@@ -21,7 +21,7 @@ sampler code (ours), the same inputs and the same RNG draws, timed alternately (
 of `--iters`. So a row compares the network implementations (and what our generator does around them, e.g. the
 per-window condition cache, which upstream's modules do not use); upstream's own `train_forward`, Euler loop and
 trainer are not timed. On CPU, `torch.Tensor.cuda`/`nn.Module.cuda` are the identity while upstream code is built and
-run (its RVQ codebook is created with `.cuda()`), as for the fixtures; a missing `fasttext` (imported, unused) gets an
+run (it moves its RVQ codebook with `Tensor.cuda`), as for the fixtures; a missing `fasttext` (imported, unused) gets an
 empty stand-in module.
 
 Rows: gen_train_shortcut, gen_train_ddim (loss + backward, batch --batch), sample_shortcut (one window, 2 steps,
@@ -128,7 +128,7 @@ class UpstreamTree:
 
 @contextlib.contextmanager
 def cuda_is_identity(active: bool) -> Iterator[None]:
-    """Upstream calls `.cuda()` unconditionally in places; on CPU it must stay where it is (as for the fixtures)."""
+    """Upstream calls `Tensor.cuda` unconditionally in places; on CPU it must stay where it is (as for the fixtures)."""
     if not active:
         yield
         return
