@@ -3,10 +3,11 @@
     python -m benchmarks.bench_upstream --upstream /path/to/GestureLSM [--rows gen_train_shortcut rvq_train_upper ...]
                                         [--batch 8] [--iters 5] [--threads 2] [--device cpu] [--out up.json]
 
-You give the path of an upstream checkout (v2, `ycyentropy/GestureLSM` at fe124e0 or later); nothing of it is copied
-here. Its modules are imported from that path into a separate namespace (its `models`, `utils`, `dataloaders`, ...
-never replace ours in `sys.modules`) and built at the official full size with the constructor arguments the upstream
-compatibility fixtures record:
+You give the path of an upstream checkout (v2, the code the fixtures in `../shared/fixtures/upstream_compat` were made
+with); nothing of it is copied here. This runs code from that checkout: give only one you trust. Its modules are
+imported from that path into a separate namespace (every top-level name of either tree, e.g. its `models`, `utils`,
+`dataloaders`, never replaces ours in `sys.modules`) and built at the official full size with the constructor
+arguments the upstream compatibility fixtures record:
 
 * `models.layers.modality_encoder.ModalityEncoder(data_path=..., audio_dim=256, ...)`: it reads the word table from
   `<data_path>weights/vocab.pkl`, so a stand-in (an 11195 x 300 table in a `types.SimpleNamespace`, written by this
@@ -17,12 +18,16 @@ compatibility fixtures record:
 **Equal work, proved before timing:** our seeded weights are loaded into the upstream modules (every one of our keys
 must be used) and, in eval mode, both must give the same outputs (max |difference| <= `--tol` relative to the output
 scale); otherwise the script stops. Each row then drives both implementations with the *same* training objective and
-sampler code (ours), the same inputs and the same RNG draws, timed alternately (ours, upstream, ours, ...), medians
-of `--iters`. So a row compares the network implementations (and what our generator does around them, e.g. the
-per-window condition cache, which upstream's modules do not use); upstream's own `train_forward`, Euler loop and
-trainer are not timed. On CPU, `torch.Tensor.cuda`/`nn.Module.cuda` are the identity while upstream code is built and
-run (it moves its RVQ codebook with `Tensor.cuda`), as for the fixtures; a missing `fasttext` (imported, unused) gets an
-empty stand-in module.
+sampler code (ours) and the same inputs, timed alternately (the order flipped every iteration), medians of
+`--iters`. Limits: the proof is in eval mode; in training mode each side draws its own random choices (dropout
+masks, quantize dropout; upstream re-initialises its RVQ codebook from the first batch, during the warm-up call),
+from the same torch seed where its code uses torch's RNG. The separate namespace holds while upstream's modules
+are imported; an upstream function that imports at call time would see ours. So a row compares the network
+implementations (and what our generator does around them, e.g. the per-window condition cache, which upstream's
+modules do not use); upstream's own `train_forward`, Euler loop and trainer are not timed. On CPU,
+`torch.Tensor.cuda`/`nn.Module.cuda` are the identity while upstream code is built and run (it moves its RVQ
+codebook with `Tensor.cuda`), as for the fixtures; with `--device cuda` its `Tensor.cuda` calls go to the current
+CUDA device, so use the default one. A missing `fasttext` (imported, unused) gets an empty stand-in module.
 
 Rows: gen_train_shortcut, gen_train_ddim (loss + backward, batch --batch), sample_shortcut (one window, 2 steps,
 w = 2), sample_ddim (one window, 20 steps, w = 1.5), rvq_train_upper (RVQ-VAE upper step, batch 32 x 64, AdamW,
@@ -58,8 +63,7 @@ from models.vq.rvqvae import RVQVAE  # noqa: E402
 from utils.io import save_json  # noqa: E402
 from utils.runs import library_versions  # noqa: E402
 
-# top-level package names an upstream checkout shares with ours (or may shadow): kept apart in sys.modules
-SHARED_NAMES = ("models", "utils", "dataloaders", "trainer", "optimizers", "geometry", "evaluation", "inference")
+REPO = Path(__file__).resolve().parent.parent
 VOCAB_ROWS, WORD_DIM = 11195, 300
 DENOISER = {"input_dim": 128, "latent_dim": 256, "ff_size": 1024, "num_layers": 8, "num_heads": 4, "dropout": 0.1,
             "activation": "gelu", "n_seed": 8, "seq_len": 32, "flip_sin_to_cos": True, "freq_shift": 0.0,
@@ -72,6 +76,12 @@ RVQ_ARGS = {"num_quantizers": 6, "shared_codebook": False, "quantize_dropout_pro
             "quantize_dropout_cutoff_index": 0, "mu": 0.99, "beta": 1.0}  # fmt: skip
 ROWS = ("gen_train_shortcut", "gen_train_ddim", "sample_shortcut", "sample_ddim", "rvq_train_upper")
 UPPER_DIM = 78
+
+
+def top_level_names(root: Path) -> set[str]:
+    """Names `import X` could find at the top of a source tree: folders (packages, namespace ones too) and modules."""
+    return {p.stem if p.suffix == ".py" else p.name for p in root.iterdir()
+            if not p.name.startswith((".", "_")) and (p.is_dir() or p.suffix == ".py")}  # fmt: skip
 
 
 class UpstreamError(RuntimeError):
@@ -89,23 +99,24 @@ class UpstreamTree:
         if missing:
             raise UpstreamError(f"{self.root} is not an upstream GestureLSM v2 checkout: missing {missing}")
         self._modules: dict[str, types.ModuleType] = {}
+        # every top-level name either tree could import as its own is kept apart in sys.modules
+        self.names = frozenset(top_level_names(self.root) | top_level_names(REPO))
 
-    @staticmethod
-    def _shared(name: str) -> bool:
-        return name.split(".")[0] in SHARED_NAMES
+    def _shared(self, name: str) -> bool:
+        return name.split(".")[0] in self.names
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
         """Inside: `import models...` resolves in the checkout; outside, ours are back untouched."""
         ours = {k: m for k, m in sys.modules.items() if self._shared(k)}
-        for k in ours:
-            del sys.modules[k]
-        sys.modules.update(self._modules)
-        stub_fasttext = importlib.util.find_spec("fasttext") is None and "fasttext" not in sys.modules
-        if stub_fasttext:  # upstream imports it at module level but never calls it in these modules
-            sys.modules["fasttext"] = types.ModuleType("fasttext")
+        stub_fasttext = "fasttext" not in sys.modules and importlib.util.find_spec("fasttext") is None
         sys.path.insert(0, str(self.root))
         try:
+            for k in ours:
+                del sys.modules[k]
+            sys.modules.update(self._modules)
+            if stub_fasttext:  # upstream imports it at module level but never calls it in these modules
+                sys.modules["fasttext"] = types.ModuleType("fasttext")
             yield
         finally:
             sys.path.remove(str(self.root))
@@ -152,7 +163,10 @@ def write_vocab_standin(folder: Path, rows: int = VOCAB_ROWS, dim: int = WORD_DI
 
 def transfer(ours: nn.Module, theirs: nn.Module, name: str) -> list[str]:
     """Load our state dict into the upstream module; every key of ours must land. Returns upstream-only keys."""
-    res = theirs.load_state_dict(ours.state_dict(), strict=False)
+    try:
+        res = theirs.load_state_dict(ours.state_dict(), strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise UpstreamError(f"{name}: our weights do not fit the upstream module (not equal work): {e}") from e
     if res.unexpected_keys:
         raise UpstreamError(f"{name}: upstream has no place for our keys {res.unexpected_keys[:8]} (not equal work)")
     return list(res.missing_keys)
@@ -169,7 +183,7 @@ def check_same(a: torch.Tensor, b: torch.Tensor, name: str, tol: float) -> float
 
 
 def timed_pair(fa: Callable[[], Any], fb: Callable[[], Any], iters: int, device: torch.device) -> tuple[float, float]:
-    """Medians of fa and fb timed alternately (one warm-up call each)."""
+    """Medians of fa and fb timed alternately, the order flipped every iteration (one warm-up call each)."""
     def one(f: Callable[[], Any]) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -181,9 +195,13 @@ def timed_pair(fa: Callable[[], Any], fb: Callable[[], Any], iters: int, device:
 
     one(fa), one(fb)
     ta, tb = [], []
-    for _ in range(iters):
-        ta.append(one(fa))
-        tb.append(one(fb))
+    for i in range(iters):  # a, b, then b, a: neither side always runs right after the other
+        if i % 2:
+            tb.append(one(fb))
+            ta.append(one(fa))
+        else:
+            ta.append(one(fa))
+            tb.append(one(fb))
     return statistics.median(ta), statistics.median(tb)
 
 

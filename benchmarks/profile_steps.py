@@ -1,16 +1,17 @@
-"""Where the time of the full-size steps goes: torch.profiler self time grouped by kind of kernel.
+"""Where the time of the full-size steps goes on CPU: torch.profiler self time grouped by kind of kernel.
 
     python -m benchmarks.profile_steps [--rows shortcut_train diffusion_train rvq_upper_train shortcut_window
-                                        diffusion_window] [--threads 2] [--device cpu] [--top 6] [--out prof.json]
+                                        diffusion_window] [--threads 2] [--top 6] [--out prof.json]
 
-Per row: the step's median wall time (3 calls after 2 warm-ups), then one profiled call whose operator self times are
-grouped into convolution, matmul (mm/addmm/bmm/linear), attention (scaled-dot-product kernels), normalisation and
-the rest (elementwise ops, copies, optimiser arithmetic, Python-side overhead shows up as gaps not counted here).
-``kernel_share`` = (convolution + matmul + attention) / profiled total and ``bound_if_rest_free`` = 1 / kernel_share:
-how much faster the step could get if everything but those kernels cost nothing, i.e. the ceiling of any rewrite that
-does the same arithmetic with the same kernels (an implementation doing the same work, upstream's included, cannot be
-slower than ours by more than this unless it does more work or uses slower kernels). Also the top operators with
-their input shapes. Full-size networks as `bench_generators` (batch 8) and `bench_rvq` (32 x 64 frames).
+Per row: the step's median wall time (3 calls after 2 warm-ups, not profiled), then one profiled call whose operator
+self times are grouped into convolution, matmul (mm/addmm/bmm/linear), attention (scaled-dot-product kernels),
+normalisation and the rest (elementwise ops, copies, optimiser arithmetic). ``shares`` are fractions of the profiled
+self time. ``kernel_share`` = (convolution + matmul + attention) self time / the *unprofiled* median wall time
+(capped at 1; the profiler's own overhead inflates the small ops, not the big kernels), and ``bound_if_rest_free`` =
+1 / kernel_share: how much faster the step could get if everything but those kernels cost nothing, i.e. the ceiling
+of any rewrite of ours that does the same arithmetic with the same kernels on the same shapes. Also the top
+operators with their input shapes. Full-size networks as `bench_generators` (batch 8) and `bench_rvq` (32 x 64).
+CPU only (the profiler records CPU activity; CUDA kernels run asynchronously and would need other accounting).
 """
 
 from __future__ import annotations
@@ -95,10 +96,12 @@ def profile_row(row: str, device: torch.device, top: int) -> dict:
     shares = {k: 0.0 for k in (*KINDS, "rest")}
     for e in events:
         shares[kind_of(e.key)] += e.self_cpu_time_total / total
-    kernels = shares["convolution"] + shares["matmul"] + shares["attention"]
+    median = statistics.median(times)
+    kernel_s = (shares["convolution"] + shares["matmul"] + shares["attention"]) * total * 1e-6  # profiler: us
+    kernels = min(1.0, kernel_s / median)
     tops = sorted(events, key=lambda e: -e.self_cpu_time_total)[:top]
-    return {"median_s": statistics.median(times), "shares": shares, "kernel_share": kernels,
-            "bound_if_rest_free": 1.0 / kernels if kernels > 0 else None,
+    return {"median_s": median, "profiled_s": total * 1e-6, "shares": shares, "kernel_s": kernel_s,
+            "kernel_share": kernels, "bound_if_rest_free": 1.0 / kernels if kernels > 0 else None,
             "top": [{"op": e.key, "shapes": str(e.input_shapes)[:120], "share": e.self_cpu_time_total / total}
                     for e in tops]}  # fmt: skip
 
@@ -107,19 +110,19 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--device", default="cpu")
     ap.add_argument("--top", type=int, default=6)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = torch.device("cpu")
     res = {"device": str(device), "threads": torch.get_num_threads(), "versions": library_versions(), "rows": {}}
     for row in args.rows:
         r = res["rows"][row] = profile_row(row, device, args.top)
         s = r["shares"]
         print(f"{row:18s} {r['median_s']:.3f} s  conv {s['convolution']:.0%} matmul {s['matmul']:.0%} "
               f"attention {s['attention']:.0%} norm {s['normalisation']:.0%} rest {s['rest']:.0%}  "
-              f"-> at most {r['bound_if_rest_free']:.2f}x with the same kernels", flush=True)  # fmt: skip
+              f"| kernels {r['kernel_share']:.0%} of wall -> at most {r['bound_if_rest_free']:.2f}x (same kernels)",
+              flush=True)  # fmt: skip
         for t in r["top"]:
             print(f"    {t['share']:5.1%}  {t['op']}  {t['shapes']}")
     if args.out:
