@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -34,21 +35,30 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bench_part(part: str, device: torch.device, batch: int, frames: int, iters: int, warmup: int,
-               bf16: bool = False) -> dict:  # fmt: skip
-    torch.manual_seed(0)
-    model = RVQVAE(part_dim(part)).to(device).train()
+def rvq_train_step(model: torch.nn.Module, x: torch.Tensor, bf16: bool = False) -> Callable[[], float]:
+    """One benchmark training step of an RVQ-VAE on ``x`` (B, T, D): AdamW, SmoothL1 + 0.02 commit; returns the loss.
+    Any module with the RVQ-VAE call ``model(x) -> (rec, commit, perplexity)`` (``bench_upstream`` times upstream's)."""
     opt = torch.optim.AdamW(model.parameters(), lr=2e-4, betas=(0.9, 0.99), weight_decay=0.0)
-    x = torch.randn(batch, frames, part_dim(part), device=device)
 
     def step() -> float:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        model.train()
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
             rec, commit, _ = model(x)
             loss = F.smooth_l1_loss(rec.float(), x) + 0.02 * commit
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         return float(loss.detach())
+
+    return step
+
+
+def bench_part(part: str, device: torch.device, batch: int, frames: int, iters: int, warmup: int,
+               bf16: bool = False) -> dict:  # fmt: skip
+    torch.manual_seed(0)
+    model = RVQVAE(part_dim(part)).to(device).train()
+    x = torch.randn(batch, frames, part_dim(part), device=device)
+    step = rvq_train_step(model, x, bf16)
 
     for _ in range(warmup):
         step()

@@ -53,11 +53,11 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.bench_rvq import rvq_train_step  # noqa: E402
 from models.generators import build_generator  # noqa: E402
 from models.vq.rvqvae import RVQVAE  # noqa: E402
 from utils.io import save_json  # noqa: E402
@@ -281,16 +281,11 @@ def _sample(gen: nn.Module, x: dict[str, torch.Tensor], at: torch.Tensor, steps:
 
 
 def _rvq_step(model: nn.Module, motion: torch.Tensor) -> Callable[[], None]:
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-4, betas=(0.9, 0.99), weight_decay=0.0)
+    step = rvq_train_step(model, motion)
 
     def f() -> None:
-        torch.manual_seed(1)
-        model.train()
-        rec, commit, _ = model(motion)
-        loss = F.smooth_l1_loss(rec, motion) + 0.02 * commit
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        torch.manual_seed(1)  # quantize dropout and Gumbel draws from the same seed on both sides
+        step()
 
     return f
 

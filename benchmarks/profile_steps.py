@@ -22,10 +22,10 @@ import time
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.bench_generators import GENERATORS, _inputs
+from benchmarks.bench_rvq import rvq_train_step
 from models.generators import build_generator
 from models.vq.rvqvae import RVQVAE
 from utils.io import save_json
@@ -50,17 +50,7 @@ def kind_of(op: str) -> str:
 def row_fn(row: str, device: torch.device) -> Callable[[], None]:
     if row == "rvq_upper_train":
         torch.manual_seed(0)
-        model = RVQVAE(78).to(device).train()
-        opt = torch.optim.AdamW(model.parameters(), lr=2e-4, betas=(0.9, 0.99), weight_decay=0.0)
-        x = torch.randn(32, 64, 78, device=device)
-
-        def rvq() -> None:
-            rec, commit, _ = model(x)
-            loss = F.smooth_l1_loss(rec, x) + 0.02 * commit
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        return rvq
+        return rvq_train_step(RVQVAE(78).to(device), torch.randn(32, 64, 78, device=device))
     name, what = row.split("_")
     torch.manual_seed(0)
     gen = build_generator(GENERATORS[name]).to(device)
