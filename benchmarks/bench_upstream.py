@@ -57,6 +57,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.bench_generators import _inputs as generator_inputs  # noqa: E402
 from benchmarks.bench_rvq import rvq_train_step  # noqa: E402
 from models.generators import build_generator  # noqa: E402
 from models.vq.rvqvae import RVQVAE  # noqa: E402
@@ -206,12 +207,8 @@ def timed_pair(fa: Callable[[], Any], fb: Callable[[], Any], iters: int, device:
 
 
 def _inputs(b: int, device: torch.device) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    out = {"audio": torch.rand(b, 68266, 2, generator=g),
-           "word": torch.randint(0, VOCAB_ROWS, (b, 128), generator=g),
-           "latents": torch.randn(b, 32, 384, generator=g),
-           "noise": torch.randn(b, 384, 1, 32, generator=g)}
-    return {k: v.to(device) for k, v in out.items()}
+    """bench_generators' inputs: a 128-frame window's audio and words, latents and a noise draw."""
+    return dict(zip(("audio", "word", "latents", "noise"), generator_inputs(b, device), strict=True))
 
 
 def build_pair(tree: UpstreamTree, device: torch.device, tol: float, workdir: Path) -> dict[str, Any]:
