@@ -45,7 +45,6 @@ import pickle
 import statistics
 import sys
 import tempfile
-import time
 import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -58,6 +57,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.bench_generators import _inputs as generator_inputs  # noqa: E402
+from benchmarks.bench_generators import _timed as timed  # noqa: E402
 from benchmarks.bench_rvq import rvq_train_step  # noqa: E402
 from models.generators import build_generator  # noqa: E402
 from models.vq.rvqvae import RVQVAE  # noqa: E402
@@ -186,13 +186,7 @@ def check_same(a: torch.Tensor, b: torch.Tensor, name: str, tol: float) -> float
 def timed_pair(fa: Callable[[], Any], fb: Callable[[], Any], iters: int, device: torch.device) -> tuple[float, float]:
     """Medians of fa and fb timed alternately, the order flipped every iteration (one warm-up call each)."""
     def one(f: Callable[[], Any]) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        f()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return time.perf_counter() - t0
+        return timed(f, device)
 
     one(fa), one(fb)
     ta, tb = [], []
