@@ -185,19 +185,12 @@ def check_same(a: torch.Tensor, b: torch.Tensor, name: str, tol: float) -> float
 
 def timed_pair(fa: Callable[[], Any], fb: Callable[[], Any], iters: int, device: torch.device) -> tuple[float, float]:
     """Medians of fa and fb timed alternately, the order flipped every iteration (one warm-up call each)."""
-    def one(f: Callable[[], Any]) -> float:
-        return timed(f, device)
-
-    one(fa), one(fb)
-    ta, tb = [], []
+    fa(), fb()
+    times: dict[Callable[[], Any], list[float]] = {fa: [], fb: []}
     for i in range(iters):  # a, b, then b, a: neither side always runs right after the other
-        if i % 2:
-            tb.append(one(fb))
-            ta.append(one(fa))
-        else:
-            ta.append(one(fa))
-            tb.append(one(fb))
-    return statistics.median(ta), statistics.median(tb)
+        for f in ((fb, fa) if i % 2 else (fa, fb)):
+            times[f].append(timed(f, device))
+    return statistics.median(times[fa]), statistics.median(times[fb])
 
 
 def _inputs(b: int, device: torch.device) -> dict[str, torch.Tensor]:
