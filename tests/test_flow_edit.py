@@ -1,0 +1,100 @@
+"""benchmarks/flow_edit.py: the sampler that starts the flow at t0 from given latents (issue 13 diagnostic)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from benchmarks.flow_edit import EditSampler, window_latents
+from models.generators.base import null_condition
+from models.generators.shortcut import EulerShortcutSampler
+
+
+def _net(x, t, d, seed, cond):
+    """A toy field that depends on every input (so any mix-up of t, d, seed or the condition changes the result)."""
+    b = x.shape[0]
+    return (-x * (1.0 + t.view(b, 1, 1, 1)) + d.view(b, 1, 1, 1) + seed.mean() + cond.mean(dim=(1, 2)).view(b, 1, 1, 1))
+
+
+def _inputs(b: int = 2, c: int = 3, n: int = 8):
+    g = torch.Generator().manual_seed(0)
+    return (torch.randn(b, c, 1, n, generator=g), torch.randn(b, 4, c, generator=g), torch.randn(b, n, 5, generator=g),
+            torch.randn(n, 5, generator=g))  # fmt: skip
+
+
+def test_window_latents_slices_holds_the_last_latent_and_lays_out_for_the_denoiser():
+    z = torch.arange(30, dtype=torch.float32).view(1, 10, 3)  # latent i = [3i, 3i+1, 3i+2]
+    w = window_latents(z, 2, 4)
+    assert w.shape == (1, 3, 1, 4)
+    assert torch.equal(w[0, :, 0].T, z[0, 2:6])
+    tail = window_latents(z, 8, 4)[0, :, 0].T  # latents 8, 9, then 9 held
+    assert torch.equal(tail, z[0, [8, 9, 9, 9]])
+    with pytest.raises(ValueError, match="past the 10 latents"):
+        window_latents(z, 10, 4)
+
+
+@pytest.mark.parametrize("guidance", [1.0, 2.0])
+def test_t0_zero_is_the_plain_sampler_bit_for_bit(guidance):
+    noise, seed, cond, null = _inputs()
+    base = EulerShortcutSampler(n_steps=2, guidance_scale=guidance)
+    plain = base(_net, noise, seed, cond, null)
+    edit = EditSampler(base, torch.randn(2, 20, 3), 0.0, stride=7)(_net, noise, seed, cond, null)
+    assert torch.equal(edit.latents, plain.latents) and (edit.nfe, edit.nfe_rows) == (plain.nfe, plain.nfe_rows)
+
+
+def test_t0_one_returns_each_windows_latents_without_a_network_call():
+    noise, seed, cond, null = _inputs(b=1)
+    z = torch.randn(1, 20, 3)
+    calls = []
+    edit = EditSampler(EulerShortcutSampler(), z, 1.0, stride=7)
+    for k in range(3):
+        out = edit(lambda *a: calls.append(1), noise, seed, cond, null)
+        assert torch.equal(out.latents, window_latents(z, 7 * k, 8)) and out.nfe == 0
+    assert not calls
+    edit.reset(z * 2)  # a new file starts at window 0 again
+    assert torch.equal(edit(_net, noise, seed, cond, null).latents, window_latents(z * 2, 0, 8))
+
+
+def test_intermediate_t0_is_euler_from_the_mixed_start():
+    """t0 = 0.5, one step, no guidance: x = 0.5 z + 0.5 ε, then x + (1 − 1e-8 − 0.5)·f(x, 0.5, d = 0.5)."""
+    noise, seed, cond, null = _inputs(b=1)
+    z = torch.randn(1, 20, 3)
+    out = EditSampler(EulerShortcutSampler(n_steps=1, guidance_scale=1.0), z, 0.5, stride=7)(
+        _net, noise, seed, cond, null)  # fmt: skip
+    x = 0.5 * window_latents(z, 0, 8) + 0.5 * noise
+    t, d = torch.tensor([0.5]), torch.tensor([0.5])
+    expect = x + (1.0 - 1e-8 - 0.5) * _net(x, t, d, seed, cond)
+    torch.testing.assert_close(out.latents, expect)
+    # guidance mixes the conditional and the null-condition fields
+    g = EditSampler(EulerShortcutSampler(n_steps=1, guidance_scale=3.0), z, 0.5, stride=7)(
+        _net, noise, seed, cond, null)  # fmt: skip
+    f_c, f_u = _net(x, t, d, seed, cond), _net(x, t, d, seed, null_condition(null, 1, cond))
+    torch.testing.assert_close(g.latents, x + (1.0 - 1e-8 - 0.5) * (f_u + 3.0 * (f_c - f_u)))
+
+
+def test_bad_settings_are_refused():
+    z = torch.zeros(1, 10, 3)
+    with pytest.raises(ValueError, match="t0 must be in"):
+        EditSampler(EulerShortcutSampler(), z, 1.5, stride=7)
+    with pytest.raises(ValueError, match="stride"):
+        EditSampler(EulerShortcutSampler(), z, 0.5, stride=0)
+    with pytest.raises(TypeError, match="Euler shortcut sampler"):
+        EditSampler(object(), z, 0.5, stride=7)  # type: ignore[arg-type]
+
+
+def test_t0_one_through_the_windowing_gives_back_the_files_latents():
+    """With t0 = 1 every window is the file's own latents at the windowing's stride, so the stitched output is the
+    encoded ground truth (the diagnostic's t0 = 1 row is the codec round trip)."""
+    from inference.windowed import WindowOptions, generate_windowed
+    from tests.test_windowed import _fixture, _t
+
+    gen, codec, d = _fixture()
+    n = 383
+    pose, tv = _t(d, "in_pose")[:, :n], _t(d, "in_trans_v")[:, :n]
+    audio, word = _t(d, "in_audio_onset")[:, : int(n / 30 * 16000)], _t(d, "in_word")[:, :n].long()
+    z = codec.encode(pose[:, :380], tv[:, :380])
+    opts = WindowOptions(drop_tail=False, audio_indexing="exact")
+    gen.sampler = EditSampler(gen.sampler, z, 1.0, stride=(opts.window_frames - opts.overlap_frames) // opts.squeeze)
+    out = generate_windowed(gen, codec, audio, word, pose, tv, opts=opts)
+    assert out.n_windows == 4 and out.nfe == 0
+    torch.testing.assert_close(out.latents[:, : z.shape[1]], z)
