@@ -1,7 +1,7 @@
 """Issue 13's oracle test: does the generator place strokes when its condition carries the motion's own timing?
 
-    python benchmarks/oracle_timing.py [--signal oracle|direction|retrieved|real] [--model flow|regress]
-        [--updates 1080] [--steps 2,20] [--files 6] [--train-files K] [--probe]
+    python benchmarks/oracle_timing.py [--signal oracle|direction|retrieved|real] [--model flow|regress|imle]
+        [--updates 1080] [--steps 2,20] [--files 6] [--train-files K] [--probe] [--imle-k 8]
         [--main-job outputs/pipeline/synthetic_cpu] [--json OUT.json] [key=value ...]
 
 (key=value: overrides of the shortcut stage's config, e.g. model.generator.params.objective.time_alpha=2.0)
@@ -24,7 +24,12 @@ conditional mean of the latents carries the strokes.
 audio onset envelope matches (``benchmarks/retrieval_baseline.py``'s rule, never the file itself): audio and the
 train split's motion only, so no oracle.
 ``--model regress`` trains the denoiser as a deterministic regressor instead (input x = 0, t = 0, MSE to the data
-latents), i.e. the conditional mean.
+latents), i.e. the conditional mean. ``--model imle`` trains it as a one-step generator by conditional implicit
+maximum likelihood estimation (IMLE: Li & Malik 2018; conditional: Li, Zhang & Malik 2020): per training window
+``--imle-k`` noises ε are drawn, the denoiser maps each to latents in one call (x = ε, t = 0, step size 1; eval mode,
+no gradient), and the MSE to the data latents is taken only for the nearest of them (in the latents' L2). Unlike a
+regressor it is not pulled to the conditional mean: each noise must land near some training window, so it can commit
+to a direction and still be rewarded for the timing. Sampling: one call from noise, no guidance.
 ``--train-files K`` trains on the windows of the first K train files only and scores those K files (``--files``
 then applies to val only): a memorisation test, can the networks fit stroke timing at all? ``--probe`` also scores
 the train files generated from altered audio, words kept, each against the file's own audio and motion: ``delayed``
@@ -40,19 +45,44 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 CROSSFADE = 16  # --signal retrieved: frames blended between retrieved windows (retrieval_baseline's default)
 
 
+def nearest_noise(
+    generate: Callable[[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]], torch.Tensor],
+    target: torch.Tensor,
+    k: int,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """IMLE's selection: per row of ``target`` (B, ...), of ``k`` fresh noises the one whose output lies nearest to it
+    (mean squared difference). ``generate(noise (k·B, ...), rep)`` maps a batch of noises to outputs without gradient
+    (``rep(x)`` repeats a per-row tensor k times to match). Returns the chosen noises (B, ...)."""
+    import torch
+
+    b = target.shape[0]
+    noise = torch.randn((k * b, *target.shape[1:]), generator=generator)
+    with torch.no_grad():
+        out = generate(noise, lambda x: x.repeat(k, *([1] * (x.dim() - 1))))
+    dist = (out - target.repeat(k, *([1] * (target.dim() - 1)))).pow(2).flatten(1).mean(1).view(k, b)
+    return noise.view(k, b, *target.shape[1:])[dist.argmin(0), torch.arange(b)]
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--signal", choices=("oracle", "direction", "retrieved", "real"), default="oracle")
-    ap.add_argument("--model", choices=("flow", "regress"), default="flow")
+    ap.add_argument("--model", choices=("flow", "regress", "imle"), default="flow")
+    ap.add_argument("--imle-k", type=int, default=8, help="--model imle: noises drawn per training window")
     ap.add_argument("--updates", type=int, default=1080, help="training updates (main job: 40 epochs x 27)")
     ap.add_argument("--steps", default="2,20", help="sampling steps to score (flow)")
     ap.add_argument("--files", type=int, default=6, help="files scored per split (train, val)")
@@ -64,8 +94,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--json", help="also write the result here")
     ap.add_argument("overrides", nargs="*", help="key=value overrides of the shortcut stage's config")
     a = ap.parse_args(argv)
-    if a.updates < 1 or a.files < 1 or a.train_files < 0:
-        raise SystemExit("--updates and --files must be >= 1, --train-files >= 0")
+    if a.updates < 1 or a.files < 1 or a.train_files < 0 or a.imle_k < 1:
+        raise SystemExit("--updates, --files and --imle-k must be >= 1, --train-files >= 0")
     import torch
     import torch.nn.functional as F
     from omegaconf import OmegaConf
@@ -172,6 +202,17 @@ def main(argv: list[str] | None = None) -> dict:
         b, t = at_feat.shape[:2]
         return den(torch.zeros(b, model.latent_channels, 1, t), torch.zeros(b), torch.zeros(b), seed, at_feat)
 
+    def one_step(noise: torch.Tensor, seed: torch.Tensor, at_feat: torch.Tensor) -> torch.Tensor:
+        b = noise.shape[0]
+        return den(noise, torch.zeros(b), torch.ones(b), seed, at_feat)
+
+    def imle_noise(target: torch.Tensor, seed: torch.Tensor, at_feat: torch.Tensor) -> torch.Tensor:
+        den.eval()
+        try:
+            return nearest_noise(lambda x, rep: one_step(x, rep(seed), rep(at_feat.detach())), target, a.imle_k, g)
+        finally:
+            den.train()
+
     lr, batch = float(cfg.solver.lr), int(cfg.batch_size)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
     g = torch.Generator().manual_seed(a.seed)
@@ -183,6 +224,9 @@ def main(argv: list[str] | None = None) -> dict:
         seed = z[idx, :seed_n]
         if a.model == "flow":
             loss = model.loss(z[idx], None, None, seed, generator=g, at_feat=at)["loss"]
+        elif a.model == "imle":
+            target = to_generator_layout(z[idx])
+            loss = F.mse_loss(one_step(imle_noise(target, seed, at), seed, at), target)
         else:
             loss = F.mse_loss(regress(seed, at), to_generator_layout(z[idx]))
         opt.zero_grad()
@@ -193,6 +237,15 @@ def main(argv: list[str] | None = None) -> dict:
         if it % 200 == 0 or it == a.updates - 1:
             print(f"update {it} loss {loss.item():.4f} ({time.time() - t0:.0f} s)", flush=True)
     model.eval()
+    if a.model == "imle":
+
+        class OneStep(Sampler):
+            default_steps, default_guidance = 1, 1.0
+
+            def __call__(self, net, noise, seed, at_feat, null_cond, n_steps=None, guidance=None, generator=None):
+                return SampleOutput(latents=one_step(noise, seed, at_feat), nfe=1, nfe_rows=1)
+
+        model.sampler = OneStep()
     if a.model == "regress":
 
         class Regression(Sampler):
@@ -202,7 +255,8 @@ def main(argv: list[str] | None = None) -> dict:
                 return SampleOutput(latents=regress(seed, at_feat), nfe=1, nfe_rows=1)
 
         model.sampler = Regression()
-    res: dict = {"signal": a.signal, "model": a.model, "overrides": list(a.overrides), "updates": a.updates,
+    res: dict = {"signal": a.signal, "model": a.model, **({"imle_k": a.imle_k} if a.model == "imle" else {}),
+                 "overrides": list(a.overrides), "updates": a.updates,
                  "train_files": a.train_files or len(train_files), "train_windows": len(items),
                  "final_loss": loss.item(), "train_seconds": round(time.time() - t0)}
     keys = ("beat_placement", "beat_placement_gt", "speed_ratio", "acceleration_ratio", "jerk_ratio")
