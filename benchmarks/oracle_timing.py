@@ -26,10 +26,12 @@ train split's motion only, so no oracle.
 ``--model regress`` trains the denoiser as a deterministic regressor instead (input x = 0, t = 0, MSE to the data
 latents), i.e. the conditional mean. ``--model imle`` trains it as a one-step generator by conditional implicit
 maximum likelihood estimation (IMLE: Li & Malik 2018; conditional: Li, Zhang & Malik 2020): per training window
-``--imle-k`` noises ε are drawn, the denoiser maps each to latents in one call (x = ε, t = 0, step size 1; eval mode,
-no gradient), and the MSE to the data latents is taken only for the nearest of them (in the latents' L2). Unlike a
-regressor it is not pulled to the conditional mean: each noise must land near some training window, so it can commit
-to a direction and still be rewarded for the timing. Sampling: one call from noise, no guidance.
+``--imle-k`` noises ε are drawn, the denoiser maps each to latents in one call (x = ε, t = 0, step size 1; chosen
+in eval mode without gradient, i.e. nearest for the network without its dropout), and the MSE to the data latents is
+taken only for the nearest of them (in the latents' L2). So every training window must have some output near it:
+a generator that spreads its outputs with the noise (e.g. strokes in several directions) is rewarded, where a
+regressor is pulled to the conditional mean. Nothing forces it to use its noise, though: one that ignores it is
+the regressor again (whether it did was not measured). Sampling: one call from noise, no guidance.
 ``--train-files K`` trains on the windows of the first K train files only and scores those K files (``--files``
 then applies to val only): a memorisation test, can the networks fit stroke timing at all? ``--probe`` also scores
 the train files generated from altered audio, words kept, each against the file's own audio and motion: ``delayed``

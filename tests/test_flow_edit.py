@@ -11,9 +11,10 @@ from models.generators.shortcut import EulerShortcutSampler
 
 
 def _net(x, t, d, seed, cond):
-    """A toy field that depends on every input (so any mix-up of t, d, seed or the condition changes the result)."""
+    """A toy field that depends on every input per row (t scales, d shifts, so swapping them changes the result)."""
     b = x.shape[0]
-    return (-x * (1.0 + t.view(b, 1, 1, 1)) + d.view(b, 1, 1, 1) + seed.mean() + cond.mean(dim=(1, 2)).view(b, 1, 1, 1))
+    row = lambda v: v.reshape(b, -1).mean(1).view(b, 1, 1, 1)  # noqa: E731
+    return -x * (1.0 + row(t)) + 3.0 * row(d) + row(seed) + row(cond)
 
 
 def _inputs(b: int = 2, c: int = 3, n: int = 8):
@@ -56,20 +57,31 @@ def test_t0_one_returns_each_windows_latents_without_a_network_call():
 
 
 def test_intermediate_t0_is_euler_from_the_mixed_start():
-    """t0 = 0.5, one step, no guidance: x = 0.5 z + 0.5 ε, then x + (1 − 1e-8 − 0.5)·f(x, 0.5, d = 0.5)."""
+    """t0 = 0.2, two steps: x = 0.2 z + 0.8 ε, then Euler at t = 0.2 and 0.6 with step-size input d = 0.4."""
     noise, seed, cond, null = _inputs(b=1)
     z = torch.randn(1, 20, 3)
-    out = EditSampler(EulerShortcutSampler(n_steps=1, guidance_scale=1.0), z, 0.5, stride=7)(
+    start = 0.2 * window_latents(z, 0, 8) + 0.8 * noise
+    d = torch.tensor([0.4])
+
+    def euler(f):
+        x = start + 0.4 * f(start, torch.tensor([0.2]))
+        return x + (1.0 - 1e-8 - 0.6) * f(x, torch.tensor([0.6]))
+
+    out = EditSampler(EulerShortcutSampler(n_steps=2, guidance_scale=1.0), z, 0.2, stride=7)(
         _net, noise, seed, cond, null)  # fmt: skip
-    x = 0.5 * window_latents(z, 0, 8) + 0.5 * noise
-    t, d = torch.tensor([0.5]), torch.tensor([0.5])
-    expect = x + (1.0 - 1e-8 - 0.5) * _net(x, t, d, seed, cond)
-    torch.testing.assert_close(out.latents, expect)
-    # guidance mixes the conditional and the null-condition fields
-    g = EditSampler(EulerShortcutSampler(n_steps=1, guidance_scale=3.0), z, 0.5, stride=7)(
+    torch.testing.assert_close(out.latents, euler(lambda x, t: _net(x, t, d, seed, cond)))
+    assert (out.nfe, out.nfe_rows) == (2, 2)
+    # guidance mixes the conditional and the null-condition fields at each step
+    g = EditSampler(EulerShortcutSampler(n_steps=2, guidance_scale=3.0), z, 0.2, stride=7)(
         _net, noise, seed, cond, null)  # fmt: skip
-    f_c, f_u = _net(x, t, d, seed, cond), _net(x, t, d, seed, null_condition(null, 1, cond))
-    torch.testing.assert_close(g.latents, x + (1.0 - 1e-8 - 0.5) * (f_u + 3.0 * (f_c - f_u)))
+    uncond = null_condition(null, 1, cond)
+
+    def guided(x, t):
+        f_c, f_u = _net(x, t, d, seed, cond), _net(x, t, d, seed, uncond)
+        return f_u + 3.0 * (f_c - f_u)
+
+    torch.testing.assert_close(g.latents, euler(guided))
+    assert g.nfe_rows == 4
 
 
 def test_bad_settings_are_refused():
@@ -80,6 +92,9 @@ def test_bad_settings_are_refused():
         EditSampler(EulerShortcutSampler(), z, 0.5, stride=0)
     with pytest.raises(TypeError, match="Euler shortcut sampler"):
         EditSampler(object(), z, 0.5, stride=7)  # type: ignore[arg-type]
+    noise, seed, cond, null = _inputs(b=2)  # one file's latents, two rows of noise: refused, not broadcast
+    with pytest.raises(ValueError, match="noise batch of 2"):
+        EditSampler(EulerShortcutSampler(), torch.zeros(1, 20, 3), 0.5, stride=7)(_net, noise, seed, cond, null)
 
 
 def test_t0_one_through_the_windowing_gives_back_the_files_latents():
