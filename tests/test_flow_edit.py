@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-from benchmarks.flow_edit import EditSampler, window_latents
+from benchmarks.flow_edit import EditSampler, curve_correlation, fine_part, speed_curve, window_latents
 from models.generators.base import null_condition
 from models.generators.shortcut import EulerShortcutSampler
 
@@ -113,3 +114,35 @@ def test_t0_one_through_the_windowing_gives_back_the_files_latents():
     out = generate_windowed(gen, codec, audio, word, pose, tv, opts=opts)
     assert out.n_windows == 4 and out.nfe == 0
     torch.testing.assert_close(out.latents[:, : z.shape[1]], z)
+
+
+def test_speed_curve_and_its_correlation_on_hand_built_motion():
+    t = np.arange(60) / 30.0
+    # two joints: one moving at 1 unit/frame along x, one still -> mean speed 0.5 per frame
+    lin = np.stack([np.stack([np.arange(60.0), np.zeros(60), np.zeros(60)], -1), np.zeros((60, 3))], 1)
+    np.testing.assert_allclose(speed_curve(lin), np.full(59, 0.5))
+    # a joint on a circle whose angular speed follows a 1 Hz envelope: its speed curve is that envelope
+    def circle(envelope):
+        ang = np.cumsum(envelope) * 0.05
+        return np.stack([np.cos(ang), np.sin(ang), np.zeros(60)], -1)[:, None]
+
+    circ = circle(1.0 + 0.5 * np.sin(2 * np.pi * t))
+    late = circle(1.0 + 0.5 * np.sin(2 * np.pi * (t - 0.5)))  # half a period late: anti-correlated speeds
+    assert curve_correlation(speed_curve(circ), speed_curve(circ) * 3 + 1) > 0.999
+    assert curve_correlation(speed_curve(circ), speed_curve(late)) < -0.9
+    assert np.isnan(curve_correlation(speed_curve(lin), speed_curve(circ)))  # a constant curve has no correlation
+    assert curve_correlation(np.arange(5.0), np.arange(8.0)) == pytest.approx(1.0)  # common length only
+
+
+def test_fine_part_removes_the_phrase_scale_level_and_keeps_strokes():
+    n = 300
+    t = np.arange(n) / 30.0
+    slow = 2.0 + np.sin(2 * np.pi * 0.1 * t)  # a 10-s loudness/phrase level
+    fast = 0.3 * np.sin(2 * np.pi * 2.0 * t)  # 2 Hz strokes
+    np.testing.assert_allclose(fine_part(np.full(n, 5.0)), 0.0, atol=1e-12)  # a constant has no fine part, edges too
+    f = fine_part(slow + fast)
+    # a 31-frame mean removes most of the 10-s component and leaves the 2-Hz one (31 frames ~ 2 of its periods)
+    assert curve_correlation(f[31:-31], fast[31:-31]) > 0.99
+    assert abs(curve_correlation(f[31:-31], slow[31:-31])) < 0.1
+    with pytest.raises(ValueError, match="odd"):
+        fine_part(slow, 30)
