@@ -218,19 +218,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
         row["own_minus_swapped"] = _mean_ci(diff, a.n_boot)
         row["per_file"] = {"ids": [it["id"] for it in items], **placement}
         if a.timing_source:
-            own = curves["own"]
-            r_noise = [curve_correlation(o, c) for o, c in zip(own, curves["swapped"], strict=True)]
-            r_audio = [curve_correlation(o, c) for o, c in zip(own, curves["own_reseeded"], strict=True)]
-            row["r_same_noise"], row["r_same_audio"] = _mean_ci(r_noise, a.n_boot), _mean_ci(r_audio, a.n_boot)
-            row["r_same_noise_minus_same_audio"] = _mean_ci(list(np.subtract(r_noise, r_audio)), a.n_boot)
-            fine = {c: [fine_part(x) for x in curves[c]] for c in curves}
-            f_noise = [curve_correlation(o, c) for o, c in zip(fine["own"], fine["swapped"], strict=True)]
-            f_audio = [curve_correlation(o, c) for o, c in zip(fine["own"], fine["own_reseeded"], strict=True)]
-            row["r_same_noise_fine"] = _mean_ci(f_noise, a.n_boot)
-            row["r_same_audio_fine"] = _mean_ci(f_audio, a.n_boot)
-            row["r_same_noise_minus_same_audio_fine"] = _mean_ci(list(np.subtract(f_noise, f_audio)), a.n_boot)
-            row["per_file"].update(r_same_noise=r_noise, r_same_audio=r_audio, r_same_noise_fine=f_noise,
-                                   r_same_audio_fine=f_audio)  # fmt: skip
+            for suffix, cs in (("", curves), ("_fine", {c: [fine_part(x) for x in v] for c, v in curves.items()})):
+                r_noise = [curve_correlation(o, c) for o, c in zip(cs["own"], cs["swapped"], strict=True)]
+                r_audio = [curve_correlation(o, c) for o, c in zip(cs["own"], cs["own_reseeded"], strict=True)]
+                row["r_same_noise" + suffix] = _mean_ci(r_noise, a.n_boot)
+                row["r_same_audio" + suffix] = _mean_ci(r_audio, a.n_boot)
+                row["r_same_noise_minus_same_audio" + suffix] = _mean_ci(list(np.subtract(r_noise, r_audio)), a.n_boot)
+                row["per_file"].update({"r_same_noise" + suffix: r_noise, "r_same_audio" + suffix: r_audio})
         rows.append(row)
 
         def fmt(s: dict) -> str:

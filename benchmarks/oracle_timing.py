@@ -72,11 +72,14 @@ def nearest_noise(
     (``rep(x)`` repeats a per-row tensor k times to match). Returns the chosen noises (B, ...)."""
     import torch
 
+    def rep(x: torch.Tensor) -> torch.Tensor:
+        return x.repeat(k, *([1] * (x.dim() - 1)))
+
     b = target.shape[0]
     noise = torch.randn((k * b, *target.shape[1:]), generator=generator)
     with torch.no_grad():
-        out = generate(noise, lambda x: x.repeat(k, *([1] * (x.dim() - 1))))
-    dist = (out - target.repeat(k, *([1] * (target.dim() - 1)))).pow(2).flatten(1).mean(1).view(k, b)
+        out = generate(noise, rep)
+    dist = (out - rep(target)).pow(2).flatten(1).mean(1).view(k, b)
     return noise.view(k, b, *target.shape[1:])[dist.argmin(0), torch.arange(b)]
 
 
@@ -239,24 +242,16 @@ def main(argv: list[str] | None = None) -> dict:
         if it % 200 == 0 or it == a.updates - 1:
             print(f"update {it} loss {loss.item():.4f} ({time.time() - t0:.0f} s)", flush=True)
     model.eval()
-    if a.model == "imle":
+    if a.model in ("regress", "imle"):
 
-        class OneStep(Sampler):
+        class OneCall(Sampler):  # one denoiser call per window: the regression, or IMLE's one step from noise
             default_steps, default_guidance = 1, 1.0
 
             def __call__(self, net, noise, seed, at_feat, null_cond, n_steps=None, guidance=None, generator=None):
-                return SampleOutput(latents=one_step(noise, seed, at_feat), nfe=1, nfe_rows=1)
+                z = one_step(noise, seed, at_feat) if a.model == "imle" else regress(seed, at_feat)
+                return SampleOutput(latents=z, nfe=1, nfe_rows=1)
 
-        model.sampler = OneStep()
-    if a.model == "regress":
-
-        class Regression(Sampler):
-            default_steps, default_guidance = 1, 1.0
-
-            def __call__(self, net, noise, seed, at_feat, null_cond, n_steps=None, guidance=None, generator=None):
-                return SampleOutput(latents=regress(seed, at_feat), nfe=1, nfe_rows=1)
-
-        model.sampler = Regression()
+        model.sampler = OneCall()
     res: dict = {"signal": a.signal, "model": a.model, **({"imle_k": a.imle_k} if a.model == "imle" else {}),
                  "overrides": list(a.overrides), "updates": a.updates,
                  "train_files": a.train_files or len(train_files), "train_windows": len(items),
