@@ -93,10 +93,19 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--files", type=int, default=6, help="files scored per split (train, val)")
     ap.add_argument("--train-files", type=int, default=0, help="train on (and score) the first K train files only")
     ap.add_argument("--probe", action="store_true", help="also score train files with delayed and swapped audio")
+    ap.add_argument("--rollout-speed", type=float, default=0.0,
+                    help="flow: weight of a timing loss on a sample drawn from noise with gradient (1 - Pearson r "
+                         "of its decoded BC-joint speed curve and GT's)")
+    ap.add_argument("--rollout-steps", type=int, default=2)
+    ap.add_argument("--rollout-highpass", type=int, default=0,
+                    help="frames of a centred moving average taken off both speed curves first (0: none)")
+    ap.add_argument("--rollout-guidance", type=float, default=1.0)
+    ap.add_argument("--rollout-per-joint", action="store_true", help="correlate each BC joint's speed curve")
     ap.add_argument("--main-job", default="outputs/pipeline/synthetic_cpu")
     ap.add_argument("--config", default="configs/pipeline/synthetic_cpu.yaml")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", help="also write the result here")
+    ap.add_argument("--save", help="also save the trained generator's state dict here")
     ap.add_argument("overrides", nargs="*", help="key=value overrides of the shortcut stage's config")
     a = ap.parse_args(argv)
     if a.updates < 1 or a.files < 1 or a.train_files < 0 or a.imle_k < 1:
@@ -218,6 +227,51 @@ def main(argv: list[str] | None = None) -> dict:
         finally:
             den.train()
 
+    if a.rollout_speed:
+        from geometry.rotations import rotation_6d_to_matrix
+        from geometry.skeleton import NUM_JOINTS, PARTS
+
+        fk_flat = get_fk(None, flat_hand_mean=True)
+
+        def decoded_speed(lat: torch.Tensor) -> torch.Tensor:
+            """Generator latents (B,C,1,T') -> (B, 4T'-1) mean BC-joint speed of the decoded upper body and pelvis
+            (straight-through codes), every other joint at rest. Differentiable."""
+            zl = lat.squeeze(2).transpose(1, 2) * codec.latent_scale
+            rot = None
+            start = 0
+            for p, cd in zip(codec.parts, codec.code_dims, strict=True):
+                if p in ("upper", "lower_trans"):
+                    vq = codec.vqs[p]
+                    zc = vq._check_latent(zl[..., start : start + cd])
+                    zq = vq.quantizer(zc, eval_mode=True)[0]
+                    rec = vq.decoder(zc + (zq - zc).detach())
+                    idx = codec._r6[p]
+                    r6 = rec[..., : idx.numel()] * codec.rot6d_std[idx] + codec.rot6d_mean[idx]
+                    b, t = r6.shape[:2]
+                    if rot is None:
+                        rot = torch.eye(3).expand(b * t, NUM_JOINTS, 3, 3).clone()
+                    joints = list(PARTS[p]["joints"])
+                    rot[:, joints] = rotation_6d_to_matrix(r6.reshape(b * t, len(joints), 6))
+                start += cd
+            pos = fk_flat.from_matrices(rot, BC_JOINTS).reshape(b, t, len(BC_JOINTS), 3)
+            sp = pos.diff(dim=1).norm(dim=-1)  # (B, T-1, J)
+            if a.rollout_per_joint:  # joints into the batch: (B*J, T-1)
+                return sp.transpose(1, 2).reshape(-1, sp.shape[1])
+            return sp.mean(-1)
+
+        def timing_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            if a.rollout_highpass:
+                k = a.rollout_highpass
+                box = torch.full((1, 1, k), 1.0 / k)
+
+                def smooth(c: torch.Tensor) -> torch.Tensor:
+                    return F.conv1d(F.pad(c[:, None], ((k - 1) // 2, k // 2), mode="replicate"), box)[:, 0]
+
+                x, y = x - smooth(x), y - smooth(y)
+            x, y = x - x.mean(1, keepdim=True), y - y.mean(1, keepdim=True)
+            r = (x * y).sum(1) / (x.norm(dim=1) * y.norm(dim=1) + 1e-8)
+            return (1 - r).mean()
+
     lr, batch = float(cfg.solver.lr), int(cfg.batch_size)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
     g = torch.Generator().manual_seed(a.seed)
@@ -229,6 +283,17 @@ def main(argv: list[str] | None = None) -> dict:
         seed = z[idx, :seed_n]
         if a.model == "flow":
             loss = model.loss(z[idx], None, None, seed, generator=g, at_feat=at)["loss"]
+            if a.rollout_speed:
+                target = to_generator_layout(z[idx])
+                noise = torch.randn(target.shape, generator=g)
+                zs = model.sampler(model.net, noise, seed, at, model.null_cond, a.rollout_steps,
+                                   a.rollout_guidance, g).latents
+                with torch.no_grad():
+                    gt_speed = decoded_speed(target)
+                tl = timing_loss(decoded_speed(zs), gt_speed)
+                loss = loss + a.rollout_speed * tl
+                if it % 200 == 0:
+                    print(f"update {it} timing loss {tl.item():.4f}", flush=True)
         elif a.model == "imle":
             target = to_generator_layout(z[idx])
             loss = F.mse_loss(one_step(imle_noise(target, seed, at), seed, at), target)
@@ -242,6 +307,10 @@ def main(argv: list[str] | None = None) -> dict:
         if it % 200 == 0 or it == a.updates - 1:
             print(f"update {it} loss {loss.item():.4f} ({time.time() - t0:.0f} s)", flush=True)
     model.eval()
+    if a.save:
+        from utils.io import save_torch
+
+        save_torch(model.state_dict(), a.save)
     if a.model in ("regress", "imle"):
 
         class OneCall(Sampler):  # one denoiser call per window: the regression, or IMLE's one step from noise
@@ -254,6 +323,9 @@ def main(argv: list[str] | None = None) -> dict:
         model.sampler = OneCall()
     res: dict = {"signal": a.signal, "model": a.model, **({"imle_k": a.imle_k} if a.model == "imle" else {}),
                  "overrides": list(a.overrides), "updates": a.updates,
+                 "rollout_speed": a.rollout_speed, "rollout_steps": a.rollout_steps,
+                 "rollout_guidance": a.rollout_guidance, "rollout_highpass": a.rollout_highpass,
+                 "rollout_per_joint": a.rollout_per_joint,
                  "train_files": a.train_files or len(train_files), "train_windows": len(items),
                  "final_loss": loss.item(), "train_seconds": round(time.time() - t0)}
     keys = ("beat_placement", "beat_placement_gt", "speed_ratio", "acceleration_ratio", "jerk_ratio")

@@ -213,6 +213,27 @@ class MotionCodec(nn.Module):
                 out["expressions"] = rec[..., n:]
         return out
 
+    def decode_rot6d(self, latents: torch.Tensor, parts: tuple[str, ...] = ("upper", "lower_trans")
+                     ) -> dict[str, torch.Tensor]:
+        """Differentiable decode for training losses on the decoded motion: latents (B,T',latent_dim) ->
+        de-normalised rot6d {part: (B,4T',6J)} of ``parts``. The codes are straight-through: the forward pass is
+        `decode_parts`' up to rounding, the gradient flows to the latents as if quantisation were the identity."""
+        if latents.dim() != 3 or latents.shape[-1] != self.latent_dim:
+            raise ValueError(f"latents must be (B,T',{self.latent_dim}), got {tuple(latents.shape)}")
+        unknown = sorted(set(parts) - set(self.parts))
+        if unknown:
+            raise ValueError(f"decode_rot6d: unknown part(s) {unknown}; this codec has {list(self.parts)}")
+        z = latents.float() * self.latent_scale
+        out: dict[str, torch.Tensor] = {}
+        start = 0
+        for p, cd in zip(self.parts, self.code_dims):
+            if p in parts:
+                rec = self.vqs[p].latent2origin(z[..., start : start + cd], straight_through=True)[0]
+                idx = self._r6[p].to(rec.device)
+                out[p] = denormalise(rec[..., : idx.numel()], self.rot6d_mean[idx], self.rot6d_std[idx])
+            start += cd
+        return out
+
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, jaw: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """latents (B,T',latent_dim) -> {poses (B,4T',165) axis-angle, trans_v (B,4T',3), trans (B,4T',3),

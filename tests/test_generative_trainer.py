@@ -192,6 +192,25 @@ def test_diffusion_generator_from_config_trains(assets, tmp_path):
     assert out["iteration"] == 2
 
 
+def test_sample_timing_loss_is_trained_and_logged(assets, tmp_path):
+    """sample_timing.weight > 0: the trainer adds trainers.timing's loss on a sample drawn with gradient, logs it, and
+    the total is the objective's loss plus weight x that part."""
+    cfg = make_cfg(assets, **{"solver.iterations": 2, "solver.epochs": "null", "log_period": 1,
+                              "sample_timing.weight": 3.0, "sample_timing.highpass": 9})  # fmt: skip
+    with GenerativeTrainer(cfg, run_dir=tmp_path / "run") as tr:
+        assert tr.sample_timing is not None and tr.sample_timing.weight == 3.0 and tr.sample_timing.highpass == 9
+        out = tr.fit()
+    assert out["iteration"] == 2
+    recs = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "train/sample_loss" in r]
+    assert recs and all(0.0 <= r["train/sample_loss"] <= 2.0 for r in recs)  # 1 - r lies in [0, 2]
+    r = recs[-1]
+    parts = sum(v for k, v in r.items() if k.startswith("train/loss_"))
+    assert r["train/loss"] == pytest.approx(parts + 3.0 * r["train/sample_loss"], rel=1e-4)
+    with GenerativeTrainer(make_cfg(assets, **{"solver.iterations": 1, "solver.epochs": "null"}),
+                           run_dir=tmp_path / "off") as tr:  # fmt: skip
+        assert tr.sample_timing is None  # weight 0 (the default): off
+
+
 def test_meanflow_generator_from_config_resumes_exactly(assets, tmp_path):
     cfg = make_cfg(assets, "meanflow_tiny", **{"solver.iterations": 3, "solver.epochs": "null", "log_period": 1})
     with GenerativeTrainer(cfg, run_dir=tmp_path / "a") as tr:

@@ -20,6 +20,7 @@ Config keys (beyond BaseTrainer's; see configs/generator_base.yaml)::
     latent_scale: 5                      # upstream vqvae_latent_scale
     sync_bn: true                        # under DDP on CUDA: SyncBatchNorm (as upstream)
     pre_frames: 4                        # seed latents
+    sample_timing: {weight: 0, steps: 2, guidance: 1, highpass: 30, per_joint: false}   # trainers.timing (issue 13)
     model:
       generator: {name: shortcut|diffusion | target: ..., params: {modality_encoder, denoiser, objective, sampler}}
       word_table: vocab                  # vocab: FastText rows of the data vocabulary | random (vocab-sized table)
@@ -63,7 +64,8 @@ from inference.loading import (
     window_options,
 )
 from trainers.base import BaseTrainer
-from utils.config import ConfigError
+from trainers.timing import SampleTimingLoss
+from utils.config import ConfigError, to_container
 
 
 def _load_fgd(path: str | None) -> tuple[Any, str] | None:
@@ -111,6 +113,8 @@ class GenerativeTrainer(BaseTrainer):
         prepare_data(self.cfg.data)
         self.stats = load_stats(self.cfg.data)
         self.codec = build_codec(self.cfg, self.stats, self.device)  # frozen, outside self.model
+        self.sample_timing = SampleTimingLoss.from_config(to_container(self.cfg.get("sample_timing")), self.codec,
+                                                          get_fk(None, flat_hand_mean=True))  # fmt: skip
         self.pre_frames = int(self.cfg.get("pre_frames", 4))
         model = build_generator_from_config(self.cfg, warm_start=True)
         if getattr(model.objective, "needs_couplings", False) and not self.trains_couplings:
@@ -146,7 +150,7 @@ class GenerativeTrainer(BaseTrainer):
     def train_step(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         z = self.latents(batch["pose"], batch["trans_v"], batch.get("facial"))
         seed = z[:, : self.pre_frames]
-        return self.forward_model(z, batch["audio"], batch["word"], seed, method="loss")
+        return self.forward_model(z, batch["audio"], batch["word"], seed, method="loss", sample_loss=self.sample_timing)
 
     def validate(self) -> dict[str, float]:
         ds = self.val_dataset

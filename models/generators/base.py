@@ -24,7 +24,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -244,6 +244,17 @@ class Objective(ABC):
     ) -> dict[str, Tensor]: ...
 
 
+class SampleLoss(Protocol):
+    """A loss on a generated sample: ``(sample, data)`` generator-layout latents -> scalar, with the weight and the
+    sampling settings (``steps``, ``guidance``) of the draw (see `LatentGenerator.loss`)."""
+
+    weight: float
+    steps: int
+    guidance: float
+
+    def __call__(self, sample: Tensor, data: Tensor) -> Tensor: ...
+
+
 class Sampler(ABC):
     """An inference loop from ``noise`` (B,C,1,T) to latents, with classifier-free guidance."""
 
@@ -373,17 +384,28 @@ class LatentGenerator(nn.Module):
         generator: torch.Generator | None = None,
         at_feat: Tensor | None = None,
         noise: Tensor | None = None,
+        sample_loss: SampleLoss | None = None,
     ) -> dict[str, Tensor]:
         """Training loss for data latents (B,384,1,32) or (B,32,384); seed (B,4,384). Returns dict(loss=..., parts).
 
-        ``noise``: a coupled noise draw in the generator layout (ReFlow); None draws one inside the objective."""
+        ``noise``: a coupled noise draw in the generator layout (ReFlow); None draws one inside the objective.
+        ``sample_loss``: also draw a sample from fresh noise *with gradient* through this generator's sampler
+        (its ``steps``/``guidance``) and add ``weight x sample_loss(sample, data)`` (part ``sample_loss``); e.g.
+        trainers.timing's loss on the decoded motion's timing. Inside this call, so DDP synchronises its gradients."""
         data = to_generator_layout(latents)
         cond = self._condition(audio, word, at_feat)
         if noise is not None:
             noise = to_generator_layout(noise)
             if noise.shape != data.shape:
                 raise ValueError(f"noise shape {tuple(noise.shape)} != latents shape {tuple(data.shape)}")
-        return self.objective(self.net, data, seed, cond, self.null_cond, generator, noise=noise)
+        out = self.objective(self.net, data, seed, cond, self.null_cond, generator, noise=noise)
+        if sample_loss is not None:
+            x0 = randn(tuple(data.shape), data, generator)
+            sample = self.sampler(self.sampling_net, x0, seed, cond, self.null_cond, sample_loss.steps,
+                                  sample_loss.guidance, generator).latents  # fmt: skip
+            part = sample_loss(sample, data)
+            out = {**out, "loss": out["loss"] + sample_loss.weight * part, "sample_loss": part.detach()}
+        return out
 
     @torch.no_grad()
     def sample_with_stats(

@@ -92,10 +92,16 @@ class RVQVAE(nn.Module):
         """Continuous pre-quantisation latent (B, T/4, code_dim)."""
         return self.encoder(self._check_input(x)).permute(0, 2, 1)
 
-    def latent2origin(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def latent2origin(self, z: torch.Tensor, straight_through: bool = False
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """z (B, T', code_dim) -> (reconstruction (B, 4T', D), commit loss, perplexity). Quantisation is always
-        eval-mode (argmax, all layers, no EMA update); ``z`` is not modified (upstream overwrites it in place)."""
-        z_q, _, commit_loss, perplexity = self.quantizer(self._check_latent(z), eval_mode=True)
+        eval-mode (argmax, all layers, no EMA update); ``z`` is not modified (upstream overwrites it in place).
+        ``straight_through``: the gradient reaches ``z`` as if quantisation were the identity (training losses on
+        decoded motion); the forward value is the same up to rounding."""
+        z_c = self._check_latent(z)
+        z_q, _, commit_loss, perplexity = self.quantizer(z_c, eval_mode=True)
+        if straight_through:  # identity gradient (the quantiser's own path would give num_quantizers x identity)
+            z_q = z_c + (z_q - z_c).detach()
         return self.decoder(z_q), commit_loss, perplexity
 
     def reconstruct(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -1,0 +1,138 @@
+"""trainers.timing: the timing loss on generated samples (issue 13), and LatentGenerator.loss's sample_loss hook."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dataloaders.stats import Stats
+from geometry.body_model import get_fk
+from geometry.rotations import poses_to_rot6d, rotation_6d_to_axis_angle
+from geometry.skeleton import BC_JOINTS, axis_angle_indices, generator_parts, part_dim
+from models.generators import ShortcutGenerator
+from models.generators.base import to_generator_layout
+from models.motion_codec import PART_JOINTS, MotionCodec
+from models.vq.rvqvae import RVQVAE
+from tests.test_generators import ToyDenoiser, ToyEncoder, toy_inputs
+from trainers.timing import SampleTimingLoss, highpass, one_minus_r
+from utils.config import ConfigError
+
+
+def _codec(seed: int = 0) -> MotionCodec:
+    """Tiny random RVQ-VAEs (2 quantisers) around the rest pose: rot6d mean = identity, std 0.3."""
+    torch.manual_seed(seed)
+    vqs = {p: RVQVAE(part_dim(p), nb_code=8, code_dim=16, width=8, depth=1, num_quantizers=2)
+           for p in generator_parts(face=False)}  # fmt: skip
+    for vq in vqs.values():  # random codebooks (a fresh one is all zeros: every token the same code)
+        for name, buf in vq.named_buffers():
+            if name.endswith("codebook"):
+                buf.normal_()
+    ident = poses_to_rot6d(torch.zeros(1, 165))[0].numpy().astype(np.float32)
+    st = Stats(rot6d_mean=ident, rot6d_std=np.full(330, 0.3, np.float32), trans_v_mean=np.zeros(3),
+               trans_v_std=np.full(3, 0.01), mean_vel=np.ones(55, np.float32))  # fmt: skip
+    return MotionCodec(vqs, st.rot6d_mean, st.rot6d_std, st.trans_v_mean, st.trans_v_std, latent_scale=1.0)
+
+
+def test_highpass_and_correlation_by_hand():
+    t = torch.arange(40, dtype=torch.float64)
+    assert torch.allclose(highpass(torch.full((2, 40), 3.0), 5), torch.zeros(2, 40))
+    ramp = highpass((2 * t + 1)[None], 5)[0]
+    assert torch.allclose(ramp[2:-2], torch.zeros(36, dtype=torch.float64), atol=1e-12)  # linear: its own average
+    assert ramp[0] == pytest.approx(2.0 * 0 + 1 - (3 * 1 + 3 + 5) / 5)  # replicated edge: (1, 1, 1, 3, 5) / 5
+    assert torch.equal(highpass(t[None], 0), t[None]) and torch.equal(highpass(t[None], 1), t[None])
+    x = torch.tensor([[1.0, 2.0, 4.0, 3.0], [0.0, 1.0, 0.0, 1.0]], dtype=torch.float64)
+    y = torch.tensor([[2.0, 1.0, 5.0, 5.0], [1.0, 0.0, 1.0, 0.0]], dtype=torch.float64)
+    r0 = np.corrcoef(x[0], y[0])[0, 1]
+    assert float(one_minus_r(x, y)) == pytest.approx(((1 - r0) + 2.0) / 2)  # row 2: r = -1
+    assert float(one_minus_r(x, 3 * x + 7)) == pytest.approx(0.0, abs=1e-12)  # scale-free: timing, not amplitude
+    assert float(one_minus_r(x, torch.ones_like(x))) == pytest.approx(1.0)  # a still target counts r = 0
+
+
+def test_speed_equals_fk_of_the_decoded_poses():
+    """The differentiable path (rot6d -> matrices, BC chains only) matches the evaluator's path (axis-angle,
+    Rodrigues, full FK) on the same decoded rot6d; the straight-through decode's forward is decode_parts'."""
+    codec = _codec()
+    z = torch.randn(2, 5, codec.latent_dim, generator=torch.Generator().manual_seed(1))
+    fk = get_fk(None, flat_hand_mean=True)
+    loss = SampleTimingLoss(codec, fk, weight=1.0, highpass=0)
+    r6 = codec.decode_rot6d(z)
+    ref = codec.decode_parts(z)
+    for p in ("upper", "lower_trans"):
+        torch.testing.assert_close(r6[p], ref[p], atol=1e-6, rtol=1e-6)
+    poses = torch.zeros(2, 20, 165, dtype=torch.float64)  # float64: float32 axis-angle loses ~3e-4 at small angles
+    for p in ("upper", "lower_trans"):
+        aa = rotation_6d_to_axis_angle(r6[p].double().reshape(2, 20, -1, 6)).reshape(2, 20, -1)
+        poses[..., axis_angle_indices(PART_JOINTS[p])] = aa
+    want = fk(poses)[..., BC_JOINTS, :].diff(dim=1).norm(dim=-1)  # (B, T-1, J)
+    got = loss.speed(to_generator_layout(z))
+    assert got.shape == (2, 19) and float(want.mean()) > 1e-3
+    torch.testing.assert_close(got.double(), want.mean(-1), atol=1e-6, rtol=1e-4)
+    loss.per_joint = True
+    torch.testing.assert_close(loss.speed(to_generator_layout(z)).double(),
+                               want.transpose(1, 2).reshape(-1, 19), atol=1e-6, rtol=1e-4)  # fmt: skip
+
+
+def test_loss_is_zero_on_gt_positive_when_late_and_differentiable():
+    codec = _codec()
+    g = torch.Generator().manual_seed(2)
+    data = to_generator_layout(torch.randn(3, 8, codec.latent_dim, generator=g))
+    for per_joint in (False, True):
+        loss = SampleTimingLoss(codec, get_fk(None, flat_hand_mean=True), weight=1.0, highpass=9, per_joint=per_joint)
+        assert float(loss(data, data)) == pytest.approx(0.0, abs=1e-5)
+        late = data.roll(2, dims=-1).clone().requires_grad_(True)  # the same motion 8 frames late
+        value = loss(late, data)
+        assert float(value.detach()) > 0.1
+        value.backward()
+        assert late.grad is not None and torch.isfinite(late.grad).all() and late.grad.abs().sum() > 0
+
+
+def test_generator_loss_adds_the_weighted_sample_loss_with_gradient():
+    class Recording:
+        weight, steps, guidance = 2.5, 2, 1.0
+
+        def __init__(self) -> None:
+            self.seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+        def __call__(self, sample: torch.Tensor, data: torch.Tensor) -> torch.Tensor:
+            self.seen.append((sample, data))
+            return (sample - data).pow(2).mean()
+
+    torch.manual_seed(0)
+    model = ShortcutGenerator(ToyEncoder(dim=6), ToyDenoiser(dim=6), prediction="data",
+                              objective={"consistency_time": "within"})  # fmt: skip
+    audio, word, seed = toy_inputs(b=4)
+    z = torch.randn(4, 32, 384, generator=torch.Generator().manual_seed(5))
+    plain = model.loss(z, audio, word, seed, generator=torch.Generator().manual_seed(9))
+    rec = Recording()
+    out = model.loss(z, audio, word, seed, generator=torch.Generator().manual_seed(9), sample_loss=rec)
+    assert "sample_loss" not in plain and len(rec.seen) == 1
+    sample, data = rec.seen[0]
+    assert torch.equal(data, to_generator_layout(z)) and sample.shape == data.shape
+    assert float(out["sample_loss"]) == pytest.approx(float((sample - data).pow(2).mean().detach()))
+    assert float(out["loss"].detach()) == pytest.approx(float(plain["loss"].detach()) + 2.5 * float(out["sample_loss"]),
+                                                rel=1e-6)
+    # the sample is the sampler's output from noise drawn after the objective's draws, through the same network
+    g = torch.Generator().manual_seed(9)
+    model.loss(z, audio, word, seed, generator=g)
+    x0 = torch.randn(data.shape, generator=g)
+    with torch.no_grad():
+        want = model.sampler(model.sampling_net, x0, seed, model.encode(audio, word), model.null_cond, 2, 1.0).latents
+    torch.testing.assert_close(sample.detach(), want)
+    model.zero_grad()
+    (out["loss"] - plain["loss"]).backward()  # only the sample term: its gradient reaches the denoiser
+    assert model.denoiser.a.grad is not None and float(model.denoiser.a.grad.abs()) > 0
+
+
+def test_from_config():
+    codec, fk = _codec(), get_fk(None, flat_hand_mean=True)
+    assert SampleTimingLoss.from_config(None, codec, fk) is None
+    assert SampleTimingLoss.from_config({"weight": 0.0, "steps": 2}, codec, fk) is None
+    loss = SampleTimingLoss.from_config({"weight": 4, "guidance": 2, "highpass": 30, "per_joint": True}, codec, fk)
+    assert (loss.weight, loss.steps, loss.guidance, loss.highpass, loss.per_joint) == (4.0, 2, 2.0, 30, True)
+    with pytest.raises(ConfigError, match="unknown key.*'wieght'"):
+        SampleTimingLoss.from_config({"wieght": 1}, codec, fk)
+    with pytest.raises(ConfigError, match="steps"):
+        SampleTimingLoss.from_config({"weight": 1, "steps": 0}, codec, fk)
+    with pytest.raises(ConfigError, match="weight"):
+        SampleTimingLoss.from_config({"weight": -1}, codec, fk)

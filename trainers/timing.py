@@ -1,0 +1,106 @@
+"""A timing loss on generated samples (issue 13): when the decoded motion slows, against when GT's does.
+
+Why. Under a latent MSE (flow matching or regression) strokes of random direction average to the mean pose, so a
+condition that fixes only *when* a stroke happens (as audio does) barely moves the best prediction, and the
+generator never learns the corpus's stroke timing (README, "What this says"). A loss on a *sample* drawn from noise
+sees a committed motion instead, and its speed curve is direction-free: "slow down here" is a target whatever way
+the stroke goes. Per training window: a sample drawn with gradient through the generator's own sampler (``steps``,
+``guidance``), decoded through the frozen codec with straight-through codes (upper body and the pelvis's part),
+FK of BC's upper-body joints with every other joint at rest; its per-frame speed curve against the GT latents'
+decoded the same way, as ``1 - Pearson r`` over the window's frames (scale-free: timing, not amplitude; the
+realism of the amplitude stays the flow loss's job). ``highpass`` (frames) takes a centred moving average off both
+curves first, so the stroke-scale dips count rather than the slow envelope; ``per_joint`` correlates every BC joint's
+own curve (BC takes its beats per joint) instead of their mean.
+
+Config (the generator stage's ``sample_timing`` node, configs/generator_base.yaml; weight 0 = off)::
+
+    sample_timing: {weight: 0.0, steps: 2, guidance: 1.0, highpass: 30, per_joint: false}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from geometry.body_model import JointsFK
+from geometry.rotations import rotation_6d_to_matrix
+from geometry.skeleton import BC_JOINTS, NUM_JOINTS, PARTS
+from models.motion_codec import MotionCodec
+from utils.config import ConfigError
+
+KEYS = ("weight", "steps", "guidance", "highpass", "per_joint")
+TIMING_PARTS = ("upper", "lower_trans")  # the parts whose joints move BC's joints (the pelvis's global rotation too)
+
+
+def highpass(curves: torch.Tensor, width: int) -> torch.Tensor:
+    """(N, T) -> each curve minus its centred ``width``-frame moving average (edges: replicated)."""
+    if width <= 1:
+        return curves
+    box = torch.full((1, 1, width), 1.0 / width, dtype=curves.dtype, device=curves.device)
+    padded = F.pad(curves[:, None], ((width - 1) // 2, width // 2), mode="replicate")
+    return curves - F.conv1d(padded, box)[:, 0]
+
+
+def one_minus_r(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of 1 - Pearson r between the rows of ``x`` and ``y`` (N, T); a constant row counts r = 0."""
+    x, y = x - x.mean(1, keepdim=True), y - y.mean(1, keepdim=True)
+    r = (x * y).sum(1) / (x.norm(dim=1) * y.norm(dim=1)).clamp_min(1e-12)
+    return (1 - r).mean()
+
+
+class SampleTimingLoss:
+    """``loss(sample, data)``: generator-layout latents (B,C,1,T') of a sample and of the GT window -> scalar.
+
+    ``codec``: the frozen MotionCodec; ``fk``: a JointsFK built with ``flat_hand_mean=True`` (hands are not used)."""
+
+    def __init__(self, codec: MotionCodec, fk: JointsFK, weight: float, steps: int = 2, guidance: float = 1.0,
+                 highpass: int = 30, per_joint: bool = False) -> None:  # fmt: skip
+        if weight < 0 or steps < 1 or highpass < 0:
+            raise ConfigError(f"sample_timing: weight and highpass must be >= 0 and steps >= 1, got weight {weight}, "
+                              f"steps {steps}, highpass {highpass}")  # fmt: skip
+        missing = [p for p in TIMING_PARTS if p not in codec.parts]
+        if missing:
+            raise ConfigError(f"sample_timing needs the codec parts {list(TIMING_PARTS)}; missing {missing}")
+        self.codec, self.fk = codec, fk
+        self.weight, self.steps, self.guidance = float(weight), int(steps), float(guidance)
+        self.highpass, self.per_joint = int(highpass), bool(per_joint)
+
+    @classmethod
+    def from_config(cls, node: Mapping[str, Any] | None, codec: MotionCodec, fk: JointsFK) -> SampleTimingLoss | None:
+        """None when the node is absent or its weight is 0 (the loss is off and costs nothing)."""
+        node = dict(node or {})
+        unknown = sorted(set(node) - set(KEYS))
+        if unknown:
+            raise ConfigError(f"sample_timing: unknown key(s) {unknown}; expected {list(KEYS)}")
+        if not float(node.get("weight", 0.0)):
+            return None
+        return cls(codec, fk, float(node["weight"]), int(node.get("steps", 2)), float(node.get("guidance", 1.0)),
+                   int(node.get("highpass", 30)), bool(node.get("per_joint", False)))  # fmt: skip
+
+    def speed(self, latents: torch.Tensor) -> torch.Tensor:
+        """Generator-layout latents (B,C,1,T') -> speed curves (B, 4T'-1), or (B·J, 4T'-1) with ``per_joint``:
+        frame-to-frame speed of BC's joints (mean over them unless per joint) of the decoded upper body and pelvis
+        part, every other joint at rest. Differentiable."""
+        z = latents.squeeze(2).transpose(1, 2)
+        r6 = self.codec.decode_rot6d(z, TIMING_PARTS)
+        b, t = r6["upper"].shape[:2]
+        rot = torch.eye(3, dtype=r6["upper"].dtype, device=z.device).expand(b * t, NUM_JOINTS, 3, 3).clone()
+        for p in TIMING_PARTS:
+            joints = list(PARTS[p]["joints"])
+            rot[:, joints] = rotation_6d_to_matrix(r6[p].reshape(b * t, len(joints), 6))
+        pos = self.fk.from_matrices(rot, BC_JOINTS).reshape(b, t, len(BC_JOINTS), 3)
+        sp = pos.diff(dim=1).norm(dim=-1)
+        if self.per_joint:
+            return sp.transpose(1, 2).reshape(-1, t - 1)
+        return sp.mean(-1)
+
+    def __call__(self, sample: torch.Tensor, data: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            target = highpass(self.speed(data), self.highpass)
+        return one_minus_r(highpass(self.speed(sample), self.highpass), target)
+
+
+__all__ = ["SampleTimingLoss", "highpass", "one_minus_r"]
