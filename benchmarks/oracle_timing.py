@@ -12,7 +12,8 @@ stage's trainer: AdamW with default betas and no gradient clipping (the stage: A
 1.0) at the stage's learning rate and batch size, x0.1 after 80% of the updates. It then scores whole files of the
 train and val splits (beat placement and realism ratios, `evaluation.Evaluator`), one sampling seed, no CI.
 
-``--signal oracle`` replaces the audio's onset channel (channel 0 of the 16 kHz onset+amplitude signal) by the
+``--signal oracle`` replaces the audio's amplitude channel (channel 0 of the 16 kHz onset+amplitude signal; channel
+1, the onset impulses, is kept: earlier versions of this text called channel 0 the onset channel) by the
 ground-truth upper-body speed of the frame each sample belongs to (mean over BC's joints, FK as the evaluator's:
 SMPL-X when SMPLX_MODEL_PATH is set, else the embedded skeleton; divided by its train mean), in training and in
 generation: the condition then says when the motion slows (its minima are near BC's motion beats, which BC takes per
@@ -101,6 +102,8 @@ def main(argv: list[str] | None = None) -> dict:
                     help="frames of a centred moving average taken off both speed curves first (0: none)")
     ap.add_argument("--rollout-guidance", type=float, default=1.0)
     ap.add_argument("--rollout-per-joint", action="store_true", help="correlate each BC joint's speed curve")
+    ap.add_argument("--rollout-form", choices=("corr", "relmse"), default="corr",
+                    help="corr: 1 - Pearson r; relmse: MSE of the curves each divided by its mean (dip depth counts)")
     ap.add_argument("--main-job", default="outputs/pipeline/synthetic_cpu")
     ap.add_argument("--config", default="configs/pipeline/synthetic_cpu.yaml")
     ap.add_argument("--seed", type=int, default=0)
@@ -137,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = stage_config(str(node.config), node.get("overrides"), [f"output_dir={main_job / 'oracle_timing'}",
                                                                  "device=cpu", *rvq, *a.overrides], data)  # fmt: skip
     if str(cfg.data.get("audio_rep", "onset+amplitude")) != "onset+amplitude":
-        raise SystemExit("the oracle replaces the onset channel of data.audio_rep=onset+amplitude")
+        raise SystemExit("the oracle replaces the amplitude channel of data.audio_rep=onset+amplitude")
     torch.manual_seed(a.seed)
     stats = load_stats(cfg.data)
     codec = build_codec(cfg, stats, "cpu")
@@ -260,6 +263,9 @@ def main(argv: list[str] | None = None) -> dict:
             return sp.mean(-1)
 
         def timing_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            if a.rollout_form == "relmse":
+                x = x / x.mean(1, keepdim=True).clamp_min(1e-8)
+                y = y / y.mean(1, keepdim=True).clamp_min(1e-8)
             if a.rollout_highpass:
                 k = a.rollout_highpass
                 box = torch.full((1, 1, k), 1.0 / k)
@@ -268,6 +274,8 @@ def main(argv: list[str] | None = None) -> dict:
                     return F.conv1d(F.pad(c[:, None], ((k - 1) // 2, k // 2), mode="replicate"), box)[:, 0]
 
                 x, y = x - smooth(x), y - smooth(y)
+            if a.rollout_form == "relmse":
+                return (x - y).pow(2).mean()
             x, y = x - x.mean(1, keepdim=True), y - y.mean(1, keepdim=True)
             r = (x * y).sum(1) / (x.norm(dim=1) * y.norm(dim=1) + 1e-8)
             return (1 - r).mean()
@@ -325,7 +333,7 @@ def main(argv: list[str] | None = None) -> dict:
                  "overrides": list(a.overrides), "updates": a.updates,
                  "rollout_speed": a.rollout_speed, "rollout_steps": a.rollout_steps,
                  "rollout_guidance": a.rollout_guidance, "rollout_highpass": a.rollout_highpass,
-                 "rollout_per_joint": a.rollout_per_joint,
+                 "rollout_per_joint": a.rollout_per_joint, "rollout_form": a.rollout_form,
                  "train_files": a.train_files or len(train_files), "train_windows": len(items),
                  "final_loss": loss.item(), "train_seconds": round(time.time() - t0)}
     keys = ("beat_placement", "beat_placement_gt", "speed_ratio", "acceleration_ratio", "jerk_ratio")

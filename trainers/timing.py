@@ -7,14 +7,21 @@ sees a committed motion instead, and its speed curve is direction-free: "slow do
 the stroke goes. Per training window: a sample drawn with gradient through the generator's own sampler (``steps``,
 ``guidance``), decoded through the frozen codec with straight-through codes (upper body and the pelvis's part),
 FK of BC's upper-body joints with every other joint at rest; its per-frame speed curve against the GT latents'
-decoded the same way, as ``1 - Pearson r`` over the window's frames (scale-free: timing, not amplitude; the
-realism of the amplitude stays the flow loss's job). ``highpass`` (frames) takes a centred moving average off both
-curves first, so the stroke-scale dips count rather than the slow envelope; ``per_joint`` correlates every BC joint's
-own curve (BC takes its beats per joint) instead of their mean.
+decoded the same way. ``form``:
+
+* ``relmse`` (the main job's): each curve divided by its own mean over the window, then the mean squared difference.
+  Free of the overall speed (how lively stays the flow loss's job) but not of the dips' depth: BC only counts a
+  velocity minimum whose speed is above 0.3 x the joint's mean velocity (evaluation.metrics), so a model whose
+  dips go deeper than GT's loses exactly the beats it placed (measured: README, "What this says").
+* ``corr``: ``1 - Pearson r`` (scale-free in the dips' depth too).
+
+``highpass`` (frames) takes a centred moving average off both curves first (after the division), so stroke-scale
+dips count rather than the slow envelope; ``per_joint`` uses every BC joint's own curve (BC takes its beats per
+joint) instead of their mean.
 
 Config (the generator stage's ``sample_timing`` node, configs/generator_base.yaml; weight 0 = off)::
 
-    sample_timing: {weight: 0.0, steps: 2, guidance: 1.0, highpass: 30, per_joint: false}
+    sample_timing: {weight: 0.0, steps: 2, guidance: 1.0, form: relmse, highpass: 0, per_joint: false}
 """
 
 from __future__ import annotations
@@ -31,7 +38,8 @@ from geometry.skeleton import BC_JOINTS, NUM_JOINTS, PARTS
 from models.motion_codec import MotionCodec
 from utils.config import ConfigError
 
-KEYS = ("weight", "steps", "guidance", "highpass", "per_joint")
+KEYS = ("weight", "steps", "guidance", "form", "highpass", "per_joint")
+FORMS = ("relmse", "corr")
 TIMING_PARTS = ("upper", "lower_trans")  # the parts whose joints move BC's joints (the pelvis's global rotation too)
 
 
@@ -42,6 +50,16 @@ def highpass(curves: torch.Tensor, width: int) -> torch.Tensor:
     box = torch.full((1, 1, width), 1.0 / width, dtype=curves.dtype, device=curves.device)
     padded = F.pad(curves[:, None], ((width - 1) // 2, width // 2), mode="replicate")
     return curves - F.conv1d(padded, box)[:, 0]
+
+
+def relative_mse(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference of the rows of ``x`` and ``y`` (N, T), each already divided by its own mean."""
+    return (x - y).pow(2).mean()
+
+
+def by_mean(curves: torch.Tensor) -> torch.Tensor:
+    """(N, T) -> each row divided by its mean (a still row, mean 0, stays 0)."""
+    return curves / curves.mean(1, keepdim=True).clamp_min(1e-12)
 
 
 def one_minus_r(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -57,16 +75,18 @@ class SampleTimingLoss:
     ``codec``: the frozen MotionCodec; ``fk``: a JointsFK built with ``flat_hand_mean=True`` (hands are not used)."""
 
     def __init__(self, codec: MotionCodec, fk: JointsFK, weight: float, steps: int = 2, guidance: float = 1.0,
-                 highpass: int = 30, per_joint: bool = False) -> None:  # fmt: skip
+                 form: str = "relmse", highpass: int = 0, per_joint: bool = False) -> None:  # fmt: skip
         if weight < 0 or steps < 1 or highpass < 0:
             raise ConfigError(f"sample_timing: weight and highpass must be >= 0 and steps >= 1, got weight {weight}, "
                               f"steps {steps}, highpass {highpass}")  # fmt: skip
+        if form not in FORMS:
+            raise ConfigError(f"sample_timing.form must be one of {list(FORMS)}, got {form!r}")
         missing = [p for p in TIMING_PARTS if p not in codec.parts]
         if missing:
             raise ConfigError(f"sample_timing needs the codec parts {list(TIMING_PARTS)}; missing {missing}")
         self.codec, self.fk = codec, fk
         self.weight, self.steps, self.guidance = float(weight), int(steps), float(guidance)
-        self.highpass, self.per_joint = int(highpass), bool(per_joint)
+        self.form, self.highpass, self.per_joint = form, int(highpass), bool(per_joint)
 
     @classmethod
     def from_config(cls, node: Mapping[str, Any] | None, codec: MotionCodec, fk: JointsFK) -> SampleTimingLoss | None:
@@ -78,7 +98,8 @@ class SampleTimingLoss:
         if not float(node.get("weight", 0.0)):
             return None
         return cls(codec, fk, float(node["weight"]), int(node.get("steps", 2)), float(node.get("guidance", 1.0)),
-                   int(node.get("highpass", 30)), bool(node.get("per_joint", False)))  # fmt: skip
+                   str(node.get("form", "relmse")), int(node.get("highpass", 0)),
+                   bool(node.get("per_joint", False)))  # fmt: skip
 
     def speed(self, latents: torch.Tensor) -> torch.Tensor:
         """Generator-layout latents (B,C,1,T') -> speed curves (B, 4T'-1), or (B·J, 4T'-1) with ``per_joint``:
@@ -97,10 +118,16 @@ class SampleTimingLoss:
             return sp.transpose(1, 2).reshape(-1, t - 1)
         return sp.mean(-1)
 
+    def curves(self, latents: torch.Tensor) -> torch.Tensor:
+        """The compared curves: `speed`, divided by its mean (``relmse``), then high-passed."""
+        sp = self.speed(latents)
+        return highpass(by_mean(sp) if self.form == "relmse" else sp, self.highpass)
+
     def __call__(self, sample: torch.Tensor, data: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            target = highpass(self.speed(data), self.highpass)
-        return one_minus_r(highpass(self.speed(sample), self.highpass), target)
+            target = self.curves(data)
+        loss = relative_mse if self.form == "relmse" else one_minus_r
+        return loss(self.curves(sample), target)
 
 
-__all__ = ["SampleTimingLoss", "highpass", "one_minus_r"]
+__all__ = ["SampleTimingLoss", "by_mean", "highpass", "one_minus_r", "relative_mse"]
