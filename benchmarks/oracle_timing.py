@@ -95,15 +95,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--train-files", type=int, default=0, help="train on (and score) the first K train files only")
     ap.add_argument("--probe", action="store_true", help="also score train files with delayed and swapped audio")
     ap.add_argument("--rollout-speed", type=float, default=0.0,
-                    help="flow: weight of a timing loss on a sample drawn from noise with gradient (1 - Pearson r "
-                         "of its decoded BC-joint speed curve and GT's)")
-    ap.add_argument("--rollout-steps", type=int, default=2)
-    ap.add_argument("--rollout-highpass", type=int, default=0,
-                    help="frames of a centred moving average taken off both speed curves first (0: none)")
-    ap.add_argument("--rollout-guidance", type=float, default=1.0)
-    ap.add_argument("--rollout-per-joint", action="store_true", help="correlate each BC joint's speed curve")
-    ap.add_argument("--rollout-form", choices=("corr", "relmse"), default="corr",
-                    help="corr: 1 - Pearson r; relmse: MSE of the curves each divided by its mean (dip depth counts)")
+                    help="flow: weight of the trainer's sample_timing loss (trainers.timing; 0 = off)")
+    ap.add_argument("--rollout-steps", type=int, default=2, help="sample_timing.steps")
+    ap.add_argument("--rollout-guidance", type=float, default=1.0, help="sample_timing.guidance")
+    ap.add_argument("--rollout-form", choices=("relmse", "corr"), default="relmse", help="sample_timing.form")
+    ap.add_argument("--rollout-highpass", type=int, default=0, help="sample_timing.highpass (frames)")
+    ap.add_argument("--rollout-per-joint", action="store_true", help="sample_timing.per_joint")
     ap.add_argument("--main-job", default="outputs/pipeline/synthetic_cpu")
     ap.add_argument("--config", default="configs/pipeline/synthetic_cpu.yaml")
     ap.add_argument("--seed", type=int, default=0)
@@ -230,55 +227,13 @@ def main(argv: list[str] | None = None) -> dict:
         finally:
             den.train()
 
-    if a.rollout_speed:
-        from geometry.rotations import rotation_6d_to_matrix
-        from geometry.skeleton import NUM_JOINTS, PARTS
+    timing = None
+    if a.rollout_speed:  # the trainer's sample_timing loss (trainers.timing), here with the plain loop
+        from trainers.timing import SampleTimingLoss
 
-        fk_flat = get_fk(None, flat_hand_mean=True)
-
-        def decoded_speed(lat: torch.Tensor) -> torch.Tensor:
-            """Generator latents (B,C,1,T') -> (B, 4T'-1) mean BC-joint speed of the decoded upper body and pelvis
-            (straight-through codes), every other joint at rest. Differentiable."""
-            zl = lat.squeeze(2).transpose(1, 2) * codec.latent_scale
-            rot = None
-            start = 0
-            for p, cd in zip(codec.parts, codec.code_dims, strict=True):
-                if p in ("upper", "lower_trans"):
-                    vq = codec.vqs[p]
-                    zc = vq._check_latent(zl[..., start : start + cd])
-                    zq = vq.quantizer(zc, eval_mode=True)[0]
-                    rec = vq.decoder(zc + (zq - zc).detach())
-                    idx = codec._r6[p]
-                    r6 = rec[..., : idx.numel()] * codec.rot6d_std[idx] + codec.rot6d_mean[idx]
-                    b, t = r6.shape[:2]
-                    if rot is None:
-                        rot = torch.eye(3).expand(b * t, NUM_JOINTS, 3, 3).clone()
-                    joints = list(PARTS[p]["joints"])
-                    rot[:, joints] = rotation_6d_to_matrix(r6.reshape(b * t, len(joints), 6))
-                start += cd
-            pos = fk_flat.from_matrices(rot, BC_JOINTS).reshape(b, t, len(BC_JOINTS), 3)
-            sp = pos.diff(dim=1).norm(dim=-1)  # (B, T-1, J)
-            if a.rollout_per_joint:  # joints into the batch: (B*J, T-1)
-                return sp.transpose(1, 2).reshape(-1, sp.shape[1])
-            return sp.mean(-1)
-
-        def timing_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            if a.rollout_form == "relmse":
-                x = x / x.mean(1, keepdim=True).clamp_min(1e-8)
-                y = y / y.mean(1, keepdim=True).clamp_min(1e-8)
-            if a.rollout_highpass:
-                k = a.rollout_highpass
-                box = torch.full((1, 1, k), 1.0 / k)
-
-                def smooth(c: torch.Tensor) -> torch.Tensor:
-                    return F.conv1d(F.pad(c[:, None], ((k - 1) // 2, k // 2), mode="replicate"), box)[:, 0]
-
-                x, y = x - smooth(x), y - smooth(y)
-            if a.rollout_form == "relmse":
-                return (x - y).pow(2).mean()
-            x, y = x - x.mean(1, keepdim=True), y - y.mean(1, keepdim=True)
-            r = (x * y).sum(1) / (x.norm(dim=1) * y.norm(dim=1) + 1e-8)
-            return (1 - r).mean()
+        timing = SampleTimingLoss(codec, get_fk(None, flat_hand_mean=True), a.rollout_speed, a.rollout_steps,
+                                  a.rollout_guidance, a.rollout_form, a.rollout_highpass,
+                                  a.rollout_per_joint)  # fmt: skip
 
     lr, batch = float(cfg.solver.lr), int(cfg.batch_size)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
@@ -290,18 +245,10 @@ def main(argv: list[str] | None = None) -> dict:
         at = model.encode(audio[idx], word[idx])
         seed = z[idx, :seed_n]
         if a.model == "flow":
-            loss = model.loss(z[idx], None, None, seed, generator=g, at_feat=at)["loss"]
-            if a.rollout_speed:
-                target = to_generator_layout(z[idx])
-                noise = torch.randn(target.shape, generator=g)
-                zs = model.sampler(model.net, noise, seed, at, model.null_cond, a.rollout_steps,
-                                   a.rollout_guidance, g).latents
-                with torch.no_grad():
-                    gt_speed = decoded_speed(target)
-                tl = timing_loss(decoded_speed(zs), gt_speed)
-                loss = loss + a.rollout_speed * tl
-                if it % 200 == 0:
-                    print(f"update {it} timing loss {tl.item():.4f}", flush=True)
+            out = model.loss(z[idx], None, None, seed, generator=g, at_feat=at, sample_loss=timing)
+            loss = out["loss"]
+            if timing is not None and it % 200 == 0:
+                print(f"update {it} timing loss {out['sample_loss'].item():.4f}", flush=True)
         elif a.model == "imle":
             target = to_generator_layout(z[idx])
             loss = F.mse_loss(one_step(imle_noise(target, seed, at), seed, at), target)

@@ -202,7 +202,7 @@ def test_sample_timing_loss_is_trained_and_logged(assets, tmp_path):
         out = tr.fit()
     assert out["iteration"] == 2
     recs = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "train/sample_loss" in r]
-    assert recs and all(0.0 <= r["train/sample_loss"] <= 2.0 for r in recs)  # 1 - r lies in [0, 2]
+    assert recs and all(0.0 < r["train/sample_loss"] < 10.0 for r in recs)  # relmse of mean-divided curves
     r = recs[-1]
     parts = sum(v for k, v in r.items() if k.startswith("train/loss_"))
     assert r["train/loss"] == pytest.approx(parts + 3.0 * r["train/sample_loss"], rel=1e-4)

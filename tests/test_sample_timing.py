@@ -15,7 +15,7 @@ from models.generators.base import to_generator_layout
 from models.motion_codec import PART_JOINTS, MotionCodec
 from models.vq.rvqvae import RVQVAE
 from tests.test_generators import ToyDenoiser, ToyEncoder, toy_inputs
-from trainers.timing import SampleTimingLoss, highpass, one_minus_r
+from trainers.timing import SampleTimingLoss, by_mean, highpass, one_minus_r, relative_mse
 from utils.config import ConfigError
 
 
@@ -49,6 +49,17 @@ def test_highpass_and_correlation_by_hand():
     assert float(one_minus_r(x, torch.ones_like(x))) == pytest.approx(1.0)  # a still target counts r = 0
 
 
+def test_relative_mse_ignores_overall_speed_but_not_dip_depth():
+    x = torch.tensor([[1.0, 1.0, 0.2, 1.0]], dtype=torch.float64)  # a dip to 0.2
+    y = torch.tensor([[1.0, 1.0, 0.6, 1.0]], dtype=torch.float64)  # GT's dip only to 0.6
+    assert float(relative_mse(by_mean(3 * y), by_mean(y))) == pytest.approx(0.0, abs=1e-15)  # livelier, same shape
+    xm, ym = x / 0.8, y / 0.9  # means 0.8 and 0.9
+    assert float(relative_mse(by_mean(x), by_mean(y))) == pytest.approx(float((xm - ym).pow(2).mean()))
+    assert float(relative_mse(by_mean(x), by_mean(y))) > 0.05  # the deeper dip costs
+    assert float(one_minus_r(x, y)) == pytest.approx(0.0, abs=1e-12)  # ... which the correlation form cannot see
+    assert torch.equal(by_mean(torch.zeros(1, 4)), torch.zeros(1, 4))  # a still curve stays 0, no division by 0
+
+
 def test_speed_equals_fk_of_the_decoded_poses():
     """The differentiable path (rot6d -> matrices, BC chains only) matches the evaluator's path (axis-angle,
     Rodrigues, full FK) on the same decoded rot6d; the straight-through decode's forward is decode_parts'."""
@@ -77,12 +88,13 @@ def test_loss_is_zero_on_gt_positive_when_late_and_differentiable():
     codec = _codec()
     g = torch.Generator().manual_seed(2)
     data = to_generator_layout(torch.randn(3, 8, codec.latent_dim, generator=g))
-    for per_joint in (False, True):
-        loss = SampleTimingLoss(codec, get_fk(None, flat_hand_mean=True), weight=1.0, highpass=9, per_joint=per_joint)
+    for form, per_joint in (("relmse", False), ("corr", False), ("corr", True), ("relmse", True)):
+        loss = SampleTimingLoss(codec, get_fk(None, flat_hand_mean=True), weight=1.0, form=form, highpass=9,
+                                per_joint=per_joint)  # fmt: skip
         assert float(loss(data, data)) == pytest.approx(0.0, abs=1e-5)
         late = data.roll(2, dims=-1).clone().requires_grad_(True)  # the same motion 8 frames late
         value = loss(late, data)
-        assert float(value.detach()) > 0.1
+        assert float(value.detach()) > (0.1 if form == "corr" else 0.01)
         value.backward()
         assert late.grad is not None and torch.isfinite(late.grad).all() and late.grad.abs().sum() > 0
 
@@ -129,7 +141,11 @@ def test_from_config():
     assert SampleTimingLoss.from_config(None, codec, fk) is None
     assert SampleTimingLoss.from_config({"weight": 0.0, "steps": 2}, codec, fk) is None
     loss = SampleTimingLoss.from_config({"weight": 4, "guidance": 2, "highpass": 30, "per_joint": True}, codec, fk)
-    assert (loss.weight, loss.steps, loss.guidance, loss.highpass, loss.per_joint) == (4.0, 2, 2.0, 30, True)
+    assert (loss.weight, loss.steps, loss.guidance, loss.form, loss.highpass, loss.per_joint) == (
+        4.0, 2, 2.0, "relmse", 30, True)  # fmt: skip
+    assert SampleTimingLoss.from_config({"weight": 1, "form": "corr"}, codec, fk).form == "corr"
+    with pytest.raises(ConfigError, match="form"):
+        SampleTimingLoss.from_config({"weight": 1, "form": "l2"}, codec, fk)
     with pytest.raises(ConfigError, match="unknown key.*'wieght'"):
         SampleTimingLoss.from_config({"wieght": 1}, codec, fk)
     with pytest.raises(ConfigError, match="steps"):
