@@ -2,6 +2,8 @@
 
     python benchmarks/oracle_timing.py [--signal oracle|direction|retrieved|real] [--model flow|regress|imle]
         [--updates 1080] [--steps 2,20] [--files 6] [--train-files K] [--probe] [--imle-k 8]
+        [--rollout-speed W [--rollout-steps 2] [--rollout-guidance 1] [--rollout-form relmse|corr]
+         [--rollout-highpass 0] [--rollout-per-joint]] [--save STATE.pt]
         [--main-job outputs/pipeline/synthetic_cpu] [--json OUT.json] [key=value ...]
 
 (key=value: overrides of the shortcut stage's config, e.g. model.generator.params.objective.time_alpha=2.0)
@@ -39,7 +41,10 @@ the train files generated from altered audio, words kept, each against the file'
 (the condition's audio 0.5 s late: leading zeros, cropped; the learning check's ``delayed`` moves the words too) and
 ``swapped`` (the audio of the next train file after the scored ones, repeated or cropped to length; with
 ``--train-files`` a file not trained on). A model that places its strokes from its audio loses placement in both.
-The measured numbers are in the README ("What this says").
+``--rollout-speed W`` (flow) adds the trainer's ``sample_timing`` loss (trainers.timing) with weight W to every
+update: a sample drawn from noise with gradient through the sampler (``--rollout-steps``, ``--rollout-guidance``),
+its decoded speed curve against GT's (``--rollout-form``, ``--rollout-highpass``, ``--rollout-per-joint``).
+``--save`` keeps the trained generator's state dict. The measured numbers are in the README ("What this says").
 """
 
 from __future__ import annotations
@@ -110,6 +115,8 @@ def main(argv: list[str] | None = None) -> dict:
     a = ap.parse_args(argv)
     if a.updates < 1 or a.files < 1 or a.train_files < 0 or a.imle_k < 1:
         raise SystemExit("--updates, --files and --imle-k must be >= 1, --train-files >= 0")
+    if a.rollout_speed < 0 or (a.rollout_speed and a.model != "flow"):
+        raise SystemExit("--rollout-speed must be >= 0, and is for --model flow only")
     import torch
     import torch.nn.functional as F
     from omegaconf import OmegaConf

@@ -26,6 +26,7 @@ the tests use it to prove the fast FK equals ``smplx``.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,6 +34,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from geometry.rotations import rotation_6d_to_matrix
 from geometry.skeleton import NUM_JOINTS, PARENTS
 from utils.io import sha256_file
 
@@ -348,6 +350,17 @@ class JointsFK:
             r_world[:, idx] = r_par @ rot[:, idx]
             pos[:, idx] = pos[:, par] + (r_par @ offsets[idx].unsqueeze(-1)).squeeze(-1)
         return pos
+
+    def positions_at_rest(self, rot6d: Mapping[tuple[int, ...], torch.Tensor],
+                          joints: list[int] | tuple[int, ...]) -> torch.Tensor:  # fmt: skip
+        """{joint indices: their rot6d (N, len(indices), 6)} -> (N, len(joints), 3) positions of ``joints``, every
+        other joint at rest (identity rotation; the root at its rest position), the mean pose not added (build this
+        FK with ``flat_hand_mean=True``). Differentiable: training losses on decoded motion go through here."""
+        first = next(iter(rot6d.values()))
+        rot = torch.eye(3, dtype=first.dtype, device=first.device).expand(first.shape[0], NUM_JOINTS, 3, 3).clone()
+        for idx, r6 in rot6d.items():
+            rot[:, list(idx)] = rotation_6d_to_matrix(r6)
+        return self.from_matrices(rot, joints)
 
     def __repr__(self) -> str:
         return f"JointsFK(source={self.source!r})"

@@ -58,6 +58,30 @@ def test_relative_mse_ignores_overall_speed_but_not_dip_depth():
     assert float(relative_mse(by_mean(x), by_mean(y))) > 0.05  # the deeper dip costs
     assert float(one_minus_r(x, y)) == pytest.approx(0.0, abs=1e-12)  # ... which the correlation form cannot see
     assert torch.equal(by_mean(torch.zeros(1, 4)), torch.zeros(1, 4))  # a still curve stays 0, no division by 0
+    still = torch.full((1, 4), 1e-7, requires_grad=True)  # an almost still sample: the floor bounds its gradient
+    relative_mse(by_mean(still), by_mean(y)).backward()
+    assert float(still.grad.abs().max()) < 1e5
+
+
+def test_straight_through_gives_the_decoders_gradient_at_the_codes():
+    """latent2origin(straight_through=True): the gradient w.r.t. the latents is the decoder's gradient at the chosen
+    codes (identity through quantisation); without it the quantiser's own path gives num_quantizers x that."""
+    codec = _codec()
+    vq = codec.vqs["upper"]
+    z = torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(3))
+    w = torch.randn(2, 20, vq.input_width, generator=torch.Generator().manual_seed(4))
+    zq = vq.quantizer(z.permute(0, 2, 1), eval_mode=True)[0].detach().requires_grad_(True)
+    (vq.decoder(zq) * w).sum().backward()
+    want = zq.grad.permute(0, 2, 1)
+    grads = {}
+    for st in (True, False):
+        zz = z.clone().requires_grad_(True)
+        rec = vq.latent2origin(zz, straight_through=st)[0]
+        torch.testing.assert_close(rec, vq.decoder(zq).detach(), atol=1e-5, rtol=1e-5)  # same forward value
+        (rec * w).sum().backward()
+        grads[st] = zz.grad
+    torch.testing.assert_close(grads[True], want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grads[False], 2 * want, atol=1e-5, rtol=1e-5)  # 2 quantisers
 
 
 def test_speed_equals_fk_of_the_decoded_poses():
@@ -137,9 +161,13 @@ def test_generator_loss_adds_the_weighted_sample_loss_with_gradient():
 
 
 def test_from_config():
-    codec, fk = _codec(), get_fk(None, flat_hand_mean=True)
+    codec, fk = _codec(), None  # from_config's third argument: the body model (None: SMPL-X if found, else mannequin)
     assert SampleTimingLoss.from_config(None, codec, fk) is None
     assert SampleTimingLoss.from_config({"weight": 0.0, "steps": 2}, codec, fk) is None
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        SampleTimingLoss.from_config(8, codec, fk)
+    with pytest.raises(ConfigError, match="weight"):
+        SampleTimingLoss.from_config({"weight": 1, "guidance": float("nan")}, codec, fk)
     loss = SampleTimingLoss.from_config({"weight": 4, "guidance": 2, "highpass": 30, "per_joint": True}, codec, fk)
     assert (loss.weight, loss.steps, loss.guidance, loss.form, loss.highpass, loss.per_joint) == (
         4.0, 2, 2.0, "relmse", 30, True)  # fmt: skip

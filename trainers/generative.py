@@ -114,7 +114,10 @@ class GenerativeTrainer(BaseTrainer):
         self.stats = load_stats(self.cfg.data)
         self.codec = build_codec(self.cfg, self.stats, self.device)  # frozen, outside self.model
         self.sample_timing = SampleTimingLoss.from_config(to_container(self.cfg.get("sample_timing")), self.codec,
-                                                          get_fk(None, flat_hand_mean=True))  # fmt: skip
+                                                          self.val_cfg.get("body_model"))  # fmt: skip
+        if self.sample_timing is not None and self.trains_couplings:
+            raise ConfigError("sample_timing is not supported by the ReFlow trainer (its steps train on stored "
+                              "couplings); set sample_timing.weight=0")  # fmt: skip
         self.pre_frames = int(self.cfg.get("pre_frames", 4))
         model = build_generator_from_config(self.cfg, warm_start=True)
         if getattr(model.objective, "needs_couplings", False) and not self.trains_couplings:

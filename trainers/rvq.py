@@ -41,12 +41,10 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from dataloaders.stats import denormalise_rot6d, load_stats
 from evaluation.fgd_autoencoder import load_fgd_autoencoder
 from geometry.body_model import JointsFK, get_fk
-from geometry.rotations import rotation_6d_to_matrix
 from geometry.skeleton import (
     BC_JOINTS,
     FRAME_DIM,
     HANDS_JOINTS,
-    NUM_JOINTS,
     PARTS,
     ROT6D_SLICE,
     check_part,
@@ -166,9 +164,8 @@ class PartPositions:
         b, t = x.shape[:2]
         n = len(self.part_joints)
         r6 = x[..., : 6 * n].float() * self.std.to(x.device) + self.mean.to(x.device)
-        rot = torch.eye(3, device=x.device).expand(b * t, NUM_JOINTS, 3, 3).clone()
-        rot[:, self.part_joints] = rotation_6d_to_matrix(r6.reshape(b * t, n, 6))
-        return self.fk.from_matrices(rot, self.joints).reshape(b, t, len(self.joints), 3)
+        pos = self.fk.positions_at_rest({tuple(self.part_joints): r6.reshape(b * t, n, 6)}, self.joints)
+        return pos.reshape(b, t, len(self.joints), 3)
 
 
 def position_losses(pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:

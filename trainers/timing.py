@@ -9,7 +9,8 @@ the stroke goes. Per training window: a sample drawn with gradient through the g
 FK of BC's upper-body joints with every other joint at rest; its per-frame speed curve against the GT latents'
 decoded the same way. ``form``:
 
-* ``relmse`` (the main job's): each curve divided by its own mean over the window, then the mean squared difference.
+* ``relmse`` (the form chosen on val, README): each curve divided by its own mean over the window (floored at 1e-4 m
+  per frame, so a still sample's gradient stays bounded), then the mean squared difference.
   Free of the overall speed (how lively stays the flow loss's job) but not of the dips' depth: BC only counts a
   velocity minimum whose speed is above 0.3 x the joint's mean velocity (evaluation.metrics), so a model whose
   dips go deeper than GT's loses exactly the beats it placed (measured: README, "What this says").
@@ -17,7 +18,9 @@ decoded the same way. ``form``:
 
 ``highpass`` (frames) takes a centred moving average off both curves first (after the division), so stroke-scale
 dips count rather than the slow envelope; ``per_joint`` uses every BC joint's own curve (BC takes its beats per
-joint) instead of their mean.
+joint) instead of their mean. The sample is drawn in the generator's training mode (dropout on, as in the rest of
+the training step; inference samples in eval mode), and the loss is computed in float32 outside autocast (bf16
+positions would carry millimetres of rounding, about one frame's motion).
 
 Config (the generator stage's ``sample_timing`` node, configs/generator_base.yaml; weight 0 = off)::
 
@@ -32,9 +35,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from geometry.body_model import JointsFK
-from geometry.rotations import rotation_6d_to_matrix
-from geometry.skeleton import BC_JOINTS, NUM_JOINTS, PARTS
+from geometry.body_model import JointsFK, get_fk
+from geometry.skeleton import BC_JOINTS, PARTS
 from models.motion_codec import MotionCodec
 from utils.config import ConfigError
 
@@ -57,9 +59,13 @@ def relative_mse(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (x - y).pow(2).mean()
 
 
-def by_mean(curves: torch.Tensor) -> torch.Tensor:
-    """(N, T) -> each row divided by its mean (a still row, mean 0, stays 0)."""
-    return curves / curves.mean(1, keepdim=True).clamp_min(1e-12)
+SPEED_FLOOR = 1e-4  # m per frame (GT upper-body means are ~5e-3): below it a curve counts as still
+
+
+def by_mean(curves: torch.Tensor, floor: float = SPEED_FLOOR) -> torch.Tensor:
+    """(N, T) -> each row divided by its mean, the mean floored at ``floor`` (a still row stays near 0 and its
+    gradient bounded)."""
+    return curves / curves.mean(1, keepdim=True).clamp_min(floor)
 
 
 def one_minus_r(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -76,7 +82,7 @@ class SampleTimingLoss:
 
     def __init__(self, codec: MotionCodec, fk: JointsFK, weight: float, steps: int = 2, guidance: float = 1.0,
                  form: str = "relmse", highpass: int = 0, per_joint: bool = False) -> None:  # fmt: skip
-        if weight < 0 or steps < 1 or highpass < 0:
+        if not (weight >= 0 and steps >= 1 and highpass >= 0 and guidance == guidance):  # NaN fails too
             raise ConfigError(f"sample_timing: weight and highpass must be >= 0 and steps >= 1, got weight {weight}, "
                               f"steps {steps}, highpass {highpass}")  # fmt: skip
         if form not in FORMS:
@@ -89,14 +95,19 @@ class SampleTimingLoss:
         self.form, self.highpass, self.per_joint = form, int(highpass), bool(per_joint)
 
     @classmethod
-    def from_config(cls, node: Mapping[str, Any] | None, codec: MotionCodec, fk: JointsFK) -> SampleTimingLoss | None:
-        """None when the node is absent or its weight is 0 (the loss is off and costs nothing)."""
+    def from_config(cls, node: Mapping[str, Any] | None, codec: MotionCodec,
+                    body_model: str | None = None) -> SampleTimingLoss | None:  # fmt: skip
+        """None when the node is absent or its weight is 0 (the loss is off and costs nothing: no FK is built).
+        ``body_model``: the FK skeleton (``geometry.body_model.get_fk``; None: SMPL-X if found, else the mannequin)."""
+        if node is not None and not isinstance(node, Mapping):
+            raise ConfigError(f"sample_timing must be a mapping {{{', '.join(KEYS)}}}, got {node!r}")
         node = dict(node or {})
         unknown = sorted(set(node) - set(KEYS))
         if unknown:
             raise ConfigError(f"sample_timing: unknown key(s) {unknown}; expected {list(KEYS)}")
         if not float(node.get("weight", 0.0)):
             return None
+        fk = get_fk(body_model, flat_hand_mean=True)
         return cls(codec, fk, float(node["weight"]), int(node.get("steps", 2)), float(node.get("guidance", 1.0)),
                    str(node.get("form", "relmse")), int(node.get("highpass", 0)),
                    bool(node.get("per_joint", False)))  # fmt: skip
@@ -108,11 +119,8 @@ class SampleTimingLoss:
         z = latents.squeeze(2).transpose(1, 2)
         r6 = self.codec.decode_rot6d(z, TIMING_PARTS)
         b, t = r6["upper"].shape[:2]
-        rot = torch.eye(3, dtype=r6["upper"].dtype, device=z.device).expand(b * t, NUM_JOINTS, 3, 3).clone()
-        for p in TIMING_PARTS:
-            joints = list(PARTS[p]["joints"])
-            rot[:, joints] = rotation_6d_to_matrix(r6[p].reshape(b * t, len(joints), 6))
-        pos = self.fk.from_matrices(rot, BC_JOINTS).reshape(b, t, len(BC_JOINTS), 3)
+        by_joints = {PARTS[p]["joints"]: r6[p].reshape(b * t, -1, 6) for p in TIMING_PARTS}
+        pos = self.fk.positions_at_rest(by_joints, BC_JOINTS).reshape(b, t, len(BC_JOINTS), 3)
         sp = pos.diff(dim=1).norm(dim=-1)
         if self.per_joint:
             return sp.transpose(1, 2).reshape(-1, t - 1)
@@ -124,10 +132,11 @@ class SampleTimingLoss:
         return highpass(by_mean(sp) if self.form == "relmse" else sp, self.highpass)
 
     def __call__(self, sample: torch.Tensor, data: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            target = self.curves(data)
-        loss = relative_mse if self.form == "relmse" else one_minus_r
-        return loss(self.curves(sample), target)
+        with torch.autocast(device_type=sample.device.type, enabled=False):
+            with torch.no_grad():
+                target = self.curves(data.float())
+            loss = relative_mse if self.form == "relmse" else one_minus_r
+            return loss(self.curves(sample.float()), target)
 
 
 __all__ = ["SampleTimingLoss", "by_mean", "highpass", "one_minus_r", "relative_mse"]
