@@ -43,6 +43,7 @@ from utils.config import ConfigError
 KEYS = ("weight", "steps", "guidance", "form", "highpass", "per_joint")
 FORMS = ("relmse", "corr")
 TIMING_PARTS = ("upper", "lower_trans")  # the parts whose joints move BC's joints (the pelvis's global rotation too)
+SPEED_FLOOR = 1e-4  # m per frame (GT upper-body means are ~5e-3): below it a curve counts as still
 
 
 def highpass(curves: torch.Tensor, width: int) -> torch.Tensor:
@@ -57,9 +58,6 @@ def highpass(curves: torch.Tensor, width: int) -> torch.Tensor:
 def relative_mse(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean squared difference of the rows of ``x`` and ``y`` (N, T), each already divided by its own mean."""
     return (x - y).pow(2).mean()
-
-
-SPEED_FLOOR = 1e-4  # m per frame (GT upper-body means are ~5e-3): below it a curve counts as still
 
 
 def by_mean(curves: torch.Tensor, floor: float = SPEED_FLOOR) -> torch.Tensor:
@@ -83,8 +81,8 @@ class SampleTimingLoss:
     def __init__(self, codec: MotionCodec, fk: JointsFK, weight: float, steps: int = 2, guidance: float = 1.0,
                  form: str = "relmse", highpass: int = 0, per_joint: bool = False) -> None:  # fmt: skip
         if not (weight >= 0 and steps >= 1 and highpass >= 0 and guidance == guidance):  # NaN fails too
-            raise ConfigError(f"sample_timing: weight and highpass must be >= 0 and steps >= 1, got weight {weight}, "
-                              f"steps {steps}, highpass {highpass}")  # fmt: skip
+            raise ConfigError(f"sample_timing: weight and highpass must be >= 0, steps >= 1 and guidance a number, got "
+                              f"weight {weight}, steps {steps}, highpass {highpass}, guidance {guidance}")  # fmt: skip
         if form not in FORMS:
             raise ConfigError(f"sample_timing.form must be one of {list(FORMS)}, got {form!r}")
         missing = [p for p in TIMING_PARTS if p not in codec.parts]
