@@ -2,7 +2,7 @@
 
     python benchmarks/oracle_timing.py [--signal oracle|direction|retrieved|real] [--model flow|regress|imle]
         [--updates 1080] [--steps 2,20] [--files 6] [--train-files K] [--probe] [--imle-k 8]
-        [--rollout-speed W [--rollout-steps 2] [--rollout-guidance 1] [--rollout-form relmse|corr]
+        [--rollout-speed W [--rollout-steps 2] [--rollout-guidance 1] [--rollout-form relmse|corr|scaled]
          [--rollout-highpass 0] [--rollout-per-joint]] [--save STATE.pt]
         [--main-job outputs/pipeline/synthetic_cpu] [--json OUT.json] [key=value ...]
 
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
                     help="flow: weight of the trainer's sample_timing loss (trainers.timing; 0 = off)")
     ap.add_argument("--rollout-steps", type=int, default=2, help="sample_timing.steps")
     ap.add_argument("--rollout-guidance", type=float, default=1.0, help="sample_timing.guidance")
-    ap.add_argument("--rollout-form", choices=("relmse", "corr"), default="relmse", help="sample_timing.form")
+    ap.add_argument("--rollout-form", choices=("relmse", "corr", "scaled"), default="relmse", help="sample_timing.form")
     ap.add_argument("--rollout-highpass", type=int, default=0, help="sample_timing.highpass (frames)")
     ap.add_argument("--rollout-per-joint", action="store_true", help="sample_timing.per_joint")
     ap.add_argument("--main-job", default="outputs/pipeline/synthetic_cpu")

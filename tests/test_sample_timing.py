@@ -112,7 +112,7 @@ def test_loss_is_zero_on_gt_positive_when_late_and_differentiable():
     codec = _codec()
     g = torch.Generator().manual_seed(2)
     data = to_generator_layout(torch.randn(3, 8, codec.latent_dim, generator=g))
-    for form, per_joint in (("relmse", False), ("corr", False), ("corr", True), ("relmse", True)):
+    for form, per_joint in (("relmse", False), ("corr", False), ("corr", True), ("relmse", True), ("scaled", False)):
         loss = SampleTimingLoss(codec, get_fk(None, flat_hand_mean=True), weight=1.0, form=form, highpass=9,
                                 per_joint=per_joint)  # fmt: skip
         assert float(loss(data, data)) == pytest.approx(0.0, abs=1e-5)

@@ -15,6 +15,11 @@ decoded the same way. ``form``:
   velocity minimum whose speed is above 0.3 x the joint's mean velocity (evaluation.metrics), so a model whose
   dips go deeper than GT's loses exactly the beats it placed (measured: README, "What this says").
 * ``corr``: ``1 - Pearson r`` (scale-free in the dips' depth too).
+* ``scaled``: both curves divided by the *GT* window's mean speed (floored as above), then the mean squared
+  difference: the absolute curve, so how deep a dip goes counts against BC's threshold, which is absolute (0.3 x
+  the dataset's mean joint velocity). Measured why (README): a ``relmse`` model whose window curves matched GT's
+  better than the chosen seed's still scored negative placement, because its dips went below the threshold; with
+  the threshold lowered to 0.25 x it scored 0.13.
 
 ``highpass`` (frames) takes a centred moving average off both curves first (after the division), so stroke-scale
 dips count rather than the slow envelope; ``per_joint`` uses every BC joint's own curve (BC takes its beats per
@@ -41,7 +46,7 @@ from models.motion_codec import MotionCodec
 from utils.config import ConfigError
 
 KEYS = ("weight", "steps", "guidance", "form", "highpass", "per_joint")
-FORMS = ("relmse", "corr")
+FORMS = ("relmse", "corr", "scaled")
 TIMING_PARTS = ("upper", "lower_trans")  # the parts whose joints move BC's joints (the pelvis's global rotation too)
 SPEED_FLOOR = 1e-4  # m per frame (GT upper-body means are ~5e-3): below it a curve counts as still
 
@@ -56,7 +61,7 @@ def highpass(curves: torch.Tensor, width: int) -> torch.Tensor:
 
 
 def relative_mse(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean squared difference of the rows of ``x`` and ``y`` (N, T), each already divided by its own mean."""
+    """Mean squared difference of the rows of ``x`` and ``y`` (N, T), already divided by a mean speed."""
     return (x - y).pow(2).mean()
 
 
@@ -124,17 +129,23 @@ class SampleTimingLoss:
             return sp.transpose(1, 2).reshape(-1, t - 1)
         return sp.mean(-1)
 
-    def curves(self, latents: torch.Tensor) -> torch.Tensor:
-        """The compared curves: `speed`, divided by its mean (``relmse``), then high-passed."""
-        sp = self.speed(latents)
-        return highpass(by_mean(sp) if self.form == "relmse" else sp, self.highpass)
+    def curves(self, sample: torch.Tensor, data: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The compared curves of the sample and of GT: `speed`, divided by its own mean (``relmse``) or both by
+        GT's (``scaled``), then high-passed. GT's carries no gradient."""
+        with torch.no_grad():
+            target = self.speed(data)
+        sp = self.speed(sample)
+        if self.form == "relmse":
+            sp, target = by_mean(sp), by_mean(target)
+        elif self.form == "scaled":
+            scale = target.mean(1, keepdim=True).clamp_min(SPEED_FLOOR)
+            sp, target = sp / scale, target / scale
+        return highpass(sp, self.highpass), highpass(target, self.highpass)
 
     def __call__(self, sample: torch.Tensor, data: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=sample.device.type, enabled=False):
-            with torch.no_grad():
-                target = self.curves(data.float())
-            loss = relative_mse if self.form == "relmse" else one_minus_r
-            return loss(self.curves(sample.float()), target)
+            x, y = self.curves(sample.float(), data.float())
+            return (one_minus_r if self.form == "corr" else relative_mse)(x, y)
 
 
 __all__ = ["SampleTimingLoss", "by_mean", "highpass", "one_minus_r", "relative_mse"]
