@@ -10,9 +10,11 @@
 
 Run the main job first: this trains the main job's shortcut generator (its config, networks, objective and sampler;
 its RVQ-VAEs and statistics) again on the train windows (drawn with replacement), with a plain loop that is not the
-stage's trainer: AdamW with default betas and no gradient clipping (the stage: Adam, betas (0.5, 0.999), clipping at
-1.0) at the stage's learning rate and batch size, x0.1 after 80% of the updates. It then scores whole files of the
-train and val splits (beat placement and realism ratios, `evaluation.Evaluator`), one sampling seed, no CI.
+stage's trainer: AdamW with default betas and no gradient clipping (until 2026-12-02 the stage used Adam, betas
+(0.5, 0.999), clipping at 1.0; now Adam (0.9, 0.999) without clipping) at the stage's learning rate and batch size,
+x0.1 after 80% of the updates. The stage's ``sample_timing`` is not applied here: the timing loss is on only with
+``--rollout-speed``. It then scores whole files of the train and val splits (beat placement and realism ratios,
+`evaluation.Evaluator`), one sampling seed, no CI.
 
 ``--signal oracle`` replaces the audio's amplitude channel (channel 0 of the 16 kHz onset+amplitude signal; channel
 1, the onset impulses, is kept: earlier versions of this text called channel 0 the onset channel) by the

@@ -63,6 +63,22 @@ def test_relative_mse_ignores_overall_speed_but_not_dip_depth():
     assert float(still.grad.abs().max()) < 1e5
 
 
+def test_the_forms_normalise_by_their_own_or_by_gts_mean():
+    """``relmse`` divides each curve by its own mean (a 3x livelier sample of GT's shape costs 0); ``scaled`` divides
+    both by GT's mean (the same sample costs mean((3y − y)²)/mean(y)² = 4·mean(y²)/mean(y)²)."""
+    y = torch.tensor([[1.0, 1.0, 0.6, 1.0]], dtype=torch.float64)
+    loss = SampleTimingLoss(_codec(), get_fk(None, flat_hand_mean=True), weight=1.0)
+    loss.speed = lambda z: z.squeeze(1).squeeze(1)  # curves given directly as (B, 1, 1, T) "latents"
+    curves = {"sample": (3 * y)[:, None, None], "data": y[:, None, None]}
+    loss.form = "relmse"
+    assert float(loss(curves["sample"], curves["data"])) == pytest.approx(0.0, abs=1e-12)
+    loss.form = "scaled"
+    want = 4 * float(y.pow(2).mean()) / float(y.mean()) ** 2
+    assert float(loss(curves["sample"], curves["data"])) == pytest.approx(want)
+    _, gt = loss.curves(curves["sample"], curves["data"])
+    torch.testing.assert_close(gt, y / y.mean())  # GT's curve over its own mean
+
+
 def test_straight_through_gives_the_decoders_gradient_at_the_codes():
     """latent2origin(straight_through=True): the gradient w.r.t. the latents is the decoder's gradient at the chosen
     codes (identity through quantisation); without it the quantiser's own path gives num_quantizers x that."""
