@@ -19,7 +19,8 @@ decoded the same way. ``form``:
   difference: the absolute curve, so how deep a dip goes counts against BC's threshold, which is absolute (0.3 x
   the dataset's mean joint velocity). Measured why (README): a ``relmse`` model whose window curves matched GT's
   better than the chosen seed's still scored negative placement, because its dips went below the threshold; with
-  the threshold lowered to 0.25 x it scored 0.13.
+  the threshold lowered to 0.075 x the mean velocity it scored 0.13 (train files). Measured too: this form did not
+  place strokes (val 0.04 / -0.01 / 0.04 over three seeds); ``per_joint`` with ``relmse`` did (the main job's).
 
 ``highpass`` (frames) takes a centred moving average off both curves first (after the division), so stroke-scale
 dips count rather than the slow envelope; ``per_joint`` uses every BC joint's own curve (BC takes its beats per
