@@ -3,7 +3,7 @@
     python benchmarks/oracle_timing.py [--signal oracle|direction|retrieved|real] [--model flow|regress|imle]
         [--updates 1080] [--steps 2,20] [--files 6] [--train-files K] [--probe] [--imle-k 8]
         [--rollout-speed W [--rollout-steps 2] [--rollout-guidance 1] [--rollout-form relmse|corr|scaled]
-         [--rollout-highpass 0] [--rollout-per-joint]] [--save STATE.pt]
+         [--rollout-highpass 0] [--rollout-per-joint] [--rollout-spectrum 0]] [--save STATE.pt]
         [--main-job outputs/pipeline/synthetic_cpu] [--json OUT.json] [key=value ...]
 
 (key=value: overrides of the shortcut stage's config, e.g. model.generator.params.objective.time_alpha=2.0)
@@ -14,7 +14,8 @@ stage's trainer: AdamW with default betas and no gradient clipping (until 2026-1
 (0.5, 0.999), clipping at 1.0; now Adam (0.9, 0.999) without clipping) at the stage's learning rate and batch size,
 x0.1 after 80% of the updates. The stage's ``sample_timing`` is not applied here: the timing loss is on only with
 ``--rollout-speed``. It then scores whole files of the train and val splits (beat placement and realism ratios,
-`evaluation.Evaluator`), one sampling seed, no CI.
+`evaluation.Evaluator`; BC and GT's BC under the corrected protocol, as the learning check's (d)), one sampling
+seed, no CI.
 
 ``--signal oracle`` replaces the audio's amplitude channel (channel 0 of the 16 kHz onset+amplitude signal; channel
 1, the onset impulses, is kept: earlier versions of this text called channel 0 the onset channel) by the
@@ -45,7 +46,8 @@ the train files generated from altered audio, words kept, each against the file'
 ``--train-files`` a file not trained on). A model that places its strokes from its audio loses placement in both.
 ``--rollout-speed W`` (flow) adds the trainer's ``sample_timing`` loss (trainers.timing) with weight W to every
 update: a sample drawn from noise with gradient through the sampler (``--rollout-steps``, ``--rollout-guidance``),
-its decoded speed curve against GT's (``--rollout-form``, ``--rollout-highpass``, ``--rollout-per-joint``).
+its decoded speed curve against GT's (``--rollout-form``, ``--rollout-highpass``, ``--rollout-per-joint``,
+``--rollout-spectrum``).
 ``--save`` keeps the trained generator's state dict. The measured numbers are in the README ("What this says").
 """
 
@@ -108,6 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--rollout-form", choices=("relmse", "corr", "scaled"), default="relmse", help="sample_timing.form")
     ap.add_argument("--rollout-highpass", type=int, default=0, help="sample_timing.highpass (frames)")
     ap.add_argument("--rollout-per-joint", action="store_true", help="sample_timing.per_joint")
+    ap.add_argument("--rollout-spectrum", type=float, default=0.0, help="sample_timing.spectrum")
     ap.add_argument("--main-job", default="outputs/pipeline/synthetic_cpu")
     ap.add_argument("--config", default="configs/pipeline/synthetic_cpu.yaml")
     ap.add_argument("--seed", type=int, default=0)
@@ -242,7 +245,7 @@ def main(argv: list[str] | None = None) -> dict:
 
         timing = SampleTimingLoss(codec, get_fk(None, flat_hand_mean=True), a.rollout_speed, a.rollout_steps,
                                   a.rollout_guidance, a.rollout_form, a.rollout_highpass,
-                                  a.rollout_per_joint)  # fmt: skip
+                                  a.rollout_per_joint, a.rollout_spectrum)  # fmt: skip
 
     lr, batch = float(cfg.solver.lr), int(cfg.batch_size)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
@@ -292,7 +295,7 @@ def main(argv: list[str] | None = None) -> dict:
                  "rollout_per_joint": a.rollout_per_joint, "rollout_form": a.rollout_form,
                  "train_files": a.train_files or len(train_files), "train_windows": len(items),
                  "final_loss": loss.item(), "train_seconds": round(time.time() - t0)}
-    keys = ("beat_placement", "beat_placement_gt", "speed_ratio", "acceleration_ratio", "jerk_ratio")
+    keys = ("beat_placement", "beat_placement_gt", "bc", "bc_gt", "speed_ratio", "acceleration_ratio", "jerk_ratio")
     for n in [int(s) for s in a.steps.split(",")] if a.model == "flow" else [1]:
         if a.model == "flow":
             model.sampler.configure(n_steps=n)
@@ -312,7 +315,8 @@ def main(argv: list[str] | None = None) -> dict:
                     {**f, "audio": donor.repeat(-(-f["audio"].shape[0] // donor.shape[0]), 1)[: f["audio"].shape[0]]}
                     for f in files]  # fmt: skip
             for name, inputs in conditions.items():
-                ev = Evaluator(None, mean_vel=np.asarray(stats.mean_vel), fk=get_fk(None))
+                # BC under the learning check's protocol (corrected), as its (d) judges it
+                ev = Evaluator(None, mean_vel=np.asarray(stats.mean_vel), fk=get_fk(None), protocol="corrected")
                 with torch.no_grad():
                     generate_items(model, codec, inputs, window_options(cfg), torch.device("cpu"), seed=a.seed,
                                    evaluators=[ev], keep=False, references=files)  # fmt: skip

@@ -3,8 +3,9 @@
 Window i covers motion frames [i·hop, i·hop + 128) (hop 112 = 128 − 16), i.e. 32 latents whose first 4 are the
 seed: the ground-truth latents of frames 0-15 for window 0 (``seed_from_gt``, as upstream) and the last 4 generated
 latents of window i−1 afterwards. All 32 latents of window 0 are kept, latents 4..31 of later windows; there is no
-cross-fade. Noise is drawn per window right after the modality encoder (the order upstream uses), from ``rng`` or the
-global torch RNG.
+cross-fade unless ``crossfade`` = k > 0: then the last k kept seed latents are blended towards the next window's own
+version of them (``crossfade_junction``). Noise is drawn per window right after the modality encoder (the order
+upstream uses), from ``rng`` or the global torch RNG.
 
 Reference quirks, each behind a named option of ``WindowOptions``:
 
@@ -47,12 +48,15 @@ class WindowOptions:
     seed_fallback: str = "mean_pose"
     word_pad_id: int = 0
     trim_multiple: int = 8  # upstream trims n to a multiple of 8 before windowing (drop_tail mode)
+    crossfade: int = 0  # latents blended at each window junction (0 = none, as upstream; at most seed_latents)
 
     def __post_init__(self) -> None:
         if self.audio_indexing not in AUDIO_INDEXING:
             raise ValueError(f"audio_indexing must be one of {AUDIO_INDEXING}, got {self.audio_indexing!r}")
         if self.seed_fallback not in SEED_FALLBACKS:
             raise ValueError(f"seed_fallback must be one of {SEED_FALLBACKS}, got {self.seed_fallback!r}")
+        if not 0 <= self.crossfade <= self.seed_latents:
+            raise ValueError(f"crossfade must be in [0, seed_latents={self.seed_latents}], got {self.crossfade}")
         if self.window_frames % self.squeeze or self.window_frames <= self.overlap_frames:
             raise ValueError(f"window_frames={self.window_frames} must be a multiple of {self.squeeze} and exceed "
                              f"the seed overlap {self.overlap_frames}")
@@ -196,6 +200,17 @@ def seed_from_motion(codec: MotionCodec, poses: Tensor, trans_v: Tensor, opts: W
 
 
 @torch.no_grad()
+def crossfade_junction(before: Tensor, head: Tensor, k: int) -> Tensor:
+    """``before`` (B,T,C) ends with the seed latents of the next window, whose own version of those frames is
+    ``head`` (B,S,C). Blends the last ``k`` of them linearly towards ``head`` (weight j/(k+1) at the j-th, j = 1..k),
+    so the motion does not jump where the next window's latents take over."""
+    s = head.shape[1]
+    w = torch.arange(1, k + 1, dtype=before.dtype, device=before.device)[None, :, None] / (k + 1)
+    tail = before[:, before.shape[1] - k :]
+    blended = (1 - w) * tail + w * head[:, s - k :]
+    return torch.cat([before[:, : before.shape[1] - k], blended], dim=1)
+
+
 def generate_windowed(
     generator: torch.nn.Module,
     codec: MotionCodec,
@@ -272,6 +287,8 @@ def generate_windowed(
         if record:
             records.append({"audio_slice": torch.tensor([a0, a1]), "word": w_win, "seed": seed, "noise": win.noise,
                             "at_feat": win.at_feat, "latents": win.latents})  # fmt: skip
+        if i and opts.crossfade:
+            kept[-1] = crossfade_junction(kept[-1], lat[:, : opts.seed_latents], opts.crossfade)
         kept.append(lat if i == 0 else lat[:, opts.seed_latents :])
         seed = lat[:, -opts.seed_latents :]
     latents = torch.cat(kept, dim=1)

@@ -15,7 +15,7 @@ from models.generators.base import to_generator_layout
 from models.motion_codec import PART_JOINTS, MotionCodec
 from models.vq.rvqvae import RVQVAE
 from tests.test_generators import ToyDenoiser, ToyEncoder, toy_inputs
-from trainers.timing import SampleTimingLoss, by_mean, highpass, one_minus_r, relative_mse
+from trainers.timing import SampleTimingLoss, band_amplitudes, by_mean, highpass, one_minus_r, relative_mse
 from utils.config import ConfigError
 
 
@@ -77,6 +77,27 @@ def test_the_forms_normalise_by_their_own_or_by_gts_mean():
     assert float(loss(curves["sample"], curves["data"])) == pytest.approx(want)
     _, gt = loss.curves(curves["sample"], curves["data"])
     torch.testing.assert_close(gt, y / y.mean())  # GT's curve over its own mean
+
+
+def test_band_amplitudes_are_phase_free_and_see_the_tempo():
+    t = torch.arange(128, dtype=torch.float64)
+    slow = 1 + 0.5 * torch.sin(2 * torch.pi * 6 * t / 128)  # 6 cycles: rfft bin 6 -> band 1 (bins 5-8)
+    late = 1 + 0.5 * torch.sin(2 * torch.pi * 6 * (t - 7) / 128)  # the same curve 7 frames late
+    fast = 1 + 0.5 * torch.sin(2 * torch.pi * 12 * t / 128)  # twice the tempo: bin 12 -> band 2 (bins 9-12)
+    a = band_amplitudes(torch.stack([slow, late, fast]))
+    assert a.shape == (3, 16)  # 64 non-constant bins (1..64) in bands of 4
+    # sum over t of 0.25 sin² = 16, half of it in the kept half spectrum's one bin (orthonormal): band power 8 / 4
+    assert float(a[0, 1]) == pytest.approx(2**0.5) and float(a[2, 2]) == pytest.approx(2**0.5)
+    assert float(a[0].pow(2).sum() - a[0, 1] ** 2) < 1e-9
+    torch.testing.assert_close(a[0], a[1])  # phase-free: a late curve has the same spectrum
+    torch.testing.assert_close(band_amplitudes(slow[None] * 3 + 2), 3 * a[:1], atol=1e-5, rtol=1e-9)  # mean off
+    loss = SampleTimingLoss(_codec(), get_fk(None, flat_hand_mean=True), weight=1.0, spectrum=2.0)
+    loss.speed = lambda z: z.squeeze(1).squeeze(1)  # curves given directly as (B, 1, 1, T) "latents"
+    as_latents = lambda c: c[None, None, None]  # noqa: E731
+    relmse = float(relative_mse(by_mean(late[None]), by_mean(slow[None])))
+    assert float(loss(as_latents(late), as_latents(slow))) == pytest.approx(relmse)  # same tempo: the term is 0
+    want = float(relative_mse(by_mean(fast[None]), by_mean(slow[None]))) + 2.0 * (2 + 2) / 16
+    assert float(loss(as_latents(fast), as_latents(slow))) == pytest.approx(want)  # two bands of 16 differ by √2
 
 
 def test_straight_through_gives_the_decoders_gradient_at_the_codes():
@@ -196,3 +217,7 @@ def test_from_config():
         SampleTimingLoss.from_config({"weight": 1, "steps": 0}, codec, fk)
     with pytest.raises(ConfigError, match="weight"):
         SampleTimingLoss.from_config({"weight": -1}, codec, fk)
+    assert SampleTimingLoss.from_config({"weight": 1}, codec, fk).spectrum == 0.0
+    assert SampleTimingLoss.from_config({"weight": 1, "spectrum": 0.5}, codec, fk).spectrum == 0.5
+    with pytest.raises(ConfigError, match="spectrum"):
+        SampleTimingLoss.from_config({"weight": 1, "spectrum": -1}, codec, fk)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from geometry.rotations import poses_to_rot6d
-from inference.windowed import WindowOptions, generate_windowed, plan_windows
+from inference.windowed import WindowOptions, crossfade_junction, generate_windowed, plan_windows
 from models.generators import build_generator
 from models.generators.upstream import generator_node_from_upstream
 from models.motion_codec import MotionCodec, trans_from_trans_v
@@ -156,3 +156,37 @@ def test_window_options_reject_unknown_keys():
         WindowOptions.from_config({"drop_tial": True})
     with pytest.raises(ValueError, match="audio_indexing"):
         WindowOptions(audio_indexing="rounded")
+
+
+def test_crossfade_junction_blends_linearly_towards_the_next_window():
+    before = torch.zeros(1, 6, 2)
+    before[:, 2:] = 1.0  # the last 4 are the next window's seed
+    head = torch.full((1, 4, 2), 3.0)  # the next window's version of those frames
+    out = crossfade_junction(before, head, 2)
+    # untouched but the last 2, which move 1/3 and 2/3 of the way from 1 to 3
+    torch.testing.assert_close(out[0, :, 0], torch.tensor([0.0, 0.0, 1.0, 1.0, 1 + 2 / 3, 1 + 4 / 3]))
+    torch.testing.assert_close(crossfade_junction(before, head, 4)[0, 2:, 1], torch.tensor([1.4, 1.8, 2.2, 2.6]))
+    with pytest.raises(ValueError, match="crossfade"):
+        WindowOptions(crossfade=5)
+
+
+def test_windowed_crossfade_changes_only_the_junction_latents(fx):
+    gen, codec, d = fx
+    n = 352
+    pose, tv = _t(d, "in_pose")[:, :n], _t(d, "in_trans_v")[:, :n]
+    audio, word = _t(d, "in_audio_onset")[:, : int(n / 30 * 16000)], _t(d, "in_word")[:, :n].long()
+    outs = {}
+    for k in (0, 4):
+        torch.manual_seed(3)
+        outs[k] = generate_windowed(gen, codec, audio, word, pose, tv, opts=WindowOptions(crossfade=k), record=True)
+    a, b = outs[0], outs[4]
+    assert a.n_windows == b.n_windows == 3
+    for wa, wb in zip(a.windows, b.windows):  # the blend happens after each window: seeds and windows unchanged
+        torch.testing.assert_close(wa["latents"], wb["latents"], rtol=0, atol=0)
+    moved = (a.latents != b.latents).any(-1)[0]
+    junction = torch.zeros_like(moved)
+    for i in (1, 2):  # window i's seed latents sit at 28i .. 28i+3 of the kept sequence
+        junction[28 * i : 28 * i + 4] = True
+    assert moved[junction].all() and not moved[~junction].any()
+    lat = [w["latents"].squeeze(2).permute(0, 2, 1) for w in a.windows]
+    torch.testing.assert_close(b.latents[:, 28:32], crossfade_junction(lat[0], lat[1][:, :4], 4)[:, 28:32])

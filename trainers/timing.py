@@ -22,6 +22,11 @@ decoded the same way. ``form``:
   the threshold lowered to 0.075 x the mean velocity it scored 0.13 (train files). Measured too: this form did not
   place strokes (val 0.04 / -0.01 / 0.04 over three seeds); ``per_joint`` with ``relmse`` did (the main job's).
 
+``spectrum`` (a weight, 0 = off) adds the mean squared difference of the two curves' band amplitude spectra
+(``band_amplitudes``): phase-free, so it asks the sample to rise and fall as often as GT does even where its strokes
+cannot line up with GT's. Why: the per-joint ``relmse`` model dips at about twice GT's rate, half of its dips away
+from any audio onset, which raises its BC above GT's (README, "What this says").
+
 ``highpass`` (frames) takes a centred moving average off both curves first (after the division), so stroke-scale
 dips count rather than the slow envelope; ``per_joint`` uses every BC joint's own curve (BC takes its beats per
 joint) instead of their mean. The sample is drawn in the generator's training mode (dropout on, as in the rest of
@@ -30,7 +35,7 @@ positions would carry millimetres of rounding, about one frame's motion).
 
 Config (the generator stage's ``sample_timing`` node, configs/generator_base.yaml; weight 0 = off)::
 
-    sample_timing: {weight: 0.0, steps: 2, guidance: 1.0, form: relmse, highpass: 0, per_joint: false}
+    sample_timing: {weight: 0.0, steps: 2, guidance: 1.0, form: relmse, highpass: 0, per_joint: false, spectrum: 0.0}
 """
 
 from __future__ import annotations
@@ -46,10 +51,11 @@ from geometry.skeleton import BC_JOINTS, PARTS
 from models.motion_codec import MotionCodec
 from utils.config import ConfigError
 
-KEYS = ("weight", "steps", "guidance", "form", "highpass", "per_joint")
+KEYS = ("weight", "steps", "guidance", "form", "highpass", "per_joint", "spectrum")
 FORMS = ("relmse", "corr", "scaled")
 TIMING_PARTS = ("upper", "lower_trans")  # the parts whose joints move BC's joints (the pelvis's global rotation too)
 SPEED_FLOOR = 1e-4  # m per frame (GT upper-body means are ~5e-3): below it a curve counts as still
+SPECTRUM_BAND = 4  # rfft bins pooled per band (~0.94 Hz for a 127-frame curve at 30 fps)
 
 
 def highpass(curves: torch.Tensor, width: int) -> torch.Tensor:
@@ -72,6 +78,16 @@ def by_mean(curves: torch.Tensor, floor: float = SPEED_FLOOR) -> torch.Tensor:
     return curves / curves.mean(1, keepdim=True).clamp_min(floor)
 
 
+def band_amplitudes(curves: torch.Tensor, band: int = SPECTRUM_BAND) -> torch.Tensor:
+    """(N, T) -> (N, ceil(F/band)): the root mean power of each row's spectrum (its mean removed; orthonormal rfft,
+    the constant bin dropped) over consecutive bands of ``band`` bins. Phase-free: how often a curve rises and
+    falls, not when."""
+    power = torch.fft.rfft(curves - curves.mean(1, keepdim=True), dim=1, norm="ortho").abs().pow(2)[:, 1:]
+    pad = (-power.shape[1]) % band
+    power = F.pad(power, (0, pad))  # zero-padded last band: the same for both curves
+    return power.reshape(power.shape[0], -1, band).mean(-1).clamp_min(1e-12).sqrt()
+
+
 def one_minus_r(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean over rows of 1 - Pearson r between the rows of ``x`` and ``y`` (N, T); a constant row counts r = 0."""
     x, y = x - x.mean(1, keepdim=True), y - y.mean(1, keepdim=True)
@@ -85,10 +101,12 @@ class SampleTimingLoss:
     ``codec``: the frozen MotionCodec; ``fk``: a JointsFK built with ``flat_hand_mean=True`` (hands are not used)."""
 
     def __init__(self, codec: MotionCodec, fk: JointsFK, weight: float, steps: int = 2, guidance: float = 1.0,
-                 form: str = "relmse", highpass: int = 0, per_joint: bool = False) -> None:  # fmt: skip
-        if not (weight >= 0 and steps >= 1 and highpass >= 0 and guidance == guidance):  # NaN fails too
-            raise ConfigError(f"sample_timing: weight and highpass must be >= 0, steps >= 1 and guidance a number, got "
-                              f"weight {weight}, steps {steps}, highpass {highpass}, guidance {guidance}")  # fmt: skip
+                 form: str = "relmse", highpass: int = 0, per_joint: bool = False,
+                 spectrum: float = 0.0) -> None:  # fmt: skip
+        if not (weight >= 0 and steps >= 1 and highpass >= 0 and guidance == guidance and spectrum >= 0):  # NaN fails
+            raise ConfigError(f"sample_timing: weight, highpass and spectrum must be >= 0, steps >= 1 and guidance a "
+                              f"number, got weight {weight}, steps {steps}, highpass {highpass}, guidance {guidance}, "
+                              f"spectrum {spectrum}")  # fmt: skip
         if form not in FORMS:
             raise ConfigError(f"sample_timing.form must be one of {list(FORMS)}, got {form!r}")
         missing = [p for p in TIMING_PARTS if p not in codec.parts]
@@ -97,6 +115,7 @@ class SampleTimingLoss:
         self.codec, self.fk = codec, fk
         self.weight, self.steps, self.guidance = float(weight), int(steps), float(guidance)
         self.form, self.highpass, self.per_joint = form, int(highpass), bool(per_joint)
+        self.spectrum = float(spectrum)
 
     @classmethod
     def from_config(cls, node: Mapping[str, Any] | None, codec: MotionCodec,
@@ -114,7 +133,7 @@ class SampleTimingLoss:
         fk = get_fk(body_model, flat_hand_mean=True)
         return cls(codec, fk, float(node["weight"]), int(node.get("steps", 2)), float(node.get("guidance", 1.0)),
                    str(node.get("form", "relmse")), int(node.get("highpass", 0)),
-                   bool(node.get("per_joint", False)))  # fmt: skip
+                   bool(node.get("per_joint", False)), float(node.get("spectrum", 0.0)))  # fmt: skip
 
     def speed(self, latents: torch.Tensor) -> torch.Tensor:
         """Generator-layout latents (B,C,1,T') -> speed curves (B, 4T'-1), or (B·J, 4T'-1) with ``per_joint``:
@@ -146,7 +165,10 @@ class SampleTimingLoss:
     def __call__(self, sample: torch.Tensor, data: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=sample.device.type, enabled=False):
             x, y = self.curves(sample.float(), data.float())
-            return (one_minus_r if self.form == "corr" else relative_mse)(x, y)
+            loss = (one_minus_r if self.form == "corr" else relative_mse)(x, y)
+            if self.spectrum:
+                loss = loss + self.spectrum * (band_amplitudes(x) - band_amplitudes(y)).pow(2).mean()
+            return loss
 
 
-__all__ = ["SampleTimingLoss", "by_mean", "highpass", "one_minus_r", "relative_mse"]
+__all__ = ["SampleTimingLoss", "band_amplitudes", "by_mean", "highpass", "one_minus_r", "relative_mse"]
