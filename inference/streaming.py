@@ -35,7 +35,7 @@ from dataloaders.features import audio as audio_feat
 from geometry.rotations import rot6d_to_poses
 from inference.audio_input import InputError
 from inference.model_source import LoadedModel
-from inference.windowed import WindowOptions, generate_window, plan_windows
+from inference.windowed import WindowOptions, crossfade_junction, generate_window, plan_windows
 
 if TYPE_CHECKING:  # inference.api imports this module
     from inference.api import SeedMotion
@@ -165,6 +165,9 @@ class GestureStream:
         self.nfe += out.nfe
         lat = out.latents.squeeze(2).permute(0, 2, 1)
         kept = lat if i == 0 else lat[:, self.opts.seed_latents :]
+        if i and self.opts.crossfade:  # as offline; _emit holds these latents back until now
+            self.latents[-1] = crossfade_junction(self.latents[-1], lat[:, : self.opts.seed_latents],
+                                                  self.opts.crossfade)  # fmt: skip
         self.latents.append(kept)
         self.n_latents += kept.shape[1]
         self.seed_lat = lat[:, -self.opts.seed_latents :]
@@ -175,12 +178,14 @@ class GestureStream:
     def _emit(self, n_frames: int | None) -> list[Emitted]:
         """Decode and emit the frames whose decoder context is complete (all of them when ``n_frames`` is given)."""
         r = self.stats.decoder_radius
-        final_lat = self.n_latents if n_frames is not None else self.n_latents - r
+        # the last `crossfade` latents change when the next window arrives: neither emitted nor used as context
+        final = self.n_latents - (0 if n_frames is not None else self.opts.crossfade)
+        final_lat = final if n_frames is not None else final - r
         if final_lat <= self.emitted_latents:
             return []
         z = torch.cat(self.latents, dim=1)
         lo = max(0, self.emitted_latents - r)
-        hi = self.n_latents if n_frames is not None else min(self.n_latents, final_lat + r)
+        hi = final if n_frames is not None else min(final, final_lat + r)
         parts = self.lm.codec.decode_parts(z[:, lo:hi])
         f0, f1 = 4 * (self.emitted_latents - lo), 4 * (final_lat - lo)
         first = 4 * self.emitted_latents
@@ -234,7 +239,7 @@ class GestureStream:
         return {"decoder_radius_latents": self.stats.decoder_radius, "lookahead_s": self.lookahead / self.sr,
                 "window_s": self.opts.window_frames / self.fps, "hop_s": hop_s,
                 "algorithmic_delay_s": self.opts.window_frames / self.fps + self.lookahead / self.sr
-                + 4 * self.stats.decoder_radius / self.fps}  # fmt: skip
+                + 4 * (self.stats.decoder_radius + self.opts.crossfade) / self.fps}  # fmt: skip
 
 
 def chunks_of(y: np.ndarray, size: int) -> Iterator[np.ndarray]:

@@ -5,6 +5,7 @@ written), streaming equal to offline, and the upstream-flag alias ``inference_cl
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -370,6 +371,22 @@ def test_stream_equals_offline(pipe, clip, lm):
     got = collect(parts + st.finish())
     np.testing.assert_allclose(got["poses"], ref.poses, rtol=0, atol=1e-6)
     assert got["poses"].shape == (math.ceil(7.37 * 30), 165)
+    # with the window junctions cross-faded: the blended latents are held back until final, so still equal
+    xf = dataclasses.replace(lm, opts=dataclasses.replace(lm.opts, crossfade=2))
+    off = generate_windowed(xf.model, xf.codec, torch.from_numpy(feats)[None], torch.from_numpy(inp.word_ids)[None],
+                            opts=xf.opts, rng=torch.Generator().manual_seed(11))  # fmt: skip
+    plain = generate_windowed(lm.model, lm.codec, torch.from_numpy(feats)[None], torch.from_numpy(inp.word_ids)[None],
+                              opts=lm.opts, rng=torch.Generator().manual_seed(11))  # fmt: skip
+    assert not torch.equal(off.latents, plain.latents)
+    st = GestureStream(xf, seed=11, word_ids=inp.word_ids, feature_fn=whole)
+    parts = []
+    for c in chunks_of(inp.audio.samples, 1600):
+        parts += st.push(c)
+    assert parts, "nothing emitted before the end"
+    got = collect(parts + st.finish())
+    np.testing.assert_array_equal(torch.cat(st.latents, 1).numpy(), off.latents.numpy())
+    np.testing.assert_allclose(got["poses"], off.poses[0].numpy(), rtol=0, atol=1e-6)
+    assert st.settings()["algorithmic_delay_s"] > GestureStream(lm, seed=11).settings()["algorithmic_delay_s"]
 
 
 def test_raw_pcm_stream_from_stdin(pipe, clip, lm, tmp_path, capsys, monkeypatch):
