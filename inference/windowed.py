@@ -199,7 +199,6 @@ def seed_from_motion(codec: MotionCodec, poses: Tensor, trans_v: Tensor, opts: W
     return codec.encode(poses[:, :n_enc], trans_v[:, :n_enc], exp)[:, : opts.seed_latents]
 
 
-@torch.no_grad()
 def crossfade_junction(before: Tensor, head: Tensor, k: int) -> Tensor:
     """``before`` (B,T,C) ends with the seed latents of the next window, whose own version of those frames is
     ``head`` (B,S,C). Blends the last ``k`` of them linearly towards ``head`` (weight j/(k+1) at the j-th, j = 1..k),
@@ -211,6 +210,7 @@ def crossfade_junction(before: Tensor, head: Tensor, k: int) -> Tensor:
     return torch.cat([before[:, : before.shape[1] - k], blended], dim=1)
 
 
+@torch.no_grad()
 def generate_windowed(
     generator: torch.nn.Module,
     codec: MotionCodec,
