@@ -24,8 +24,9 @@ decoded the same way. ``form``:
 
 ``spectrum`` (a weight, 0 = off) adds the mean squared difference of the two curves' band amplitude spectra
 (``band_amplitudes``): phase-free, so it asks the sample to rise and fall as often as GT does even where its strokes
-cannot line up with GT's. Why: the per-joint ``relmse`` model dips at about twice GT's rate, half of its dips away
-from any audio onset, which raises its BC above GT's (README, "What this says").
+cannot line up with GT's. Why: the per-joint ``relmse`` model dips at ~1.7x GT's rate, about half of its dips away
+from any audio onset, which raises its BC above GT's. Measured (README, "What this says"): at weight 1 it did not
+lower BC (val BC - BC(GT) +0.166 and +0.184 on two seeds), so it stays off in the main job.
 
 ``highpass`` (frames) takes a centred moving average off both curves first (after the division), so stroke-scale
 dips count rather than the slow envelope; ``per_joint`` uses every BC joint's own curve (BC takes its beats per
