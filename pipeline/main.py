@@ -7,19 +7,20 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from geometry.skeleton import GENERATOR_PARTS
 from pipeline import stages
 from pipeline.learning_check import learning_check_stage
 from pipeline.nfe_table import nfe_markdown, nfe_table_stage
+from pipeline.parallel import WorkerPool, failed_stage, ready_stages
 from pipeline.provenance import fingerprints, stage_inputs
 from pipeline.report import load_json, plot_speed_vs_onsets, plot_training_curves, write_report
-from pipeline.runner import StageError, banner, load_record, record_path, run_stage, stage_names
+from pipeline.runner import StageError, banner, is_forced, load_record, record_path, run_stage, stage_names
 from utils.config import ConfigError, load_config, to_container
 from utils.device import seed_everything
 from utils.io import save_json, save_text
@@ -137,8 +138,41 @@ def output_lock(out: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def stage_functions(cfg: DictConfig) -> dict[str, Callable[[], dict[str, Any]]]:
+    """Stage name -> the function that makes its outputs (the report stage is the runner's own)."""
+    fns: dict[str, Callable[[], dict[str, Any]]] = {
+        "corpus": lambda: stages.corpus(cfg), "cache": lambda: stages.cache(cfg), "fgd_ae": lambda: stages.fgd_ae(cfg),
+        "learning_check": lambda: learning_check_stage(cfg), "nfe_table": lambda: nfe_table_stage(cfg)}  # fmt: skip
+    for p in cfg.rvq.parts:
+        fns[f"rvq_{p}"] = lambda p=p: stages.rvq(cfg, p)
+    for g in cfg.generators:
+        fns[f"gen_{g}"] = lambda g=g: stages.generator(cfg, g)
+    for r in cfg.test.runs:
+        fns[f"test_{r}"] = lambda r=r: stages.test_run(cfg, r)
+    return fns
+
+
+def single_threaded(cfg: DictConfig, names: Sequence[str]) -> set[str]:
+    """The stages whose config pins one torch thread (they may share the machine: pipeline.parallel)."""
+    out = set()
+    for name in names:
+        node, path = None, None
+        if name == "fgd_ae":
+            node = cfg.fgd_ae
+        elif name.startswith("rvq_"):
+            node, path = cfg.rvq, str(cfg.rvq.config).format(part=name[len("rvq_"):])
+        elif name.startswith("gen_"):
+            node = cfg.generators[name[len("gen_"):]]
+        if node is not None and node.get("config") and not (name == "fgd_ae" and node.get("checkpoint")):
+            threads = stages.stage_config(path or str(node.config), node.get("overrides")).get("num_threads")
+            if threads is not None and int(threads) == 1:
+                out.add(name)
+    return out
+
+
 def run(cfg: DictConfig, command: str) -> dict[str, Any]:
-    """Run every enabled stage in order; raises StageError naming the failed stage."""
+    """Run every enabled stage (in order; with ``workers`` > 1 single-threaded stages side by side in worker
+    processes, see pipeline.parallel); raises StageError naming the failed stage."""
     stages.pipeline_face(cfg)  # a face setting without the face RVQ-VAE fails now, not after the RVQ stages
     started = git_info()
     out = stages.out_dir(cfg)
@@ -147,35 +181,70 @@ def run(cfg: DictConfig, command: str) -> dict[str, Any]:
     seed_everything(int(cfg.seed))
     force = to_container(cfg.get("force"))
     enabled = stage_names(to_container(cfg.get("stages")), all_stage_names(cfg))
+    workers = int(cfg.get("workers") or 1)
+    if workers < 1:
+        raise ConfigError(f"workers must be >= 1, got {workers}")
     log: list[dict[str, Any]] = []
-    fns = {"corpus": lambda: stages.corpus(cfg), "cache": lambda: stages.cache(cfg),
-           "fgd_ae": lambda: stages.fgd_ae(cfg), "learning_check": lambda: learning_check_stage(cfg),
-           "nfe_table": lambda: nfe_table_stage(cfg)}  # fmt: skip
-    for p in cfg.rvq.parts:
-        fns[f"rvq_{p}"] = lambda p=p: stages.rvq(cfg, p)
-    for g in cfg.generators:
-        fns[f"gen_{g}"] = lambda g=g: stages.generator(cfg, g)
-    for r in cfg.test.runs:
-        fns[f"test_{r}"] = lambda r=r: stages.test_run(cfg, r)
+    fns = stage_functions(cfg)
     fps = fingerprints(cfg)
+    deps = {n: [d for d in stage_inputs(cfg, n)[1] if d in enabled] for n in enabled if n != "report"}
+    deps["report"] = [n for n in enabled if n != "report"]
+    narrow = single_threaded(cfg, enabled) if workers > 1 else set()
+    pool = WorkerPool(OmegaConf.to_container(cfg, resolve=False), out / "logs") if narrow else None
     t0 = time.time()
     reran: set[str] = set()
+    pending = list(enabled)
+
+    def stage_force(name: str) -> Any:
+        # a stage whose inputs were just remade (forced, or stale) is remade too: a fingerprint covers settings,
+        # not the outputs of a rerun (force=gen_shortcut retrains the reflow teacher's student as well)
+        fresh_inputs = [d for d in stage_inputs(cfg, name)[1] if d in reran]
+        if fresh_inputs and load_record(out, name, fps[name]) is not None:  # it would have been skipped
+            print(f"[pipeline] stage {name}: its inputs {fresh_inputs} were remade in this run: rerunning it",
+                  flush=True)  # fmt: skip
+        return True if fresh_inputs else force
+
+    def finish(name: str, rec: dict[str, Any]) -> None:
+        if not rec["skipped"]:
+            reran.add(name)
+
     with output_lock(out):
-        for name in enabled:
-            if name == "report":
-                # the report is always rebuilt (cheap) so it shows this invocation's stage log
-                log.append({"stage": "report", "seconds": None, "skipped": False})
-                run_stage("report", lambda: report_stage(cfg, command, log, started), out, force=True)
-                continue
-            # a stage whose inputs were just remade (forced, or stale) is remade too: a fingerprint covers settings,
-            # not the outputs of a rerun (force=gen_shortcut retrains the reflow teacher's student as well)
-            fresh_inputs = [d for d in stage_inputs(cfg, name)[1] if d in reran]
-            if fresh_inputs and load_record(out, name, fps[name]) is not None:  # it would have been skipped
-                print(f"[pipeline] stage {name}: its inputs {fresh_inputs} were remade in this run: rerunning it",
-                      flush=True)  # fmt: skip
-            rec = run_stage(name, fns[name], out, True if fresh_inputs else force, log, fingerprint=fps[name])
-            if not rec["skipped"]:
-                reran.add(name)
+        try:
+            while pending:
+                now = ready_stages(pending, pool.running if pool else [], deps, narrow, workers)
+                if not now and not (pool and pool.running):  # cannot happen: a stage whose inputs are done can start
+                    raise RuntimeError(f"pipeline scheduler stuck with pending stages {pending}")
+                for name in now:
+                    pending.remove(name)
+                    if name == "report":
+                        # the report is always rebuilt (cheap) so it shows this invocation's stage log
+                        log.append({"stage": "report", "seconds": None, "skipped": False})
+                        run_stage("report", lambda: report_stage(cfg, command, log, started), out, force=True)
+                        continue
+                    f = stage_force(name)
+                    complete = not is_forced(name, f) and load_record(out, name, fps[name]) is not None
+                    if pool is None or name not in narrow or complete:
+                        finish(name, run_stage(name, fns[name], out, f, log, fingerprint=fps[name]))
+                        continue
+                    path = pool.start(name, f, fps[name])
+                    print(f"[pipeline] stage {name}: started in a worker process (log: {path})", flush=True)
+                if pool is not None and pool.running:
+                    for name, path, code in pool.wait_any():
+                        rec = load_record(out, name, fps[name])
+                        if code != 0 or rec is None:
+                            raise failed_stage(name, path, code if code != 0 else 1)
+                        print(f"[pipeline] stage {name}: done in {rec['seconds']:.1f} s (log: {path})", flush=True)
+                        log.append({"stage": name, "seconds": rec.get("seconds"), "skipped": False})
+                        finish(name, {"skipped": False})
+        finally:
+            if pool is not None and pool.running:
+                for name in pool.running:
+                    print(f"[pipeline] waiting for stage {name} (running in a worker) to finish", flush=True)
+                try:
+                    pool.wait_all()
+                except KeyboardInterrupt:
+                    pool.terminate()
+                    raise
     total = time.time() - t0
     print(f"[pipeline] finished in {total / 60:.1f} min; report: {out / 'report' / 'report.md'}")
     return {"seconds": total, "stages": log, "output_dir": str(out)}

@@ -50,6 +50,51 @@ def test_stage_selection_by_name_or_prefix() -> None:
         stage_names(["rv"], names)
 
 
+def _schedule(order: list[str], deps: dict[str, list[str]], narrow: set[str], workers: int) -> list[list[str]]:
+    """Drive ready_stages like the runner: narrow stages run until the oldest ends; returns the start batches."""
+    from pipeline.parallel import ready_stages
+
+    pending, running, batches = list(order), [], []
+    while pending or running:
+        now = ready_stages(pending, running, deps, narrow, workers)
+        assert now or running, f"stuck with {pending}"
+        for n in now:
+            pending.remove(n)
+        if now:
+            batches.append(now)
+        assert not (len(running + now) > 1 and any(n not in narrow for n in running + now)), "a wide stage shared"
+        running += [n for n in now if n in narrow]
+        if running and not [n for n in now if n not in narrow]:
+            running.pop(0)  # the oldest worker ends
+    return batches
+
+
+def test_ready_stages_runs_narrow_stages_side_by_side_and_wide_ones_alone() -> None:
+    order = ["corpus", "cache", "fgd_ae", "rvq_a", "rvq_b", "rvq_c", "gen", "test", "report"]
+    deps = {"cache": ["corpus"], "fgd_ae": ["cache"], "rvq_a": ["cache"], "rvq_b": ["cache"], "rvq_c": ["cache"],
+            "gen": ["fgd_ae", "rvq_a", "rvq_b", "rvq_c"], "test": ["gen"], "report": order[:-1]}
+    narrow = {"rvq_a", "rvq_b", "rvq_c"}
+    assert _schedule(order, deps, narrow, 2) == [["corpus"], ["cache"], ["fgd_ae"], ["rvq_a", "rvq_b"], ["rvq_c"],
+                                                 ["gen"], ["test"], ["report"]]
+    assert _schedule(order, deps, narrow, 3)[3] == ["rvq_a", "rvq_b", "rvq_c"]
+    assert _schedule(order, deps, narrow, 1) == [[n] for n in order]  # one worker: the pipeline's order
+    # a narrow fgd_ae starts beside the first RVQ-VAE; a wide stage waiting for its inputs holds back later ones
+    assert _schedule(order, deps, narrow | {"fgd_ae"}, 2)[2] == ["fgd_ae", "rvq_a"]
+    deps2 = {**deps, "late": []}
+    assert _schedule([*order[:-1], "late"], deps2, narrow | {"late"}, 2)[-1] == ["late"]
+
+
+def test_single_threaded_stages_are_the_rvq_vaes() -> None:
+    from pipeline.main import all_stage_names, single_threaded
+    from utils.config import load_config
+
+    cfg = load_config(str(REPO / "configs/pipeline/synthetic_cpu.yaml"))
+    names = all_stage_names(cfg)
+    assert single_threaded(cfg, names) == {"rvq_upper", "rvq_hands", "rvq_lower_trans"}
+    cfg = load_config(str(REPO / "configs/pipeline/synthetic_cpu.yaml"), ["+rvq.overrides.num_threads=2"])
+    assert single_threaded(cfg, names) == set()
+
+
 def test_run_stage_failure_names_the_stage(tmp_path: Path) -> None:
     def bad() -> dict:
         raise FileNotFoundError("no such corpus")
@@ -255,6 +300,36 @@ def test_ci_pipeline_artefacts_and_skip(tmp_path: Path, capsys: pytest.CaptureFi
     assert "stage nfe_table: its inputs ['test_reflow_n2'] were remade in this run" in printed
     assert "stage learning_check: complete, skipped" in printed  # it reads gen_shortcut only
     assert couplings.stat().st_mtime_ns != made  # the reran stage made its couplings anew
+
+
+def test_workers_train_the_rvq_vaes_as_one_by_one(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """workers=2 runs the single-threaded RVQ stages in worker processes, side by side: same weights, bit for bit."""
+    import torch
+
+    from pipeline.main import main
+    from pipeline.reproducibility import checkpoint_tensors
+
+    argv = ["-c", str(REPO / "configs/pipeline/ci_tiny.yaml"), "stages=[corpus,cache,fgd_ae,rvq]"]
+    assert main([*argv, f"output_dir={tmp_path / 'serial'}", "workers=1"]) == 0
+    assert "worker process" not in capsys.readouterr().out
+    assert main([*argv, f"output_dir={tmp_path / 'side'}", "workers=2"]) == 0
+    printed = capsys.readouterr().out
+    for part in ("upper", "hands", "lower_trans"):
+        assert f"stage rvq_{part}: started in a worker process" in printed
+        log = tmp_path / "side" / "logs" / f"rvq_{part}.log"
+        assert "training done" in log.read_text()
+        ck = [json.loads((tmp_path / d / "stages" / f"rvq_{part}.json").read_text())["paths"]["checkpoint"]
+              for d in ("serial", "side")]  # fmt: skip
+        a, b = checkpoint_tensors(Path(ck[0])), checkpoint_tensors(Path(ck[1]))
+        assert a.keys() == b.keys() and len(a) > 10
+        assert all(torch.equal(a[k], b[k]) for k in a), part
+    # complete stages are skipped in the main process (no worker started), and a failing worker names its stage
+    assert main([*argv, f"output_dir={tmp_path / 'side'}", "workers=2"]) == 0
+    assert "worker process" not in capsys.readouterr().out
+    bad = [*argv, f"output_dir={tmp_path / 'side'}", "workers=2", "force=rvq_hands", "rvq.overrides.solver.lr=-1"]
+    assert main(bad) == 1
+    err = capsys.readouterr().err
+    assert "FAILED at stage 'rvq_" in err and "logs/rvq_" in err
 
 
 def test_fingerprints_follow_the_dependencies() -> None:

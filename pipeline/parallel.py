@@ -1,0 +1,124 @@
+"""Stages side by side: single-threaded stages (``num_threads: 1``, e.g. the three tiny RVQ-VAEs) run in worker
+processes, up to the pipeline's ``workers`` at once, each once its inputs are done.
+
+Why processes: every trainer seeds the process-wide RNGs and sets torch's process-wide thread count, so two stages in
+one process would disturb each other. A stage run in a worker makes the same weights as in the main process (same
+seed, same single thread; tests/test_pipeline.py compares them bit for bit). A stage with more threads (a generator
+using every core) runs alone, in the main process, as with ``workers: 1``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pipeline.runner import StageError, run_stage
+
+
+def ready_stages(pending: Sequence[str], running: Sequence[str], deps: Mapping[str, Sequence[str]], narrow: set[str],
+                 workers: int) -> list[str]:  # fmt: skip
+    """The stages of ``pending`` (pipeline order) to start now.
+
+    A stage starts when no stage it reads (``deps``) is still pending or running. Narrow stages share
+    the machine: up to ``workers`` of them run together, never beside a wide one. A wide stage starts only when
+    nothing runs, and a wide stage that is ready but waiting for the machine holds back every later stage (the order
+    stays the pipeline's)."""
+    running = list(running)
+    start: list[str] = []
+    for name in pending:
+        if any(d in pending or d in running for d in deps.get(name, ())):
+            if name not in narrow:
+                break  # a later stage must not overtake a wide one
+            continue
+        busy = running + start
+        if name in narrow:
+            if len(busy) < workers and all(b in narrow for b in busy):
+                start.append(name)
+            continue
+        if not busy:
+            start.append(name)
+        break
+    return start
+
+
+def _worker(cfg_node: dict[str, Any], name: str, force: Any, fingerprint: str | None, log_path: str) -> None:
+    """Child process: one stage, its stdout/stderr into ``log_path`` (file descriptors too: C-level output)."""
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
+    sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
+    from omegaconf import OmegaConf
+
+    from pipeline.main import stage_functions
+    from pipeline.stages import out_dir
+
+    cfg = OmegaConf.create(cfg_node)
+    try:
+        run_stage(name, stage_functions(cfg)[name], out_dir(cfg), force, fingerprint=fingerprint)
+    except StageError as e:
+        print(f"[pipeline] {e}", flush=True)
+        sys.exit(1)
+
+
+class WorkerPool:
+    """Start stages in spawned processes and collect them; a failed stage raises StageError naming its log."""
+
+    def __init__(self, cfg_node: dict[str, Any], log_dir: Path) -> None:
+        self.cfg_node, self.log_dir = cfg_node, Path(log_dir)
+        self.ctx = mp.get_context("spawn")  # fork after torch has threads can hang the child
+        self.procs: dict[str, tuple[Any, Path]] = {}
+
+    def start(self, name: str, force: Any, fingerprint: str | None) -> Path:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = self.log_dir / f"{name}.log"
+        p = self.ctx.Process(target=_worker, args=(self.cfg_node, name, force, fingerprint, str(log)), name=name)
+        p.start()
+        self.procs[name] = (p, log)
+        return log
+
+    @property
+    def running(self) -> list[str]:
+        return list(self.procs)
+
+    def wait_any(self, poll: float = 0.5) -> list[tuple[str, Path, int]]:
+        """Block until at least one worker ends; (name, log, exit code) of those that ended."""
+        while True:
+            ended = [(n, log, p.exitcode) for n, (p, log) in self.procs.items() if p.exitcode is not None]
+            if ended:
+                for n, *_ in ended:
+                    self.procs.pop(n)[0].join()
+                return ended
+            time.sleep(poll)
+
+    def wait_all(self) -> None:
+        for p, _ in self.procs.values():
+            p.join()
+        self.procs.clear()
+
+    def terminate(self) -> None:
+        for p, _ in self.procs.values():
+            p.terminate()
+        for p, _ in self.procs.values():
+            p.join()
+        self.procs.clear()
+
+
+def log_tail(path: Path, n: int = 15) -> str:
+    try:
+        return "".join(Path(path).read_text(errors="replace").splitlines(keepends=True)[-n:])
+    except OSError:
+        return ""
+
+
+def failed_stage(name: str, log: Path, code: int) -> StageError:
+    return StageError(name, RuntimeError(f"the worker process exited with code {code}; its log {log} ends with:\n"
+                                         f"{log_tail(log)}"))  # fmt: skip
+
+
+__all__ = ["WorkerPool", "failed_stage", "log_tail", "ready_stages"]
