@@ -184,6 +184,11 @@ def run(cfg: DictConfig, command: str) -> dict[str, Any]:
     workers = int(cfg.get("workers") or 1)
     if workers < 1:
         raise ConfigError(f"workers must be >= 1, got {workers}")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if workers > cores:  # more single-threaded workers than cores only time-slice them
+        print(f"[pipeline] workers={workers} but this process may use {cores} core(s): running {cores} at a time",
+              flush=True)  # fmt: skip
+        workers = cores
     log: list[dict[str, Any]] = []
     fns = stage_functions(cfg)
     fps = fingerprints(cfg)

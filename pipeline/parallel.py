@@ -86,14 +86,20 @@ class WorkerPool:
     def running(self) -> list[str]:
         return list(self.procs)
 
-    def wait_any(self, poll: float = 0.5) -> list[tuple[str, Path, int]]:
-        """Block until at least one worker ends; (name, log, exit code) of those that ended."""
+    def wait_any(self, poll: float = 0.5, heartbeat: float = 60.0) -> list[tuple[str, Path, int]]:
+        """Block until at least one worker ends; (name, log, exit code) of those that ended. Every ``heartbeat``
+        seconds it prints each running stage's latest log line (the workers' own progress goes to their logs)."""
+        last = time.time()
         while True:
             ended = [(n, log, p.exitcode) for n, (p, log) in self.procs.items() if p.exitcode is not None]
             if ended:
                 for n, *_ in ended:
                     self.procs.pop(n)[0].join()
                 return ended
+            if time.time() - last >= heartbeat:
+                last = time.time()
+                for n, (_, log) in self.procs.items():
+                    print(f"[pipeline] {n} (worker): {last_line(log)[:140]}", flush=True)
             time.sleep(poll)
 
     def wait_all(self) -> None:
@@ -116,9 +122,15 @@ def log_tail(path: Path, n: int = 15) -> str:
         return ""
 
 
+def last_line(path: Path) -> str:
+    """The latest progress line of a log (the last line, and of a progress bar's redraws the last)."""
+    lines = [ln for ln in log_tail(path, 3).replace("\r", "\n").splitlines() if ln.strip()]
+    return lines[-1].strip() if lines else "(no output yet)"
+
+
 def failed_stage(name: str, log: Path, code: int) -> StageError:
     return StageError(name, RuntimeError(f"the worker process exited with code {code}; its log {log} ends with:\n"
                                          f"{log_tail(log)}"))  # fmt: skip
 
 
-__all__ = ["WorkerPool", "failed_stage", "log_tail", "ready_stages"]
+__all__ = ["WorkerPool", "failed_stage", "last_line", "log_tail", "ready_stages"]

@@ -84,6 +84,15 @@ def test_ready_stages_runs_narrow_stages_side_by_side_and_wide_ones_alone() -> N
     assert _schedule([*order[:-1], "late"], deps2, narrow | {"late"}, 2)[-1] == ["late"]
 
 
+def test_worker_heartbeat_reads_the_latest_progress_line(tmp_path: Path) -> None:
+    from pipeline.parallel import last_line
+
+    log = tmp_path / "rvq_upper.log"
+    assert last_line(log) == "(no output yet)"
+    log.write_text("[12:00:00] it 20 | train/rec 0.4\ncaching:  10%|#  \rcaching:  60%|###  \n\n")
+    assert last_line(log) == "caching:  60%|###"
+
+
 def test_single_threaded_stages_are_the_rvq_vaes() -> None:
     from pipeline.main import all_stage_names, single_threaded
     from utils.config import load_config
