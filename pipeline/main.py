@@ -20,7 +20,16 @@ from pipeline.nfe_table import nfe_markdown, nfe_table_stage
 from pipeline.parallel import WorkerPool, failed_stage, ready_stages
 from pipeline.provenance import fingerprints, stage_inputs
 from pipeline.report import load_json, plot_speed_vs_onsets, plot_training_curves, write_report
-from pipeline.runner import StageError, banner, is_forced, load_record, record_path, run_stage, stage_names
+from pipeline.runner import (
+    StageError,
+    banner,
+    is_forced,
+    load_record,
+    record_path,
+    run_stage,
+    stage_names,
+    stale_notice,
+)
 from utils.config import ConfigError, load_config, to_container
 from utils.device import seed_everything
 from utils.io import save_json, save_text
@@ -154,7 +163,7 @@ def stage_functions(cfg: DictConfig) -> dict[str, Callable[[], dict[str, Any]]]:
 
 def single_threaded(cfg: DictConfig, names: Sequence[str]) -> set[str]:
     """The stages whose config pins one torch thread (they may share the machine: pipeline.parallel)."""
-    out = set()
+    out: set[str] = set()
     for name in names:
         node, path = None, None
         if name == "fgd_ae":
@@ -181,7 +190,8 @@ def run(cfg: DictConfig, command: str) -> dict[str, Any]:
     seed_everything(int(cfg.seed))
     force = to_container(cfg.get("force"))
     enabled = stage_names(to_container(cfg.get("stages")), all_stage_names(cfg))
-    workers = int(cfg.get("workers") or 1)
+    workers = cfg.get("workers")
+    workers = 1 if workers is None else int(workers)
     if workers < 1:
         raise ConfigError(f"workers must be >= 1, got {workers}")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -195,7 +205,7 @@ def run(cfg: DictConfig, command: str) -> dict[str, Any]:
     deps = {n: [d for d in stage_inputs(cfg, n)[1] if d in enabled] for n in enabled if n != "report"}
     deps["report"] = [n for n in enabled if n != "report"]
     narrow = single_threaded(cfg, enabled) if workers > 1 else set()
-    pool = WorkerPool(OmegaConf.to_container(cfg, resolve=False), out / "logs") if narrow else None
+    pool = WorkerPool(OmegaConf.to_container(cfg, resolve=False), out / "logs") if len(narrow) > 1 else None
     t0 = time.time()
     reran: set[str] = set()
     pending = list(enabled)
@@ -219,10 +229,12 @@ def run(cfg: DictConfig, command: str) -> dict[str, Any]:
                 now = ready_stages(pending, pool.running if pool else [], deps, narrow, workers)
                 if not now and not (pool and pool.running):  # cannot happen: a stage whose inputs are done can start
                     raise RuntimeError(f"pipeline scheduler stuck with pending stages {pending}")
+                in_process = False
                 for name in now:
                     pending.remove(name)
                     if name == "report":
-                        # the report is always rebuilt (cheap) so it shows this invocation's stage log
+                        # the report is always rebuilt (cheap) so it shows this invocation's stage log, in stage order
+                        log.sort(key=lambda e: enabled.index(e["stage"]))
                         log.append({"stage": "report", "seconds": None, "skipped": False})
                         run_stage("report", lambda: report_stage(cfg, command, log, started), out, force=True)
                         continue
@@ -230,21 +242,32 @@ def run(cfg: DictConfig, command: str) -> dict[str, Any]:
                     complete = not is_forced(name, f) and load_record(out, name, fps[name]) is not None
                     if pool is None or name not in narrow or complete:
                         finish(name, run_stage(name, fns[name], out, f, log, fingerprint=fps[name]))
+                        in_process = True
                         continue
+                    if not is_forced(name, f):
+                        stale_notice(name, out, fps[name])  # on the console, not only in the worker's log
                     path = pool.start(name, f, fps[name])
                     print(f"[pipeline] stage {name}: started in a worker process (log: {path})", flush=True)
+                if in_process:
+                    continue  # a stage done (or skipped) here may free a worker's slot or another stage's inputs
                 if pool is not None and pool.running:
                     for name, path, code in pool.wait_any():
                         rec = load_record(out, name, fps[name])
                         if code != 0 or rec is None:
-                            raise failed_stage(name, path, code if code != 0 else 1)
+                            why = f"exited with code {code}" if code else "exited without a complete stage record"
+                            raise failed_stage(name, path, why)
                         print(f"[pipeline] stage {name}: done in {rec['seconds']:.1f} s (log: {path})", flush=True)
-                        log.append({"stage": name, "seconds": rec.get("seconds"), "skipped": False})
+                        log.append({"stage": name, "seconds": rec.get("seconds"), "skipped": False, "worker": True})
                         finish(name, {"skipped": False})
+        except StageError as e:
+            if pool is not None and pool.running:  # say it now: the running workers may take minutes
+                print(f"[pipeline] {e}", file=sys.stderr, flush=True)
+            raise
         finally:
             if pool is not None and pool.running:
                 for name in pool.running:
-                    print(f"[pipeline] waiting for stage {name} (running in a worker) to finish", flush=True)
+                    print(f"[pipeline] waiting for stage {name} (running in a worker) to finish; its record is kept",
+                          flush=True)  # fmt: skip
                 try:
                     pool.wait_all()
                 except KeyboardInterrupt:

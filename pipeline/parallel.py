@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +48,23 @@ def ready_stages(pending: Sequence[str], running: Sequence[str], deps: Mapping[s
     return start
 
 
-def _worker(cfg_node: dict[str, Any], name: str, force: Any, fingerprint: str | None, log_path: str) -> None:
+def _exit_with_parent(parent: int) -> None:
+    """Linux: the kernel sends this process SIGTERM when the pipeline process dies (killed without its cleanup), so
+    no orphaned worker writes into an output folder whose lock is gone."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return  # not Linux: the parent's cleanup (terminate on exit) is all there is
+    if os.getppid() != parent:  # it died before the request was in place
+        sys.exit(1)
+
+
+def _worker(cfg_node: dict[str, Any], name: str, force: Any, fingerprint: str | None, log_path: str,
+            parent: int) -> None:  # fmt: skip
     """Child process: one stage, its stdout/stderr into ``log_path`` (file descriptors too: C-level output)."""
+    _exit_with_parent(parent)
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
@@ -56,9 +73,14 @@ def _worker(cfg_node: dict[str, Any], name: str, force: Any, fingerprint: str | 
     from omegaconf import OmegaConf
 
     from pipeline.main import stage_functions
+    from pipeline.provenance import fingerprints
     from pipeline.stages import out_dir
 
     cfg = OmegaConf.create(cfg_node)
+    if fingerprint is not None and fingerprints(cfg)[name] != fingerprint:  # the config did not survive the trip
+        print(f"[pipeline] stage {name}: the worker's config gives fingerprint {fingerprints(cfg)[name]}, the "
+              f"pipeline's {fingerprint}", flush=True)  # fmt: skip
+        sys.exit(1)
     try:
         run_stage(name, stage_functions(cfg)[name], out_dir(cfg), force, fingerprint=fingerprint)
     except StageError as e:
@@ -72,12 +94,14 @@ class WorkerPool:
     def __init__(self, cfg_node: dict[str, Any], log_dir: Path) -> None:
         self.cfg_node, self.log_dir = cfg_node, Path(log_dir)
         self.ctx = mp.get_context("spawn")  # fork after torch has threads can hang the child
-        self.procs: dict[str, tuple[Any, Path]] = {}
+        self.procs: dict[str, tuple[BaseProcess, Path]] = {}
 
     def start(self, name: str, force: Any, fingerprint: str | None) -> Path:
+        """Start the stage in a new process; returns its log file."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_dir / f"{name}.log"
-        p = self.ctx.Process(target=_worker, args=(self.cfg_node, name, force, fingerprint, str(log)), name=name)
+        p = self.ctx.Process(target=_worker, args=(self.cfg_node, name, force, fingerprint, str(log), os.getpid()),
+                             name=name)  # fmt: skip
         p.start()
         self.procs[name] = (p, log)
         return log
@@ -103,11 +127,13 @@ class WorkerPool:
             time.sleep(poll)
 
     def wait_all(self) -> None:
+        """Block until every running worker has ended (their stage records are written by then)."""
         for p, _ in self.procs.values():
             p.join()
         self.procs.clear()
 
     def terminate(self) -> None:
+        """Stop every running worker (SIGTERM) and wait for it."""
         for p, _ in self.procs.values():
             p.terminate()
         for p, _ in self.procs.values():
@@ -116,6 +142,7 @@ class WorkerPool:
 
 
 def log_tail(path: Path, n: int = 15) -> str:
+    """The last ``n`` lines of a log ("" when it cannot be read)."""
     try:
         return "".join(Path(path).read_text(errors="replace").splitlines(keepends=True)[-n:])
     except OSError:
@@ -128,9 +155,9 @@ def last_line(path: Path) -> str:
     return lines[-1].strip() if lines else "(no output yet)"
 
 
-def failed_stage(name: str, log: Path, code: int) -> StageError:
-    return StageError(name, RuntimeError(f"the worker process exited with code {code}; its log {log} ends with:\n"
-                                         f"{log_tail(log)}"))  # fmt: skip
+def failed_stage(name: str, log: Path, why: str) -> StageError:
+    """The error of a stage whose worker failed: why, and the end of its log."""
+    return StageError(name, RuntimeError(f"the worker process {why}; its log {log} ends with:\n{log_tail(log)}"))
 
 
 __all__ = ["WorkerPool", "failed_stage", "last_line", "log_tail", "ready_stages"]

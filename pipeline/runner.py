@@ -83,6 +83,13 @@ def is_forced(name: str, force: Any) -> bool:
     return any(_matches(name, f) for f in names)
 
 
+def stale_notice(name: str, out_dir: Path, fingerprint: str) -> None:
+    """Say so when a stage reruns because its record was made with other settings."""
+    if is_stale(out_dir, name, fingerprint):
+        print(f"[pipeline] stage {name}: its outputs were made with other settings or inputs (fingerprint "
+              f"{fingerprint} now): rerunning it and every stage downstream", flush=True)  # fmt: skip
+
+
 def banner(text: str) -> None:
     line = "=" * 100
     print(f"\n{line}\n[pipeline] {text}\n{line}", flush=True)
@@ -98,9 +105,8 @@ def run_stage(
 ) -> dict[str, Any]:
     """Run ``fn`` (returns ``{"paths": {...}, ...}``) unless the stage is complete; save and return its record."""
     rec = None if is_forced(name, force) else load_record(out_dir, name, fingerprint)
-    if rec is None and fingerprint is not None and not is_forced(name, force) and is_stale(out_dir, name, fingerprint):
-        print(f"[pipeline] stage {name}: its outputs were made with other settings or inputs (fingerprint "
-              f"{fingerprint} now): rerunning it and every stage downstream", flush=True)  # fmt: skip
+    if rec is None and fingerprint is not None and not is_forced(name, force):
+        stale_notice(name, out_dir, fingerprint)
     if rec is not None:
         print(f"[pipeline] stage {name}: complete, skipped (force={name} reruns it)", flush=True)
         rec["skipped"] = True

@@ -311,12 +311,18 @@ def test_ci_pipeline_artefacts_and_skip(tmp_path: Path, capsys: pytest.CaptureFi
     assert couplings.stat().st_mtime_ns != made  # the reran stage made its couplings anew
 
 
-def test_workers_train_the_rvq_vaes_as_one_by_one(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_workers_train_the_rvq_vaes_as_one_by_one(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     """workers=2 runs the single-threaded RVQ stages in worker processes, side by side: same weights, bit for bit."""
+    import multiprocessing
+    import os
+
     import torch
 
     from pipeline.main import main
     from pipeline.reproducibility import checkpoint_tensors
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)  # workers are capped at the cores
 
     argv = ["-c", str(REPO / "configs/pipeline/ci_tiny.yaml"), "stages=[corpus,cache,fgd_ae,rvq]"]
     assert main([*argv, f"output_dir={tmp_path / 'serial'}", "workers=1"]) == 0
@@ -332,13 +338,22 @@ def test_workers_train_the_rvq_vaes_as_one_by_one(tmp_path: Path, capsys: pytest
         a, b = checkpoint_tensors(Path(ck[0])), checkpoint_tensors(Path(ck[1]))
         assert a.keys() == b.keys() and len(a) > 10
         assert all(torch.equal(a[k], b[k]) for k in a), part
-    # complete stages are skipped in the main process (no worker started), and a failing worker names its stage
+    # complete stages are skipped in the main process (no worker started)
     assert main([*argv, f"output_dir={tmp_path / 'side'}", "workers=2"]) == 0
     assert "worker process" not in capsys.readouterr().out
-    bad = [*argv, f"output_dir={tmp_path / 'side'}", "workers=2", "force=rvq_hands", "rvq.overrides.solver.lr=-1"]
-    assert main(bad) == 1
-    err = capsys.readouterr().err
-    assert "FAILED at stage 'rvq_" in err and "logs/rvq_" in err
+    # a resumed run: a skipped stage does not hold a worker's slot, the two missing ones run side by side
+    for part in ("hands", "lower_trans"):
+        (tmp_path / "side" / "stages" / f"rvq_{part}.json").unlink()
+    assert main([*argv, f"output_dir={tmp_path / 'side'}", "workers=2"]) == 0
+    printed = capsys.readouterr().out
+    assert "stage rvq_upper: complete, skipped" in printed
+    assert printed.index("rvq_lower_trans: started in a worker") < printed.index("rvq_hands: done in")
+    # a failing worker names its stage and its log, and no worker outlives the pipeline
+    assert main([*argv, f"output_dir={tmp_path / 'side'}", "workers=2", "rvq.overrides.solver.lr=-1"]) == 1
+    captured = capsys.readouterr()
+    assert "its outputs were made with other settings" in captured.out  # said by the pipeline, not only in the log
+    assert "FAILED at stage 'rvq_" in captured.err and "logs/rvq_" in captured.err
+    assert not multiprocessing.active_children()
 
 
 def test_fingerprints_follow_the_dependencies() -> None:
