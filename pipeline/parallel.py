@@ -26,10 +26,10 @@ def ready_stages(pending: Sequence[str], running: Sequence[str], deps: Mapping[s
                  workers: int) -> list[str]:  # fmt: skip
     """The stages of ``pending`` (pipeline order) to start now.
 
-    A stage starts when no stage it reads (``deps``) is still pending or running. Narrow stages share
-    the machine: up to ``workers`` of them run together, never beside a wide one. A wide stage starts only when
-    nothing runs, and a wide stage that is ready but waiting for the machine holds back every later stage (the order
-    stays the pipeline's)."""
+    A stage starts when no stage it reads (``deps``) is still pending or running. Narrow stages share the machine:
+    up to ``workers`` of them run together, never beside a wide one. A wide stage starts only when nothing runs, and
+    until it has started it holds back every later stage (waiting for its inputs or for the machine), so the order
+    stays the pipeline's."""
     running = list(running)
     start: list[str] = []
     for name in pending:
