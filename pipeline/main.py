@@ -162,20 +162,15 @@ def stage_functions(cfg: DictConfig) -> dict[str, Callable[[], dict[str, Any]]]:
 
 
 def single_threaded(cfg: DictConfig, names: Sequence[str]) -> set[str]:
-    """The stages whose config pins one torch thread (they may share the machine: pipeline.parallel)."""
+    """The trained stages whose config pins one torch thread (they may share the machine: pipeline.parallel)."""
     out: set[str] = set()
     for name in names:
-        node, path = None, None
-        if name == "fgd_ae":
-            node = cfg.fgd_ae
-        elif name.startswith("rvq_"):
-            node, path = cfg.rvq, str(cfg.rvq.config).format(part=name[len("rvq_"):])
-        elif name.startswith("gen_"):
-            node = cfg.generators[name[len("gen_"):]]
-        if node is not None and node.get("config") and not (name == "fgd_ae" and node.get("checkpoint")):
-            threads = stages.stage_config(path or str(node.config), node.get("overrides")).get("num_threads")
-            if threads is not None and int(threads) == 1:
-                out.add(name)
+        if name == "report":
+            continue
+        stage = stage_inputs(cfg, name)[0].get("stage")  # the stage's resolved YAML (trained stages only)
+        threads = (stage or {}).get("num_threads")
+        if threads is not None and int(threads) == 1:
+            out.add(name)
     return out
 
 
@@ -219,10 +214,6 @@ def run(cfg: DictConfig, command: str) -> dict[str, Any]:
                   flush=True)  # fmt: skip
         return True if fresh_inputs else force
 
-    def finish(name: str, rec: dict[str, Any]) -> None:
-        if not rec["skipped"]:
-            reran.add(name)
-
     with output_lock(out):
         try:
             while pending:
@@ -241,7 +232,8 @@ def run(cfg: DictConfig, command: str) -> dict[str, Any]:
                     f = stage_force(name)
                     complete = not is_forced(name, f) and load_record(out, name, fps[name]) is not None
                     if pool is None or name not in narrow or complete:
-                        finish(name, run_stage(name, fns[name], out, f, log, fingerprint=fps[name]))
+                        if not run_stage(name, fns[name], out, f, log, fingerprint=fps[name])["skipped"]:
+                            reran.add(name)
                         in_process = True
                         continue
                     if not is_forced(name, f):
@@ -258,7 +250,7 @@ def run(cfg: DictConfig, command: str) -> dict[str, Any]:
                             raise failed_stage(name, path, why)
                         print(f"[pipeline] stage {name}: done in {rec['seconds']:.1f} s (log: {path})", flush=True)
                         log.append({"stage": name, "seconds": rec.get("seconds"), "skipped": False, "worker": True})
-                        finish(name, {"skipped": False})
+                        reran.add(name)
         except StageError as e:
             if pool is not None and pool.running:  # say it now: the running workers may take minutes
                 print(f"[pipeline] {e}", file=sys.stderr, flush=True)
