@@ -249,7 +249,7 @@ def run(cfg: DictConfig, command: str) -> dict[str, Any]:
                             why = f"exited with code {code}" if code else "exited without a complete stage record"
                             raise failed_stage(name, path, why)
                         print(f"[pipeline] stage {name}: done in {rec['seconds']:.1f} s (log: {path})", flush=True)
-                        log.append({"stage": name, "seconds": rec.get("seconds"), "skipped": False, "worker": True})
+                        log.append({"stage": name, "seconds": rec.get("seconds"), "skipped": False})
                         reran.add(name)
         except StageError as e:
             if pool is not None and pool.running:  # say it now: the running workers may take minutes
