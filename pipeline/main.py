@@ -31,7 +31,7 @@ from pipeline.runner import (
     stale_notice,
 )
 from utils.config import ConfigError, load_config, to_container
-from utils.device import seed_everything
+from utils.device import seed_everything, torch_threads
 from utils.io import save_json, save_text
 from utils.runs import git_info
 
@@ -39,7 +39,8 @@ RVQ_PARTS = ("upper", "hands", "lower_trans")
 
 
 def all_stage_names(cfg: DictConfig) -> list[str]:
-    names = ["corpus", "cache", "fgd_ae", *(f"rvq_{p}" for p in cfg.rvq.parts)]
+    # the RVQ-VAEs before the FGD autoencoder: with `workers`, it fills the core that the shortest of them frees
+    names = ["corpus", "cache", *(f"rvq_{p}" for p in cfg.rvq.parts), "fgd_ae"]
     gens = list(cfg.generators)
     for i, g in enumerate(gens):
         for key in ("teacher", "init_from"):
@@ -148,7 +149,18 @@ def output_lock(out: Path) -> Iterator[None]:
 
 
 def stage_functions(cfg: DictConfig) -> dict[str, Callable[[], dict[str, Any]]]:
-    """Stage name -> the function that makes its outputs (the report stage is the runner's own)."""
+    """Stage name -> the function that makes its outputs (the report stage is the runner's own), each run with the
+    pipeline's ``threads`` torch threads (null: torch's default; a stage config's own ``num_threads`` still applies
+    inside its trainer)."""
+    threads = cfg.get("threads")
+
+    def pinned(fn: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
+        def run_pinned() -> dict[str, Any]:
+            with torch_threads(threads):
+                return fn()
+
+        return run_pinned
+
     fns: dict[str, Callable[[], dict[str, Any]]] = {
         "corpus": lambda: stages.corpus(cfg), "cache": lambda: stages.cache(cfg), "fgd_ae": lambda: stages.fgd_ae(cfg),
         "learning_check": lambda: learning_check_stage(cfg), "nfe_table": lambda: nfe_table_stage(cfg)}  # fmt: skip
@@ -158,14 +170,19 @@ def stage_functions(cfg: DictConfig) -> dict[str, Callable[[], dict[str, Any]]]:
         fns[f"gen_{g}"] = lambda g=g: stages.generator(cfg, g)
     for r in cfg.test.runs:
         fns[f"test_{r}"] = lambda r=r: stages.test_run(cfg, r)
-    return fns
+    return {name: pinned(fn) for name, fn in fns.items()}
 
 
 def single_threaded(cfg: DictConfig, names: Sequence[str]) -> set[str]:
-    """The trained stages whose config pins one torch thread (they may share the machine: pipeline.parallel)."""
+    """The stages that run on one torch thread (they may share the machine: pipeline.parallel): every stage when
+    the pipeline's ``threads`` is 1, else the trained stages whose own config pins ``num_threads: 1``."""
     out: set[str] = set()
+    every = cfg.get("threads") is not None and int(cfg.threads) == 1
     for name in names:
         if name == "report":
+            continue
+        if every:
+            out.add(name)
             continue
         stage = stage_inputs(cfg, name)[0].get("stage")  # the stage's resolved YAML (trained stages only)
         threads = (stage or {}).get("num_threads")
@@ -231,7 +248,9 @@ def run(cfg: DictConfig, command: str) -> dict[str, Any]:
                         continue
                     f = stage_force(name)
                     complete = not is_forced(name, f) and load_record(out, name, fps[name]) is not None
-                    if pool is None or name not in narrow or complete:
+                    # alone (nothing runs, nothing else can start until it ends): no worker process to spawn
+                    alone = pool is None or (len(now) == 1 and not pool.running)
+                    if alone or name not in narrow or complete:
                         if not run_stage(name, fns[name], out, f, log, fingerprint=fps[name])["skipped"]:
                             reran.add(name)
                         in_process = True

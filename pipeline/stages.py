@@ -1,6 +1,6 @@
 """The stages of the research loop, each a function of the pipeline config with explicit path outputs.
 
-corpus -> cache (+ statistics) -> fgd_ae -> rvq_<part> -> gen_<name> (a reflow generator after its teacher)
+corpus -> cache (+ statistics) -> rvq_<part> -> fgd_ae -> gen_<name> (a reflow generator after its teacher)
 -> test_<run> -> nfe_table -> learning_check -> report
 
 Every stage returns ``{"paths": {name: path, ...}, ...}`` (see pipeline.runner); later stages read earlier stages'

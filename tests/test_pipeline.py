@@ -93,14 +93,19 @@ def test_worker_heartbeat_reads_the_latest_progress_line(tmp_path: Path) -> None
     assert last_line(log) == "caching:  60%|###"
 
 
-def test_single_threaded_stages_are_the_rvq_vaes() -> None:
+def test_single_threaded_stages() -> None:
+    """threads: 1 (the main job's) -> every stage may share the machine; threads: null -> only the stages whose own
+    config pins num_threads: 1 (the RVQ-VAEs), and none once that is overridden."""
     from pipeline.main import all_stage_names, single_threaded
     from utils.config import load_config
 
     cfg = load_config(str(REPO / "configs/pipeline/synthetic_cpu.yaml"))
     names = all_stage_names(cfg)
+    assert single_threaded(cfg, names) == set(names) - {"report"}
+    cfg = load_config(str(REPO / "configs/pipeline/synthetic_cpu.yaml"), ["threads=null"])
     assert single_threaded(cfg, names) == {"rvq_upper", "rvq_hands", "rvq_lower_trans"}
-    cfg = load_config(str(REPO / "configs/pipeline/synthetic_cpu.yaml"), ["+rvq.overrides.num_threads=2"])
+    cfg = load_config(str(REPO / "configs/pipeline/synthetic_cpu.yaml"),
+                      ["threads=null", "+rvq.overrides.num_threads=2"])
     assert single_threaded(cfg, names) == set()
 
 

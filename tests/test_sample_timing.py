@@ -162,7 +162,7 @@ def test_loss_is_zero_on_gt_positive_when_late_and_differentiable():
 
 def test_generator_loss_adds_the_weighted_sample_loss_with_gradient():
     class Recording:
-        weight, steps, guidance = 2.5, 2, 1.0
+        weight, steps, guidance, rows = 2.5, 2, 1.0, 0
 
         def __init__(self) -> None:
             self.seen: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -195,6 +195,19 @@ def test_generator_loss_adds_the_weighted_sample_loss_with_gradient():
     model.zero_grad()
     (out["loss"] - plain["loss"]).backward()  # only the sample term: its gradient reaches the denoiser
     assert model.denoiser.a.grad is not None and float(model.denoiser.a.grad.abs()) > 0
+    # rows = 2: the sample is drawn for the batch's first two rows only, from a (2, ...) noise draw
+    rec.rows, rec.seen = 2, []
+    out2 = model.loss(z, audio, word, seed, generator=torch.Generator().manual_seed(9), sample_loss=rec)
+    sample2, data2 = rec.seen[0]
+    assert torch.equal(data2, to_generator_layout(z)[:2]) and sample2.shape == data2.shape
+    torch.testing.assert_close(out2["loss"] - out2["sample_loss"] * 2.5, plain["loss"])
+    g = torch.Generator().manual_seed(9)
+    model.loss(z, audio, word, seed, generator=g)
+    x0 = torch.randn(data2.shape, generator=g)
+    with torch.no_grad():
+        want = model.sampler(model.sampling_net, x0, seed[:2], model.encode(audio, word)[:2], model.null_cond, 2,
+                             1.0).latents  # fmt: skip
+    torch.testing.assert_close(sample2.detach(), want)
 
 
 def test_from_config():
@@ -209,6 +222,10 @@ def test_from_config():
     assert (loss.weight, loss.steps, loss.guidance, loss.form, loss.highpass, loss.per_joint) == (
         4.0, 2, 2.0, "relmse", 30, True)  # fmt: skip
     assert SampleTimingLoss.from_config({"weight": 1, "form": "corr"}, codec, fk).form == "corr"
+    assert SampleTimingLoss.from_config({"weight": 1}, codec, fk).rows == 0  # every row
+    assert SampleTimingLoss.from_config({"weight": 1, "rows": 8}, codec, fk).rows == 8
+    with pytest.raises(ConfigError, match="rows -1"):
+        SampleTimingLoss.from_config({"weight": 1, "rows": -1}, codec, fk)
     with pytest.raises(ConfigError, match="form"):
         SampleTimingLoss.from_config({"weight": 1, "form": "l2"}, codec, fk)
     with pytest.raises(ConfigError, match="unknown key.*'wieght'"):

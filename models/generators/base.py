@@ -251,6 +251,7 @@ class SampleLoss(Protocol):
     weight: float
     steps: int
     guidance: float
+    rows: int  # draw the sample for the batch's first ``rows`` rows only (0: every row)
 
     def __call__(self, sample: Tensor, data: Tensor) -> Tensor: ...
 
@@ -400,10 +401,11 @@ class LatentGenerator(nn.Module):
                 raise ValueError(f"noise shape {tuple(noise.shape)} != latents shape {tuple(data.shape)}")
         out = self.objective(self.net, data, seed, cond, self.null_cond, generator, noise=noise)
         if sample_loss is not None:
-            x0 = randn(tuple(data.shape), data, generator)
-            sample = self.sampler(self.sampling_net, x0, seed, cond, self.null_cond, sample_loss.steps,
+            k = min(sample_loss.rows or data.shape[0], data.shape[0])  # a shuffled batch: its first k rows
+            x0 = randn((k, *data.shape[1:]), data, generator)
+            sample = self.sampler(self.sampling_net, x0, seed[:k], cond[:k], self.null_cond, sample_loss.steps,
                                   sample_loss.guidance, generator).latents  # fmt: skip
-            part = sample_loss(sample, data)
+            part = sample_loss(sample, data[:k])
             out = {**out, "loss": out["loss"] + sample_loss.weight * part, "sample_loss": part.detach()}
         return out
 

@@ -60,7 +60,9 @@ class WavEncoder(nn.Module):
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
         if audio.ndim != 3:
             raise ValueError(f"audio must be (B, S, C), got {tuple(audio.shape)}")
-        return self.feat_extractor(audio.transpose(1, 2)).transpose(1, 2)
+        # one contiguous copy here: a transposed view is copied again by every conv that reads it (forward and
+        # backward); same values
+        return self.feat_extractor(audio.transpose(1, 2).contiguous()).transpose(1, 2)
 
 
 class ExactLengthAdjuster(nn.Module):
