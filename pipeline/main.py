@@ -39,7 +39,8 @@ RVQ_PARTS = ("upper", "hands", "lower_trans")
 
 
 def all_stage_names(cfg: DictConfig) -> list[str]:
-    # the RVQ-VAEs before the FGD autoencoder: with `workers`, it fills the core that the shortest of them frees
+    # the RVQ-VAEs before the FGD autoencoder: with threads=1 it runs beside the last of them (with threads=null it
+    # uses every core, so after them)
     names = ["corpus", "cache", *(f"rvq_{p}" for p in cfg.rvq.parts), "fgd_ae"]
     gens = list(cfg.generators)
     for i, g in enumerate(gens):
@@ -110,7 +111,8 @@ def report_stage(cfg: DictConfig, command: str, stage_log: list[dict[str, Any]],
     save_json(codec, rdir / "rvq_roundtrip.json")
     from pipeline.reproducibility import environment, output_digests, reproducibility_markdown
 
-    env, digests = environment(), output_digests(out)
+    threads = cfg.get("threads")
+    env, digests = environment(None if threads is None else int(threads)), output_digests(out)
     save_json({"environment": env, "sha256": digests}, rdir / "reproducibility.json")
     paths = write_report(rdir, tests, labels, check, command, commit, stage_log, notes, plots,
                          roundtrip_markdown(codec), nfe, reproducibility_markdown(env, digests))
@@ -177,16 +179,13 @@ def single_threaded(cfg: DictConfig, names: Sequence[str]) -> set[str]:
     """The stages that run on one torch thread (they may share the machine: pipeline.parallel): every stage when
     the pipeline's ``threads`` is 1, else the trained stages whose own config pins ``num_threads: 1``."""
     out: set[str] = set()
-    every = cfg.get("threads") is not None and int(cfg.threads) == 1
+    all_single = cfg.get("threads") is not None and int(cfg.threads) == 1
     for name in names:
         if name == "report":
             continue
-        if every:
-            out.add(name)
-            continue
         stage = stage_inputs(cfg, name)[0].get("stage")  # the stage's resolved YAML (trained stages only)
-        threads = (stage or {}).get("num_threads")
-        if threads is not None and int(threads) == 1:
+        threads = (stage or {}).get("num_threads")  # a stage's own setting wins inside its trainer
+        if (threads is not None and int(threads) == 1) or (all_single and threads is None):
             out.add(name)
     return out
 
@@ -206,6 +205,9 @@ def run(cfg: DictConfig, command: str) -> dict[str, Any]:
     workers = 1 if workers is None else int(workers)
     if workers < 1:
         raise ConfigError(f"workers must be >= 1, got {workers}")
+    threads = cfg.get("threads")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"threads must be null (torch's default) or an integer >= 1, got {threads!r}")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if workers > cores:  # more single-threaded workers than cores only time-slice them
         print(f"[pipeline] workers={workers} but this process may use {cores} core(s): running {cores} at a time",

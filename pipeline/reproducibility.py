@@ -28,7 +28,8 @@ MEASURED = (
     "jerk ratio 0.814 vs 0.733, beat placement 0.0218 vs 0.0195), with the same pass/fail verdicts. Float "
     "reductions in the CPU kernels are not bit-stable across CPUs, and training amplifies last-bit differences.",
     "The thread count alone changes training on one machine (FGD autoencoder val loss after 20 updates: 0.1676 with "
-    "1 thread, 0.1283 with 2), so compare runs made with the same OMP_NUM_THREADS.",
+    "1 thread, 0.1283 with 2), so compare runs made with the same thread count: the pipeline's `threads` when set "
+    "(the main job's: 1, whatever the core count), else torch's default (OMP_NUM_THREADS, else the core count).",
 )
 
 
@@ -83,14 +84,16 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def environment() -> dict[str, Any]:
-    """What decides whether two runs can be bit-identical: library builds, CPU and thread count."""
+def environment(threads: int | None = None) -> dict[str, Any]:
+    """What decides whether two runs can be bit-identical: library builds, CPU and thread count (``threads``: the
+    pipeline's setting, which every stage ran with; None: torch's default, recorded as it is here)."""
     import numpy as np
     import torch
 
     return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
             "cpu": _cpu_model(), "machine": platform.machine(), "os": platform.platform(),
-            "torch_threads": torch.get_num_threads(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+            "pipeline_threads": threads, "torch_threads": threads or torch.get_num_threads(),
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
             **({"cuda": torch.version.cuda, "gpu": torch.cuda.get_device_name(0),
                 "cudnn": torch.backends.cudnn.version()} if torch.cuda.is_available() else {"cuda": None})}  # fmt: skip
 

@@ -70,16 +70,17 @@ def _schedule(order: list[str], deps: dict[str, list[str]], narrow: set[str], wo
 
 
 def test_ready_stages_runs_narrow_stages_side_by_side_and_wide_ones_alone() -> None:
-    order = ["corpus", "cache", "fgd_ae", "rvq_a", "rvq_b", "rvq_c", "gen", "test", "report"]
+    order = ["corpus", "cache", "rvq_a", "rvq_b", "rvq_c", "fgd_ae", "gen", "test", "report"]  # the pipeline's
     deps = {"cache": ["corpus"], "fgd_ae": ["cache"], "rvq_a": ["cache"], "rvq_b": ["cache"], "rvq_c": ["cache"],
             "gen": ["fgd_ae", "rvq_a", "rvq_b", "rvq_c"], "test": ["gen"], "report": order[:-1]}
-    narrow = {"rvq_a", "rvq_b", "rvq_c"}
-    assert _schedule(order, deps, narrow, 2) == [["corpus"], ["cache"], ["fgd_ae"], ["rvq_a", "rvq_b"], ["rvq_c"],
+    narrow = {"rvq_a", "rvq_b", "rvq_c"}  # threads: null
+    assert _schedule(order, deps, narrow, 2) == [["corpus"], ["cache"], ["rvq_a", "rvq_b"], ["rvq_c"], ["fgd_ae"],
                                                  ["gen"], ["test"], ["report"]]
-    assert _schedule(order, deps, narrow, 3)[3] == ["rvq_a", "rvq_b", "rvq_c"]
+    assert _schedule(order, deps, narrow, 3)[2] == ["rvq_a", "rvq_b", "rvq_c"]
     assert _schedule(order, deps, narrow, 1) == [[n] for n in order]  # one worker: the pipeline's order
-    # a narrow fgd_ae starts beside the first RVQ-VAE; a wide stage waiting for its inputs holds back later ones
-    assert _schedule(order, deps, narrow | {"fgd_ae"}, 2)[2] == ["fgd_ae", "rvq_a"]
+    # threads: 1 (every stage narrow): the FGD autoencoder starts beside the last RVQ-VAE
+    assert _schedule(order, deps, set(order[:-1]), 2)[2:5] == [["rvq_a", "rvq_b"], ["rvq_c"], ["fgd_ae"]]
+    # a wide stage waiting for its inputs holds back later ones
     deps2 = {**deps, "late": []}
     assert _schedule([*order[:-1], "late"], deps2, narrow | {"late"}, 2)[-1] == ["late"]
 
@@ -94,19 +95,48 @@ def test_worker_heartbeat_reads_the_latest_progress_line(tmp_path: Path) -> None
 
 
 def test_single_threaded_stages() -> None:
-    """threads: 1 (the main job's) -> every stage may share the machine; threads: null -> only the stages whose own
-    config pins num_threads: 1 (the RVQ-VAEs), and none once that is overridden."""
+    """threads: 1 (the main job's) -> every stage may share the machine, except one whose own config asks for more
+    threads (it wins inside its trainer); threads: null -> only the stages whose own config pins num_threads: 1 (the
+    RVQ-VAEs), and none once that is overridden."""
     from pipeline.main import all_stage_names, single_threaded
     from utils.config import load_config
 
-    cfg = load_config(str(REPO / "configs/pipeline/synthetic_cpu.yaml"))
+    cfg = load_config(str(REPO / "configs/pipeline/synthetic_cpu.yaml"), ["threads=1"])
     names = all_stage_names(cfg)
     assert single_threaded(cfg, names) == set(names) - {"report"}
+    cfg = load_config(str(REPO / "configs/pipeline/synthetic_cpu.yaml"), ["threads=1", "+rvq.overrides.num_threads=2"])
+    assert single_threaded(cfg, names) == set(names) - {"report", "rvq_upper", "rvq_hands", "rvq_lower_trans"}
     cfg = load_config(str(REPO / "configs/pipeline/synthetic_cpu.yaml"), ["threads=null"])
     assert single_threaded(cfg, names) == {"rvq_upper", "rvq_hands", "rvq_lower_trans"}
     cfg = load_config(str(REPO / "configs/pipeline/synthetic_cpu.yaml"),
                       ["threads=null", "+rvq.overrides.num_threads=2"])
     assert single_threaded(cfg, names) == set()
+
+
+def test_threads_pins_every_stage_and_is_fingerprinted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pipeline's threads: each stage function runs with that many torch threads (the caller's restored after);
+    null leaves torch's setting. It changes every trained stage's fingerprint, not the corpus's or the cache's."""
+    import torch
+
+    from pipeline import stages
+    from pipeline.main import stage_functions
+    from pipeline.provenance import fingerprints
+    from utils.config import load_config
+
+    seen: list[int] = []
+    monkeypatch.setattr(stages, "corpus", lambda cfg: seen.append(torch.get_num_threads()) or {"paths": {}})
+    path = REPO / "configs/pipeline/ci_tiny.yaml"
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        stage_functions(load_config(path, ["threads=1"]))["corpus"]()
+        assert torch.get_num_threads() == 2
+        stage_functions(load_config(path, ["threads=null"]))["corpus"]()
+    finally:
+        torch.set_num_threads(old)
+    assert seen == [1, 2]
+    one, unset = fingerprints(load_config(path, ["threads=1"])), fingerprints(load_config(path, ["threads=null"]))
+    assert {n for n in one if one[n] == unset[n]} == {"corpus", "cache"}
 
 
 def test_run_stage_failure_names_the_stage(tmp_path: Path) -> None:
@@ -318,7 +348,9 @@ def test_ci_pipeline_artefacts_and_skip(tmp_path: Path, capsys: pytest.CaptureFi
 
 def test_workers_train_the_rvq_vaes_as_one_by_one(tmp_path: Path, capsys: pytest.CaptureFixture,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
-    """workers=2 runs the single-threaded RVQ stages in worker processes, side by side: same weights, bit for bit."""
+    """workers=2 runs the single-threaded stages in worker processes, side by side: same weights, bit for bit. With
+    threads=1 the FGD autoencoder is one of them too (after the RVQ-VAEs); the corpus and the cache, each the only
+    stage able to run, stay in the main process."""
     import multiprocessing
     import os
 
@@ -329,20 +361,22 @@ def test_workers_train_the_rvq_vaes_as_one_by_one(tmp_path: Path, capsys: pytest
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)  # workers are capped at the cores
 
-    argv = ["-c", str(REPO / "configs/pipeline/ci_tiny.yaml"), "stages=[corpus,cache,fgd_ae,rvq]"]
+    argv = ["-c", str(REPO / "configs/pipeline/ci_tiny.yaml"), "stages=[corpus,cache,fgd_ae,rvq]", "threads=1"]
     assert main([*argv, f"output_dir={tmp_path / 'serial'}", "workers=1"]) == 0
     assert "worker process" not in capsys.readouterr().out
     assert main([*argv, f"output_dir={tmp_path / 'side'}", "workers=2"]) == 0
     printed = capsys.readouterr().out
-    for part in ("upper", "hands", "lower_trans"):
-        assert f"stage rvq_{part}: started in a worker process" in printed
-        log = tmp_path / "side" / "logs" / f"rvq_{part}.log"
+    assert "stage corpus: started in a worker" not in printed and "stage cache: started in a worker" not in printed
+    assert printed.index("stage fgd_ae: started in a worker") > printed.index("stage rvq_hands: started in a worker")
+    for stage in ("rvq_upper", "rvq_hands", "rvq_lower_trans", "fgd_ae"):
+        assert f"stage {stage}: started in a worker process" in printed
+        log = tmp_path / "side" / "logs" / f"{stage}.log"
         assert "training done" in log.read_text()
-        ck = [json.loads((tmp_path / d / "stages" / f"rvq_{part}.json").read_text())["paths"]["checkpoint"]
+        ck = [json.loads((tmp_path / d / "stages" / f"{stage}.json").read_text())["paths"]["checkpoint"]
               for d in ("serial", "side")]  # fmt: skip
         a, b = checkpoint_tensors(Path(ck[0])), checkpoint_tensors(Path(ck[1]))
         assert a.keys() == b.keys() and len(a) > 10
-        assert all(torch.equal(a[k], b[k]) for k in a), part
+        assert all(torch.equal(a[k], b[k]) for k in a), stage
     # complete stages are skipped in the main process (no worker started)
     assert main([*argv, f"output_dir={tmp_path / 'side'}", "workers=2"]) == 0
     assert "worker process" not in capsys.readouterr().out
