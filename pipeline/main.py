@@ -194,6 +194,9 @@ def run(cfg: DictConfig, command: str) -> dict[str, Any]:
     """Run every enabled stage (in order; with ``workers`` > 1 single-threaded stages side by side in worker
     processes, see pipeline.parallel); raises StageError naming the failed stage."""
     stages.pipeline_face(cfg)  # a face setting without the face RVQ-VAE fails now, not after the RVQ stages
+    threads = cfg.get("threads")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"threads must be null (torch's default) or an integer >= 1, got {threads!r}")
     started = git_info()
     out = stages.out_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
@@ -205,9 +208,6 @@ def run(cfg: DictConfig, command: str) -> dict[str, Any]:
     workers = 1 if workers is None else int(workers)
     if workers < 1:
         raise ConfigError(f"workers must be >= 1, got {workers}")
-    threads = cfg.get("threads")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise ConfigError(f"threads must be null (torch's default) or an integer >= 1, got {threads!r}")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if workers > cores:  # more single-threaded workers than cores only time-slice them
         print(f"[pipeline] workers={workers} but this process may use {cores} core(s): running {cores} at a time",

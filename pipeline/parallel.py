@@ -1,5 +1,7 @@
-"""Stages side by side: single-threaded stages (``num_threads: 1``, e.g. the three tiny RVQ-VAEs) run in worker
-processes, up to the pipeline's ``workers`` at once, each once its inputs are done.
+"""Stages side by side: single-threaded stages (every stage with the pipeline's ``threads: 1``; with ``threads: null``
+those whose config pins ``num_threads: 1``, e.g. the three tiny RVQ-VAEs) run in worker processes, up to the
+pipeline's ``workers`` at once, each once its inputs are done (one that is the only stage able to run stays in the
+main process: pipeline.main.run).
 
 Why processes: every trainer seeds the process-wide RNGs and sets torch's process-wide thread count, so two stages in
 one process would disturb each other. A stage run in a worker makes the same weights as in the main process (same

@@ -27,6 +27,9 @@ MEASURED = (
     "corpus, the caches and every ground-truth number bit-identical; every trained number differs (learning-check "
     "jerk ratio 0.814 vs 0.733, beat placement 0.0218 vs 0.0195), with the same pass/fail verdicts. Float "
     "reductions in the CPU kernels are not bit-stable across CPUs, and training amplifies last-bit differences.",
+    "threads: 1 (the main job's setting since 2026-12-02), AVX2 machine: the run of the README's tables against a "
+    "fresh run of the same config in another folder (commit 3caae88): every weight, test metric, res_*.npz, "
+    "learning-check and NFE-table number bit-identical (20/20); wall times 22.1 and 20.2 min (the VM's speed varies).",
     "The thread count alone changes training on one machine (FGD autoencoder val loss after 20 updates: 0.1676 with "
     "1 thread, 0.1283 with 2), so compare runs made with the same thread count: the pipeline's `threads` when set "
     "(the main job's: 1, whatever the core count), else torch's default (OMP_NUM_THREADS, else the core count).",

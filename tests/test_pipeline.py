@@ -135,6 +135,14 @@ def test_threads_pins_every_stage_and_is_fingerprinted(monkeypatch: pytest.Monke
     finally:
         torch.set_num_threads(old)
     assert seen == [1, 2]
+    from pipeline.main import run
+
+    for bad in ("0", "-2", "1.5"):  # refused before any folder is made
+        with pytest.raises(ConfigError, match="threads must be null"):
+            run(load_config(path, [f"threads={bad}", "output_dir=/nonexistent/never_made"]), "test")
+    with pytest.raises(ConfigError, match="threads: expected an integer"):  # the config loader's type check
+        load_config(path, ["threads=true"])
+    assert not Path("/nonexistent/never_made").exists()
     one, unset = fingerprints(load_config(path, ["threads=1"])), fingerprints(load_config(path, ["threads=null"]))
     assert {n for n in one if one[n] == unset[n]} == {"corpus", "cache"}
 
