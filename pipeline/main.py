@@ -176,8 +176,9 @@ def stage_functions(cfg: DictConfig) -> dict[str, Callable[[], dict[str, Any]]]:
 
 
 def single_threaded(cfg: DictConfig, names: Sequence[str]) -> set[str]:
-    """The stages that run on one torch thread (they may share the machine: pipeline.parallel): every stage when
-    the pipeline's ``threads`` is 1, else the trained stages whose own config pins ``num_threads: 1``."""
+    """The stages that run on one torch thread (they may share the machine: pipeline.parallel): the trained stages
+    whose own config pins ``num_threads: 1``, and with the pipeline's ``threads: 1`` every stage whose own config
+    sets no ``num_threads``."""
     out: set[str] = set()
     all_single = cfg.get("threads") is not None and int(cfg.threads) == 1
     for name in names:
