@@ -111,8 +111,7 @@ def report_stage(cfg: DictConfig, command: str, stage_log: list[dict[str, Any]],
     save_json(codec, rdir / "rvq_roundtrip.json")
     from pipeline.reproducibility import environment, output_digests, reproducibility_markdown
 
-    threads = cfg.get("threads")
-    env, digests = environment(None if threads is None else int(threads)), output_digests(out)
+    env, digests = environment(stages.pipeline_threads(cfg)), output_digests(out)
     save_json({"environment": env, "sha256": digests}, rdir / "reproducibility.json")
     paths = write_report(rdir, tests, labels, check, command, commit, stage_log, notes, plots,
                          roundtrip_markdown(codec), nfe, reproducibility_markdown(env, digests))
@@ -154,7 +153,7 @@ def stage_functions(cfg: DictConfig) -> dict[str, Callable[[], dict[str, Any]]]:
     """Stage name -> the function that makes its outputs (the report stage is the runner's own), each run with the
     pipeline's ``threads`` torch threads (null: torch's default; a stage config's own ``num_threads`` still applies
     inside its trainer)."""
-    threads = cfg.get("threads")
+    threads = stages.pipeline_threads(cfg)
 
     def pinned(fn: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
         def run_pinned() -> dict[str, Any]:
@@ -180,7 +179,7 @@ def single_threaded(cfg: DictConfig, names: Sequence[str]) -> set[str]:
     whose own config pins ``num_threads: 1``, and with the pipeline's ``threads: 1`` every stage whose own config
     sets no ``num_threads``."""
     out: set[str] = set()
-    all_single = cfg.get("threads") is not None and int(cfg.threads) == 1
+    all_single = stages.pipeline_threads(cfg) == 1
     for name in names:
         if name == "report":
             continue
@@ -195,9 +194,7 @@ def run(cfg: DictConfig, command: str) -> dict[str, Any]:
     """Run every enabled stage (in order; with ``workers`` > 1 single-threaded stages side by side in worker
     processes, see pipeline.parallel); raises StageError naming the failed stage."""
     stages.pipeline_face(cfg)  # a face setting without the face RVQ-VAE fails now, not after the RVQ stages
-    threads = cfg.get("threads")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise ConfigError(f"threads must be null (torch's default) or an integer >= 1, got {threads!r}")
+    stages.pipeline_threads(cfg)  # a bad threads value fails before any folder is made
     started = git_info()
     out = stages.out_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)

@@ -32,9 +32,12 @@ def _stage_yaml(cfg: DictConfig, node: Any, path: str | None = None) -> Any:
 
 def stage_inputs(cfg: DictConfig, name: str) -> tuple[dict[str, Any], list[str]]:
     """(settings the stage reads, stages it consumes)."""
+    from pipeline.stages import pipeline_threads
+
     common = {"seed": cfg.get("seed"), "device": cfg.get("device"), "data": to_container(cfg.data)}
-    if cfg.get("threads") is not None:  # floating-point sums depend on the thread count (absent: older records hold)
-        common["threads"] = int(cfg.threads)
+    threads = pipeline_threads(cfg)
+    if threads is not None:  # floating-point sums depend on the thread count (absent: older records hold)
+        common["threads"] = threads
     if name == "corpus":
         return {"data": common["data"]}, []
     if name == "cache":

@@ -152,6 +152,14 @@ def fit_and_record(trainer: Any) -> dict[str, Any]:
             "last_metrics": summary["last_metrics"]}  # fmt: skip
 
 
+def pipeline_threads(cfg: DictConfig) -> int | None:
+    """The pipeline's ``threads`` setting (torch threads of every stage; None: torch's default), checked."""
+    threads = cfg.get("threads")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"threads must be null (torch's default) or an integer >= 1, got {threads!r}")
+    return threads
+
+
 # ----------------------------------------------------------------------------------------------- generators
 def pipeline_face(cfg: DictConfig) -> bool:
     """The pipeline's ``face`` setting (every generator makes the face too); it needs the face RVQ-VAE."""
