@@ -419,12 +419,34 @@ def test_toy_mixture_one_step_samples_land_on_the_data():
       (c) for each mode, the samples within 1.0 of its centre have a mean within 0.15 of the centre in each
           coordinate and a per-coordinate std in [0.2, 0.45] (true: 0.3).
     """
+    _assert_toy_criteria(_train_toy_one_thread(adaptive_p=1.0))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "pre-registered (session 21) and run once: 94.4% within 1.0, 53.4% right mode, means within 0.09, but mode "
+        "stds [0.324, 0.173] and [0.275, 0.120] vs >= 0.2: plain MSE under-disperses too (y most), so p = 1's "
+        "mode-seeking is not the only cause"
+    ),
+)
+def test_toy_mixture_one_step_samples_land_on_the_data_with_plain_mse():
+    """The same recipe, seeds and pass criteria as the paper-default check above, with one change: adaptive_p = 0
+    (plain MSE, whose minimiser is the conditional mean, see test_adaptive_weighting_does_not_fit_the_conditional_mean).
+    Pre-registered (session 21) before its first and only run: criteria (a)-(c) of the test above, unchanged."""
+    _assert_toy_criteria(_train_toy_one_thread(adaptive_p=0.0))
+
+
+def _train_toy_one_thread(adaptive_p: float) -> dict:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small matrices: on a busy 2-core machine 2 threads are ~100x slower than 1
     try:
-        stats = _train_toy_and_sample()
+        return _train_toy_and_sample(adaptive_p)
     finally:
         torch.set_num_threads(threads)
+
+
+def _assert_toy_criteria(stats: dict) -> None:
     assert stats["frac_close"] >= 0.85, stats
     assert 0.4 <= stats["frac_right"] <= 0.6, stats
     for m in range(2):
@@ -432,10 +454,10 @@ def test_toy_mixture_one_step_samples_land_on_the_data():
         assert all(0.2 <= s <= 0.45 for s in stats[f"std{m}"]), stats
 
 
-def _train_toy_and_sample() -> dict:
+def _train_toy_and_sample(adaptive_p: float) -> dict:
     torch.manual_seed(0)
     net = ToyMLP()
-    ob = MeanFlowObjective(cond_drop_prob=0.0)
+    ob = MeanFlowObjective(cond_drop_prob=0.0, adaptive_p=adaptive_p)
     opt = torch.optim.Adam(net.parameters(), lr=2e-3)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[400], gamma=0.25)
     g = torch.Generator().manual_seed(1)
