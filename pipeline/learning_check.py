@@ -394,37 +394,50 @@ def run_learning_check(
     }
 
 
-def learning_check_stage(cfg: Any) -> dict[str, Any]:
-    """Pipeline stage: load the trained generator and run the check; writes learning_check.json and the motions."""
+def check_inputs(cfg: Any, overrides: Sequence[str] = (), split: str = "test",
+                 checkpoint: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """The keyword arguments of :func:`run_learning_check` (out_dir, seeds and n_boot aside) for a pipeline config:
+    its ``learning_check.generator`` trained by the pipeline (or ``checkpoint``), with the stage config's overrides
+    plus ``overrides`` (dotted ``key=value``), on ``split``'s whole files. The check itself reads ``test``; other
+    splits are for choosing settings (benchmarks/val_check.py)."""
     from dataloaders.datasets import WholeFileDataset
     from dataloaders.stats import load_stats
     from evaluation.fgd_autoencoder import load_fgd_autoencoder
     from geometry.body_model import get_fk
     from inference.generate import inference_copy_gt
     from inference.loading import build_codec, load_trained_generator, window_options
-    from pipeline.stages import flatten_overrides, generator_config, out_dir, record
+    from pipeline.stages import flatten_overrides, generator_config, record
     from utils.device import get_device
+
+    gen = str(cfg.learning_check.generator)
+    scfg = generator_config(cfg, gen, [*flatten_overrides(cfg.learning_check.get("overrides")), *overrides])
+    device = get_device(str(scfg.get("device", "cpu")))
+    stats = load_stats(scfg.data)
+    ds = WholeFileDataset(scfg.data, split)
+    return {
+        "model": load_trained_generator(scfg, checkpoint or record(cfg, f"gen_{gen}")["paths"]["checkpoint"], device),
+        "codec": build_codec(scfg, stats, device),
+        "items": [ds[i] for i in range(len(ds))],
+        "opts": window_options(scfg),
+        "fgd_model": load_fgd_autoencoder(record(cfg, "fgd_ae")["paths"]["checkpoint"], map_location=device),
+        "mean_vel": stats.mean_vel,
+        "fk": get_fk(scfg.test.get("body_model")),
+        "device": device,
+        "copy_gt": inference_copy_gt(scfg.get("inference") or {}),
+    }
+
+
+def learning_check_stage(cfg: Any) -> dict[str, Any]:
+    """Pipeline stage: load the trained generator and run the check; writes learning_check.json and the motions."""
+    from pipeline.stages import out_dir
     from utils.io import save_json
 
     lc = cfg.learning_check
-    gen = str(lc.generator)
-    scfg = generator_config(cfg, gen, flatten_overrides(lc.get("overrides")))
-    device = get_device(str(scfg.get("device", "cpu")))
-    stats = load_stats(scfg.data)
-    codec = build_codec(scfg, stats, device)
-    model = load_trained_generator(scfg, record(cfg, f"gen_{gen}")["paths"]["checkpoint"], device)
-    fgd_model = load_fgd_autoencoder(record(cfg, "fgd_ae")["paths"]["checkpoint"], map_location=device)
-    ds = WholeFileDataset(scfg.data, "test")
-    items = [ds[i] for i in range(len(ds))]
-    inf = scfg.get("inference") or {}
+    inputs = check_inputs(cfg)
     motions = out_dir(cfg) / "report" / "learning_check"
-    result = run_learning_check(
-        model, codec, items, window_options(scfg), fgd_model, stats.mean_vel, get_fk(scfg.test.get("body_model")),
-        device, int(lc.seeds), copy_gt=inference_copy_gt(inf), out_dir=motions,
-        n_boot=int(lc.get("n_boot", 2000)),
-    )  # fmt: skip
-    result["generator"] = gen
-    result["sampler"] = model.sampler.settings()
+    result = run_learning_check(**inputs, seeds=int(lc.seeds), out_dir=motions, n_boot=int(lc.get("n_boot", 2000)))
+    result["generator"] = str(lc.generator)
+    result["sampler"] = inputs["model"].sampler.settings()
     path = out_dir(cfg) / "learning_check.json"
     save_json(result, path)
     verdict = "PASSED" if result["passed"] else "FAILED"

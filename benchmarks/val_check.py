@@ -1,0 +1,95 @@
+"""The learning check (issue 13) on the val split, per sampler setting: choose the checked setting without test.
+
+    python benchmarks/val_check.py [--pipeline configs/pipeline/synthetic_cpu.yaml] [--output-dir DIR]
+        [--checkpoint CKPT] [--split val] [--guidance 1.25 ...] [--crossfade 2 ...] [--seeds 3]
+        [--set key=value ...] [--out rows.json]
+
+For every (guidance, crossfade) the pipeline's checked generator (``learning_check.generator``, its trained
+checkpoint or ``--checkpoint``, the ``learning_check.overrides`` plus ``--set``) runs the check's own code
+(``pipeline.learning_check.run_learning_check``: four conditions, three references, seeds averaged within each file)
+on the split's files, and prints each statistic with the rule's verdicts and the selection margin
+
+    margin = min(beat placement − 0.15, 0.1 − |BC(own) − BC(GT)|)      (eligible: speed, acc., jerk within (a))
+
+the number sessions 18 and 20 chose settings by (README, "What this says"): it weighs (b) and (d) together on point
+estimates; the verdicts are the rule's, but on val's 6 files their CIs are wide. The test split is for the final
+numbers only (``--split test`` is refused unless ``--allow-test``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipeline.learning_check import RULE, Rule, check_inputs, run_learning_check  # noqa: E402
+from utils.config import load_config  # noqa: E402
+from utils.io import save_json  # noqa: E402
+
+SHOWN = ("speed_ratio", "acceleration_ratio", "jerk_ratio", "beat_placement", "bc_own_minus_delayed",
+         "fgd_swapped_minus_own", "bc_own_minus_gt")  # fmt: skip
+
+
+def selection_margin(stats: dict[str, Any], rule: Rule = RULE) -> tuple[float, bool]:
+    """(margin, eligible) from a check's ``statistics`` (point estimates): min(placement − its threshold, the BC gap
+    bound − |BC own − GT|), eligible when the speed, acceleration and jerk ratios meet (a)'s bounds."""
+    v = {k: float(s["value"]) for k, s in stats.items()}
+    lo, hi = rule.speed_ratio_range
+    eligible = (lo <= v["speed_ratio"] <= hi and v["acceleration_ratio"] <= rule.max_acceleration_ratio
+                and v["jerk_ratio"] <= rule.max_jerk_ratio)  # fmt: skip
+    margin = min(v["beat_placement"] - rule.min_beat_placement, rule.max_bc_gap_to_gt - abs(v["bc_own_minus_gt"]))
+    return margin, eligible
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pipeline", default="configs/pipeline/synthetic_cpu.yaml", help="the pipeline config")
+    ap.add_argument("--output-dir", help="its output_dir (default: the config's)")
+    ap.add_argument("--checkpoint", help="a generator checkpoint instead of the pipeline's trained one")
+    ap.add_argument("--split", default="val", choices=["train", "val", "test"])
+    ap.add_argument("--allow-test", action="store_true", help="permit --split test (final numbers only)")
+    ap.add_argument("--guidance", type=float, nargs="+", default=[None], help="default: the check's")
+    ap.add_argument("--crossfade", type=int, nargs="+", default=[None], help="default: the check's")
+    ap.add_argument("--seeds", type=int, help="sampling seeds (default: the check's)")
+    ap.add_argument("--n-boot", type=int, default=2000)
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more generator-config overrides")
+    ap.add_argument("--out", help="write the rows as json")
+    a = ap.parse_args(argv)
+    if a.split == "test" and not a.allow_test:
+        ap.error("the test split is for final numbers: choose settings on val (or pass --allow-test)")
+    cfg = load_config(a.pipeline, [f"output_dir={a.output_dir}"] if a.output_dir else [])
+    seeds = int(a.seeds or cfg.learning_check.seeds)
+    rows = []
+    for w in a.guidance:
+        for k in a.crossfade:
+            sets = list(a.set)
+            if w is not None:
+                sets.append(f"model.generator.params.sampler.guidance_scale={w}")
+            if k is not None:
+                sets.append(f"inference.windows.crossfade={k}")
+            inputs = check_inputs(cfg, sets, a.split, a.checkpoint)
+            res = run_learning_check(**inputs, seeds=seeds, n_boot=a.n_boot)
+            margin, eligible = selection_margin(res["statistics"])
+            row = {"split": a.split, "n_files": res["n_files"], "seeds": seeds, "set": sets,
+                   "sampler": inputs["model"].sampler.settings(), "margin": margin, "eligible": eligible,
+                   "statistics": res["statistics"],
+                   "criteria": {c: v["passed"] for c, v in res["criteria"].items()},
+                   "gt_bc": res["summary"]["gt"]["bc"],
+                   "roundtrip_bc": res["summary"]["rvq_roundtrip"]["bc"]}  # fmt: skip
+            rows.append(row)
+            st = res["statistics"]
+            tag = "eligible" if eligible else "NOT eligible"
+            print(f"[{a.split}] guidance {w} crossfade {k}: margin {margin:+.4f} ({tag})  "
+                  + "  ".join(f"{s} {st[s]['value']:.4f}" for s in SHOWN)
+                  + "  criteria " + " ".join(f"{c[0]}={'pass' if p else 'FAIL'}" for c, p in row["criteria"].items()),
+                  flush=True)  # fmt: skip
+            if a.out:
+                save_json(rows, a.out)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""benchmarks/val_check.py: the selection margin it ranks checked settings by, and its refusal of the test split."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.val_check import main, selection_margin
+
+
+def _stats(**v: float) -> dict:
+    base = {"speed_ratio": 0.9, "acceleration_ratio": 0.7, "jerk_ratio": 0.6, "beat_placement": 0.2,
+            "bc_own_minus_delayed": 0.2, "fgd_swapped_minus_own": 0.004, "bc_own_minus_gt": 0.08}  # fmt: skip
+    return {k: {"value": x, "ci95": [x - 0.1, x + 0.1]} for k, x in {**base, **v}.items()}
+
+
+def test_margin_is_the_smaller_of_the_placement_and_bc_gap_slacks():
+    m, ok = selection_margin(_stats())  # placement slack 0.05, gap slack 0.1 - 0.08 = 0.02
+    assert ok and m == pytest.approx(0.02)
+    m, ok = selection_margin(_stats(bc_own_minus_gt=-0.01, beat_placement=0.17))  # |gap| counts; placement 0.02
+    assert ok and m == pytest.approx(0.02)
+    m, _ = selection_margin(_stats(bc_own_minus_gt=0.13))  # over the bound: negative
+    assert m == pytest.approx(-0.03)
+
+
+@pytest.mark.parametrize("bad", [{"speed_ratio": 0.6}, {"speed_ratio": 1.6}, {"acceleration_ratio": 1.51},
+                                 {"jerk_ratio": 2.0}])  # fmt: skip
+def test_settings_outside_a_are_not_eligible(bad):
+    assert selection_margin(_stats(**bad))[1] is False
+
+
+def test_the_test_split_is_refused_without_allow_test(capsys):
+    with pytest.raises(SystemExit):
+        main(["--split", "test"])
+    assert "choose settings on val" in capsys.readouterr().err
