@@ -15,7 +15,7 @@ from models.generators.base import to_generator_layout
 from models.motion_codec import PART_JOINTS, MotionCodec
 from models.vq.rvqvae import RVQVAE
 from tests.test_generators import ToyDenoiser, ToyEncoder, toy_inputs
-from trainers.timing import SampleTimingLoss, band_amplitudes, by_mean, highpass, one_minus_r, relative_mse
+from trainers.timing import SampleTimingLoss, band_amplitudes, by_mean, highpass, one_minus_r, relative_mse, sorted_mse
 from utils.config import ConfigError
 
 
@@ -98,6 +98,23 @@ def test_band_amplitudes_are_phase_free_and_see_the_tempo():
     assert float(loss(as_latents(late), as_latents(slow))) == pytest.approx(relmse)  # same tempo: the term is 0
     want = float(relative_mse(by_mean(fast[None]), by_mean(slow[None]))) + 2.0 * (2 + 2) / 16
     assert float(loss(as_latents(fast), as_latents(slow))) == pytest.approx(want)  # two bands of 16 differ by √2
+
+
+def test_sorted_mse_sees_holds_and_peaks_not_their_timing():
+    hold = torch.tensor([[0.0, 0.0, 2.0, 2.0, 0.0, 2.0]])  # holds at 0, strokes at 2 (mean 1)
+    late = hold.roll(2, dims=1)  # the same values elsewhere in time
+    blur = torch.ones(1, 6)  # the MSE-optimal curve under uncertain timing: never still, never fast
+    assert float(sorted_mse(late, hold)) == 0.0 and float(relative_mse(late, hold)) > 0
+    assert float(sorted_mse(blur, hold)) == pytest.approx(1.0)  # every sorted value 1 off
+    x = blur.clone().requires_grad_(True)
+    sorted_mse(x, hold).backward()  # d/dx of mean((sort(x) - sort(hold))^2) at a tie: the sort's order, ±1/3
+    assert sorted(x.grad[0].tolist()) == pytest.approx([-1 / 3] * 3 + [1 / 3] * 3)
+    loss = SampleTimingLoss(_codec(), get_fk(None, flat_hand_mean=True), weight=1.0, quantiles=0.5)
+    loss.speed = lambda z: z.squeeze(1).squeeze(1)  # curves given directly as (B, 1, 1, T) "latents"
+    as_latents = lambda c: c[None, None]  # noqa: E731
+    want = float(relative_mse(by_mean(blur), by_mean(hold))) + 0.5 * float(sorted_mse(by_mean(blur), by_mean(hold)))
+    assert float(loss(as_latents(blur), as_latents(hold))) == pytest.approx(want)
+    assert float(loss(as_latents(late), as_latents(hold))) == pytest.approx(float(relative_mse(late, hold)))
 
 
 def test_straight_through_gives_the_decoders_gradient_at_the_codes():
@@ -238,3 +255,7 @@ def test_from_config():
     assert SampleTimingLoss.from_config({"weight": 1, "spectrum": 0.5}, codec, fk).spectrum == 0.5
     with pytest.raises(ConfigError, match="spectrum"):
         SampleTimingLoss.from_config({"weight": 1, "spectrum": -1}, codec, fk)
+    assert SampleTimingLoss.from_config({"weight": 1}, codec, fk).quantiles == 0.0
+    assert SampleTimingLoss.from_config({"weight": 1, "quantiles": 2}, codec, fk).quantiles == 2.0
+    with pytest.raises(ConfigError, match="quantiles -1"):
+        SampleTimingLoss.from_config({"weight": 1, "quantiles": -1}, codec, fk)

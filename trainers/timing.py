@@ -28,6 +28,13 @@ cannot line up with GT's. Why: the per-joint ``relmse`` model dips at ~1.7x GT's
 from any audio onset, which raises its BC above GT's. Measured (README, "What this says"): at weight 1 it did not
 lower BC (val BC - BC(GT) +0.166 and +0.184 on two seeds), so it stays off in the main job.
 
+``quantiles`` (a weight, 0 = off) adds the mean squared difference of the two curves' sorted values (their quantile
+functions: the squared 1-D Wasserstein-2 distance of the speed distributions), phase-free too but about depth rather
+than tempo: how much of the window the sample spends slow (holds) and how fast its peaks are, wherever they fall.
+Why: the per-joint ``relmse`` model's BC sits above GT's because it has more *counted* minima (BC counts a minimum only
+above 0.3 x the mean joint velocity; GT's holds go below it, the model's shallower dips do not: README, "What this
+says"); an MSE on curves whose timing is uncertain is minimised by a blurred curve, a sorted one is not.
+
 ``highpass`` (frames) takes a centred moving average off both curves first (after the division), so stroke-scale
 dips count rather than the slow envelope; ``per_joint`` uses every BC joint's own curve (BC takes its beats per
 joint) instead of their mean. The sample is drawn in the generator's training mode (dropout on, as in the rest of
@@ -37,7 +44,7 @@ positions would carry millimetres of rounding, about one frame's motion).
 Config (the generator stage's ``sample_timing`` node, configs/generator_base.yaml; weight 0 = off)::
 
     sample_timing: {weight: 0.0, steps: 2, guidance: 1.0, form: relmse, highpass: 0, per_joint: false, spectrum: 0.0,
-                    rows: 0}
+                    quantiles: 0.0, rows: 0}
 
 ``rows`` (0 = all) draws the sample for the batch's first ``rows`` rows only (the batch is shuffled, so a random
 subset): the sampled draw, its decoding and their backward are most of the loss's cost, and half the rows give an
@@ -57,7 +64,7 @@ from geometry.skeleton import BC_JOINTS, PARTS
 from models.motion_codec import MotionCodec
 from utils.config import ConfigError
 
-KEYS = ("weight", "steps", "guidance", "form", "highpass", "per_joint", "spectrum", "rows")
+KEYS = ("weight", "steps", "guidance", "form", "highpass", "per_joint", "spectrum", "quantiles", "rows")
 FORMS = ("relmse", "corr", "scaled")
 TIMING_PARTS = ("upper", "lower_trans")  # the parts whose joints move BC's joints (the pelvis's global rotation too)
 SPEED_FLOOR = 1e-4  # m per frame (GT upper-body means are ~5e-3): below it a curve counts as still
@@ -94,6 +101,12 @@ def band_amplitudes(curves: torch.Tensor, band: int = SPECTRUM_BAND) -> torch.Te
     return power.reshape(power.shape[0], -1, band).mean(-1).clamp_min(1e-12).sqrt()
 
 
+def sorted_mse(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference of each row's sorted values (N, T): the squared Wasserstein-2 distance between the
+    rows' value distributions, blind to when each value occurs."""
+    return (x.sort(dim=1).values - y.sort(dim=1).values).pow(2).mean()
+
+
 def one_minus_r(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean over rows of 1 - Pearson r between the rows of ``x`` and ``y`` (N, T); a constant row counts r = 0."""
     x, y = x - x.mean(1, keepdim=True), y - y.mean(1, keepdim=True)
@@ -108,12 +121,13 @@ class SampleTimingLoss:
 
     def __init__(self, codec: MotionCodec, fk: JointsFK, weight: float, steps: int = 2, guidance: float = 1.0,
                  form: str = "relmse", highpass: int = 0, per_joint: bool = False,
-                 spectrum: float = 0.0, rows: int = 0) -> None:  # fmt: skip
-        ok = weight >= 0 and steps >= 1 and highpass >= 0 and guidance == guidance and spectrum >= 0 and rows >= 0
+                 spectrum: float = 0.0, rows: int = 0, quantiles: float = 0.0) -> None:  # fmt: skip
+        ok = (weight >= 0 and steps >= 1 and highpass >= 0 and guidance == guidance and spectrum >= 0 and rows >= 0
+              and quantiles >= 0)  # fmt: skip
         if not ok:  # NaN fails
-            raise ConfigError(f"sample_timing: weight, highpass, spectrum and rows must be >= 0, steps >= 1 and "
-                              f"guidance a number, got weight {weight}, steps {steps}, highpass {highpass}, guidance "
-                              f"{guidance}, spectrum {spectrum}, rows {rows}")  # fmt: skip
+            raise ConfigError(f"sample_timing: weight, highpass, spectrum, quantiles and rows must be >= 0, steps >= 1 "
+                              f"and guidance a number, got weight {weight}, steps {steps}, highpass {highpass}, "
+                              f"guidance {guidance}, spectrum {spectrum}, quantiles {quantiles}, rows {rows}")
         if form not in FORMS:
             raise ConfigError(f"sample_timing.form must be one of {list(FORMS)}, got {form!r}")
         missing = [p for p in TIMING_PARTS if p not in codec.parts]
@@ -122,7 +136,7 @@ class SampleTimingLoss:
         self.codec, self.fk = codec, fk
         self.weight, self.steps, self.guidance = float(weight), int(steps), float(guidance)
         self.form, self.highpass, self.per_joint = form, int(highpass), bool(per_joint)
-        self.spectrum, self.rows = float(spectrum), int(rows)
+        self.spectrum, self.rows, self.quantiles = float(spectrum), int(rows), float(quantiles)
 
     @classmethod
     def from_config(cls, node: Mapping[str, Any] | None, codec: MotionCodec,
@@ -141,7 +155,7 @@ class SampleTimingLoss:
         return cls(codec, fk, float(node["weight"]), int(node.get("steps", 2)), float(node.get("guidance", 1.0)),
                    str(node.get("form", "relmse")), int(node.get("highpass", 0)),
                    bool(node.get("per_joint", False)), float(node.get("spectrum", 0.0)),
-                   int(node.get("rows", 0)))  # fmt: skip
+                   int(node.get("rows", 0)), float(node.get("quantiles", 0.0)))  # fmt: skip
 
     def speed(self, latents: torch.Tensor) -> torch.Tensor:
         """Generator-layout latents (B,C,1,T') -> speed curves (B, 4T'-1), or (B·J, 4T'-1) with ``per_joint``:
@@ -176,7 +190,9 @@ class SampleTimingLoss:
             loss = (one_minus_r if self.form == "corr" else relative_mse)(x, y)
             if self.spectrum:
                 loss = loss + self.spectrum * (band_amplitudes(x) - band_amplitudes(y)).pow(2).mean()
+            if self.quantiles:
+                loss = loss + self.quantiles * sorted_mse(x, y)
             return loss
 
 
-__all__ = ["SampleTimingLoss", "band_amplitudes", "by_mean", "highpass", "one_minus_r", "relative_mse"]
+__all__ = ["SampleTimingLoss", "band_amplitudes", "by_mean", "highpass", "one_minus_r", "relative_mse", "sorted_mse"]
