@@ -182,7 +182,7 @@ def resolve_model_source(
     if ckpt is None:
         folder = resolve_path(default_dir)
         if not (folder / "stages" / f"gen_{generator}.json").is_file():
-            raise ModelError(f"no trained model at {folder}: train one with `{TRAIN_COMMAND}` (about 22 min on 2 CPU "
+            raise ModelError(f"no trained model at {folder}: train one with `{TRAIN_COMMAND}` (17-22 min on 2 CPU "
                              "cores) or pass --ckpt RUN_DIR|best.pt")  # fmt: skip
         src = _from_pipeline_dir(folder, generator)
     else:

@@ -30,6 +30,9 @@ MEASURED = (
     "threads: 1 (the main job's setting since 2026-12-02), AVX2 machine: the run of the README's tables against a "
     "fresh run of the same config in another folder (commit 3caae88): every weight, test metric, res_*.npz, "
     "learning-check and NFE-table number bit-identical (20/20); wall times 22.1 and 20.2 min (the VM's speed varies).",
+    "Another VM of the AVX2 type (2026-12-03, commit ffffbb4, the same config): every number of report/results.md "
+    "equal to that run's but the real-time factors; a generator stage trained outside the pipeline with the same "
+    "config and thread count gives the pipeline's weights exactly (max |diff| 0).",
     "The thread count alone changes training on one machine (FGD autoencoder val loss after 20 updates: 0.1676 with "
     "1 thread, 0.1283 with 2), so compare runs made with the same thread count: the pipeline's `threads` when set "
     "(the main job's: 1, whatever the core count), else torch's default (OMP_NUM_THREADS, else the core count).",

@@ -454,7 +454,7 @@ def test_two_pipelines_into_one_folder_are_refused(tmp_path: Path, capsys: pytes
 
 @pytest.fixture(scope="module")
 def main_job(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The main job once for the slow tests below (about 20 min on 2 idle cores)."""
+    """The main job once for the slow tests below (17-22 min on 2 idle AVX2 cores)."""
     from pipeline.main import main
 
     out = tmp_path_factory.mktemp("main_job") / "main"

@@ -267,8 +267,8 @@ def model_notice(entry: ModelEntry) -> str | None:
     folder = Path(entry.default_dir)
     if (folder / "stages" / f"gen_{entry.generator}.json").is_file():
         return None
-    return (f"No trained model at `{_rel(folder)}` yet: train the main job's model with `{TRAIN_COMMAND}` (about "
-            "about 20 min on 2 CPU cores), or start the demo with `--ckpt RUN_FOLDER|best.pt`.")  # fmt: skip
+    return (f"No trained model at `{_rel(folder)}` yet: train the main job's model with `{TRAIN_COMMAND}` ("
+            "17-22 min on 2 CPU cores), or start the demo with `--ckpt RUN_FOLDER|best.pt`.")  # fmt: skip
 
 
 class ModelCache:
