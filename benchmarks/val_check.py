@@ -11,9 +11,11 @@ on the split's files, and prints each statistic with the rule's verdicts and the
 
     margin = min(beat placement − 0.15, 0.1 − |BC(own) − BC(GT)|)      (eligible: speed, acc., jerk within (a))
 
-the number sessions 18 and 20 chose settings by (README, "What this says"): it weighs (b) and (d) together on point
-estimates; the verdicts are the rule's, but on val's 6 files their CIs are wide. The test split is for the final
-numbers only (``--split test`` is refused unless ``--allow-test``).
+the number sessions 18, 20 and 21 chose settings by (README, "What this says"): it weighs (b) and (d) together on
+point estimates; the verdicts are the rule's, but on val's 6 files their CIs are wide (and val predicted test poorly
+in session 21). ``all_right_side`` says whether every point estimate meets its threshold. Needs a finished main job
+(its FGD autoencoder, codecs and, without ``--checkpoint``, its generator). The test split is for the final numbers
+only (``--split test`` is refused unless ``--allow-test``, and prints no margin).
 """
 
 from __future__ import annotations
@@ -34,18 +36,27 @@ SHOWN = ("speed_ratio", "acceleration_ratio", "jerk_ratio", "beat_placement", "b
 
 
 def selection_margin(stats: dict[str, Any], rule: Rule = RULE) -> tuple[float, bool]:
-    """(margin, eligible) from a check's ``statistics`` (point estimates): min(placement − its threshold, the BC gap
-    bound − |BC own − GT|), eligible when the speed, acceleration and jerk ratios meet (a)'s bounds."""
+    """(margin, meets_a) from a check's ``statistics`` (point estimates): min(placement − its threshold, the BC gap
+    bound − |BC own − GT|), and whether the speed, acceleration and jerk ratios meet (a)'s bounds (inclusive)."""
     v = {k: float(s["value"]) for k, s in stats.items()}
     lo, hi = rule.speed_ratio_range
-    eligible = (lo <= v["speed_ratio"] <= hi and v["acceleration_ratio"] <= rule.max_acceleration_ratio
-                and v["jerk_ratio"] <= rule.max_jerk_ratio)  # fmt: skip
+    meets_a = (lo <= v["speed_ratio"] <= hi and v["acceleration_ratio"] <= rule.max_acceleration_ratio
+               and v["jerk_ratio"] <= rule.max_jerk_ratio)  # fmt: skip
     margin = min(v["beat_placement"] - rule.min_beat_placement, rule.max_bc_gap_to_gt - abs(v["bc_own_minus_gt"]))
-    return margin, eligible
+    return margin, meets_a
+
+
+def all_right_side(stats: dict[str, Any], rule: Rule = RULE) -> bool:
+    """Every point estimate on the right side of its threshold: (a)'s ratios, placement >= its threshold, BC own −
+    delayed > 0, FGD swapped − own > 0, |BC own − GT| <= the bound (the adoption rule of sessions 20 and 21)."""
+    v = {k: float(s["value"]) for k, s in stats.items()}
+    return bool(selection_margin(stats, rule)[1] and v["beat_placement"] >= rule.min_beat_placement
+                and v["bc_own_minus_delayed"] > 0 and v["fgd_swapped_minus_own"] > 0
+                and abs(v["bc_own_minus_gt"]) <= rule.max_bc_gap_to_gt)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pipeline", default="configs/pipeline/synthetic_cpu.yaml", help="the pipeline config")
     ap.add_argument("--output-dir", help="its output_dir (default: the config's)")
     ap.add_argument("--checkpoint", help="a generator checkpoint instead of the pipeline's trained one")
@@ -72,17 +83,21 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 sets.append(f"inference.windows.crossfade={k}")
             inputs = check_inputs(cfg, sets, a.split, a.checkpoint)
             res = run_learning_check(**inputs, seeds=seeds, n_boot=a.n_boot)
-            margin, eligible = selection_margin(res["statistics"])
+            margin, meets_a = selection_margin(res["statistics"])
+            if a.split == "test":  # final numbers only: nothing to choose by
+                margin = None
             row = {"split": a.split, "n_files": res["n_files"], "seeds": seeds, "set": sets,
-                   "sampler": inputs["model"].sampler.settings(), "margin": margin, "eligible": eligible,
-                   "statistics": res["statistics"],
+                   "pipeline": a.pipeline, "output_dir": str(cfg.output_dir), "checkpoint": a.checkpoint,
+                   "sampler": inputs["model"].sampler.settings(), "margin": margin, "meets_a": meets_a,
+                   "all_right_side": all_right_side(res["statistics"]), "statistics": res["statistics"],
                    "criteria": {c: v["passed"] for c, v in res["criteria"].items()},
                    "gt_bc": res["summary"]["gt"]["bc"],
                    "roundtrip_bc": res["summary"]["rvq_roundtrip"]["bc"]}  # fmt: skip
             rows.append(row)
             st = res["statistics"]
-            tag = "eligible" if eligible else "NOT eligible"
-            print(f"[{a.split}] guidance {w} crossfade {k}: margin {margin:+.4f} ({tag})  "
+            tag = ("" if margin is None else f"margin {margin:+.4f} ") + ("meets (a)" if meets_a else "misses (a)")
+            tag += ", every point estimate on the right side" if row["all_right_side"] else ""
+            print(f"[{a.split}] guidance {w} crossfade {k}: {tag}  "
                   + "  ".join(f"{s} {st[s]['value']:.4f}" for s in SHOWN)
                   + "  criteria " + " ".join(f"{c[0]}={'pass' if p else 'FAIL'}" for c, p in row["criteria"].items()),
                   flush=True)  # fmt: skip

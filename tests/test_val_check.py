@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.val_check import main, selection_margin
+from benchmarks.val_check import all_right_side, main, selection_margin
 
 
 def _stats(**v: float) -> dict:
@@ -26,6 +26,14 @@ def test_margin_is_the_smaller_of_the_placement_and_bc_gap_slacks():
                                  {"jerk_ratio": 2.0}])  # fmt: skip
 def test_settings_outside_a_are_not_eligible(bad):
     assert selection_margin(_stats(**bad))[1] is False
+    assert all_right_side(_stats(**bad)) is False
+
+
+def test_all_right_side_needs_every_point_estimate():
+    assert all_right_side(_stats())
+    for bad in ({"beat_placement": 0.149}, {"bc_own_minus_delayed": 0.0}, {"fgd_swapped_minus_own": -0.001},
+                {"bc_own_minus_gt": -0.101}):  # fmt: skip
+        assert not all_right_side(_stats(**bad)), bad
 
 
 def test_the_test_split_is_refused_without_allow_test(capsys):

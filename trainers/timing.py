@@ -33,7 +33,9 @@ functions: the squared 1-D Wasserstein-2 distance of the speed distributions), p
 than tempo: how much of the window the sample spends slow (holds) and how fast its peaks are, wherever they fall.
 Why: the per-joint ``relmse`` model's BC sits above GT's because it has more *counted* minima (BC counts a minimum only
 above 0.3 x the mean joint velocity; GT's holds go below it, the model's shallower dips do not: README, "What this
-says"); an MSE on curves whose timing is uncertain is minimised by a blurred curve, a sorted one is not.
+says"); an MSE on curves whose timing is uncertain is minimised by a blurred curve, a sorted one is not. It sorts the
+curves the form compares (divided by their means for ``relmse``, by GT's for ``scaled``, raw speeds for ``corr``, so
+its scale follows the form), after ``highpass``.
 
 ``highpass`` (frames) takes a centred moving average off both curves first (after the division), so stroke-scale
 dips count rather than the slow envelope; ``per_joint`` uses every BC joint's own curve (BC takes its beats per
