@@ -24,7 +24,7 @@ def test_margin_is_the_smaller_of_the_placement_and_bc_gap_slacks():
 
 @pytest.mark.parametrize("bad", [{"speed_ratio": 0.6}, {"speed_ratio": 1.6}, {"acceleration_ratio": 1.51},
                                  {"jerk_ratio": 2.0}])  # fmt: skip
-def test_settings_outside_a_are_not_eligible(bad):
+def test_settings_outside_a_do_not_meet_a(bad):
     assert selection_margin(_stats(**bad))[1] is False
     assert all_right_side(_stats(**bad)) is False
 
