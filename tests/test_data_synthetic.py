@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 import textgrid
 
-from dataloaders.synthetic import generate_corpus, syllable_count
+from dataloaders.synthetic import generate_corpus, split_for, syllable_count
 from tests.conftest import REPO_ROOT
 
 
@@ -46,6 +46,24 @@ def test_format_round_trip(corpus):
         assert np.abs(poses).max() < np.pi
         assert np.abs(np.diff(poses, axis=0)).max() < 0.25
         assert 1.2 < trans[:, 1].mean() < 1.4 and trans[:, 1].std() < 0.05
+
+
+def test_split_repeats_the_six_file_pattern_so_growing_a_corpus_keeps_its_first_files_split():
+    six = ["test", "val", "test", "train", "train", "train"]
+    assert [split_for(i, 6) for i in range(1, 7)] == six
+    assert [split_for(i, 3) for i in range(1, 4)] == ["test", "val", "train"]
+    assert [split_for(i, 2) for i in range(1, 3)] == ["train", "train"]
+    # the main job's 9 files per speaker: 3 train (the 6-file corpus's), 2 val, 4 test
+    assert [split_for(i, 9) for i in range(1, 10)] == six + ["test", "val", "test"]
+    assert [split_for(i, 13) for i in range(1, 14)] == six * 2 + ["test"]
+
+
+def test_a_larger_corpus_holds_the_smaller_ones_files_unchanged(tmp_path):
+    a = generate_corpus(tmp_path / "a", speakers=1, files_per_speaker=1, seconds=8, seed=5)
+    b = generate_corpus(tmp_path / "b", speakers=1, files_per_speaker=2, seconds=8, seed=5)
+    f = "smplxflame_30/1_ava_0_1_1.npz"
+    assert np.array_equal(np.load(a / f)["poses"], np.load(b / f)["poses"])
+    assert (a / "wave16k/1_ava_0_1_1.wav").read_bytes() == (b / "wave16k/1_ava_0_1_1.wav").read_bytes()
 
 
 def test_deterministic(tmp_path):
