@@ -11,10 +11,11 @@ on the split's files, and prints each statistic with the rule's verdicts and the
 
     margin = min(beat placement − 0.15, 0.1 − |BC(own) − BC(GT)|)      (meets_a: speed, acc., jerk within (a))
 
-the number sessions 18, 20 and 21 chose settings by (README, "What this says"): it weighs (b) and (d) together on
-point estimates; the verdicts are the rule's, but on val's 6 files their CIs are wide (and val predicted test poorly
-in session 21). ``all_right_side`` says whether every point estimate meets its threshold. Needs a finished main job
-(its FGD autoencoder, codecs and, without ``--checkpoint``, its generator). The test split is for the final numbers
+the number sessions 18, 20, 21 and 22 chose settings by (README, "What this says"): it weighs (b) and (d) together
+on point estimates; the verdicts are the rule's, but on val their CIs are wide (the main job's val had 6 files until
+session 22, 12 since; in session 21 the 6 predicted test poorly). ``all_right_side`` says whether every point
+estimate meets its threshold. Needs a finished main job (its FGD autoencoder, codecs and, without ``--checkpoint``,
+its generator). The test split is for the final numbers
 only (``--split test`` is refused unless ``--allow-test``, and prints no margin).
 """
 

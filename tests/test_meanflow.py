@@ -437,11 +437,37 @@ def test_toy_mixture_one_step_samples_land_on_the_data_with_plain_mse():
     _assert_toy_criteria(_train_toy_one_thread(adaptive_p=0.0))
 
 
-def _train_toy_one_thread(adaptive_p: float) -> dict:
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "pre-registered (session 22, R8) and run once: 4x the training (2400 steps), p = 1: 96.2% within 1.0, 52.6% "
+        "right mode, but mode 0's mean x -2.195 (> 0.15 off) and stds [0.155, 0.221] / [0.223, 0.159] vs >= 0.2"
+    ),
+)
+def test_toy_mixture_one_step_samples_land_on_the_data_after_4x_training():
+    """The paper-default check above trained 4x longer (2400 steps, the LR drop at the same 2/3 point); its seeds
+    and criteria unchanged. Pre-registered (session 22, docs/prereg/session22.md R8) before its only run."""
+    _assert_toy_criteria(_train_toy_one_thread(adaptive_p=1.0, steps=2400))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "pre-registered (session 22, R8) and run once: 4x the training (2400 steps), p = 0: 91.3% within 1.0, 54.3% "
+        "right mode, means within 0.09, but mode 0's x std 0.177 vs >= 0.2 (stds [0.177, 0.265] / [0.213, 0.229])"
+    ),
+)
+def test_toy_mixture_one_step_samples_land_on_the_data_with_plain_mse_after_4x_training():
+    """The plain-MSE check above trained 4x longer (2400 steps); seeds and criteria unchanged. Pre-registered
+    (session 22, R8) before its only run."""
+    _assert_toy_criteria(_train_toy_one_thread(adaptive_p=0.0, steps=2400))
+
+
+def _train_toy_one_thread(adaptive_p: float, steps: int = 600) -> dict:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small matrices: on a busy 2-core machine 2 threads are ~100x slower than 1
     try:
-        return _train_toy_and_sample(adaptive_p)
+        return _train_toy_and_sample(adaptive_p, steps)
     finally:
         torch.set_num_threads(threads)
 
@@ -454,16 +480,16 @@ def _assert_toy_criteria(stats: dict) -> None:
         assert all(0.2 <= s <= 0.45 for s in stats[f"std{m}"]), stats
 
 
-def _train_toy_and_sample(adaptive_p: float) -> dict:
+def _train_toy_and_sample(adaptive_p: float, steps: int) -> dict:
     torch.manual_seed(0)
     net = ToyMLP()
     ob = MeanFlowObjective(cond_drop_prob=0.0, adaptive_p=adaptive_p)
     opt = torch.optim.Adam(net.parameters(), lr=2e-3)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[400], gamma=0.25)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[steps * 2 // 3], gamma=0.25)
     g = torch.Generator().manual_seed(1)
     b = 256
     seed, at, null = torch.zeros(b, 1, 1), torch.zeros(b, 1, 1), torch.zeros(1, 1)
-    for _ in range(600):
+    for _ in range(steps):
         loss = ob(net, _toy_data(b, g), seed, at, null, g)["loss"]
         opt.zero_grad()
         loss.backward()
