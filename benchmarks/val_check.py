@@ -15,8 +15,9 @@ the number sessions 18, 20, 21 and 22 chose settings by (README, "What this says
 on point estimates; the verdicts are the rule's, but on val their CIs are wide (the main job's val had 6 files until
 session 22, 12 since; in session 21 the 6 predicted test poorly). ``all_right_side`` says whether every point
 estimate meets its threshold. Needs a finished main job (its FGD autoencoder, codecs and, without ``--checkpoint``,
-its generator). The test split is for the final numbers
-only (``--split test`` is refused unless ``--allow-test``, and prints no margin).
+its generator). The test split is for the final numbers only (``--split test`` is refused unless ``--allow-test``,
+and prints no margin). Beside another job on a small machine run it with ``OMP_NUM_THREADS=1``: at torch's default
+thread count it oversubscribes the cores (on 2 busy cores 22 min instead of ~1).
 """
 
 from __future__ import annotations
