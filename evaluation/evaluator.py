@@ -25,11 +25,13 @@ test.py ``--skip-missing-audio``); a multi-channel wav is averaged to mono with 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import os
 import platform
 import warnings
-from collections.abc import Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -174,6 +176,60 @@ def _as_poses(x: Any, name: str) -> np.ndarray:
     return a
 
 
+def _digest(*arrays: np.ndarray | None) -> str:
+    """Content key of arrays (dtype, shape and bytes)."""
+    h = hashlib.blake2b(digest_size=16)
+    for a in arrays:
+        if a is None:
+            h.update(b"-")
+            continue
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.data)
+    return h.hexdigest()
+
+
+def _read_only(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        value.flags.writeable = False
+    elif isinstance(value, tuple):
+        for v in value:
+            _read_only(v)
+    return value
+
+
+class _GtMemo:
+    """Results of pure functions of a sequence's ground-truth side (FK joints, FGD moments, audio, onsets, GT
+    realism and beat placement), keyed by content: the learning check and the NFE table score every file's GT once
+    per condition and seed (~15 times). Arrays come back read-only (a caller writing into one raises); bounded LRU."""
+
+    def __init__(self, size: int = 256) -> None:
+        self.size = size
+        self._items: OrderedDict[tuple, Any] = OrderedDict()
+        self.hits = 0
+
+    def get(self, key: tuple, compute: Callable[[], Any]) -> Any:
+        if key in self._items:
+            self._items.move_to_end(key)
+            self.hits += 1
+            return self._items[key]
+        value = _read_only(compute())  # an exception stores nothing
+        self._items[key] = value
+        if len(self._items) > self.size:
+            self._items.popitem(last=False)
+        return value
+
+
+def _audio_key(audio: str | os.PathLike | np.ndarray) -> tuple:
+    if isinstance(audio, (str, os.PathLike)):
+        try:
+            st = os.stat(audio)
+        except OSError:
+            return ("path", os.fspath(audio), None)  # missing: load_bc_audio raises, nothing is stored
+        return ("path", os.path.abspath(os.fspath(audio)), st.st_mtime_ns, st.st_size)
+    return ("array", _digest(np.asarray(audio)))
+
+
 class Evaluator:
     """Accumulates per-sequence metric state; ``compute()`` pools it; ``sequences`` lists the per-sequence results.
 
@@ -231,6 +287,7 @@ class Evaluator:
             self.bc_placement = BeatConsistency(self.bc.mean_vel, protocol=PLACEMENT_PROTOCOL)
         self.l1, self.l1_gt = L1Diversity(), L1Diversity()
         self._seqs: list[SequenceResult] = []
+        self._memo = _GtMemo()
 
     @property
     def sequences(self) -> tuple[SequenceResult, ...]:
@@ -286,12 +343,14 @@ class Evaluator:
         """(16 kHz mono audio, None) or (None, reason to exclude the sequence from BC)."""
         assert self.bc is not None
         label = "audio array"
+        akey = _audio_key(audio)
         if isinstance(audio, (str, os.PathLike)):
             label = str(audio)
-            channels = _wav_channels(audio)
+            channels = self._memo.get(("channels", akey), lambda: _wav_channels(audio))
             if channels is not None and channels > 1:
                 notes.append(f"audio {label} has {channels} channels: averaged to mono for BC")
-        y = load_bc_audio(audio, via_22k=self.bc.options.audio_via_22k, sr=self.bc.audio_sr)
+        via_22k, sr = self.bc.options.audio_via_22k, self.bc.audio_sr
+        y = self._memo.get(("audio", akey, via_22k, sr), lambda: load_bc_audio(audio, via_22k=via_22k, sr=sr))
         audio_s, motion_s = len(y) / self.bc.audio_sr, n / self.bc.pose_fps
         if motion_s - audio_s > self.audio_tolerance_s:
             what = (f"audio {label} lasts {audio_s:.2f} s but the motion {motion_s:.2f} s (shorter by more than "
@@ -321,7 +380,8 @@ class Evaluator:
             excluded.append((metric, reason))
             notes.append(f"{reason}: excluded from {_METRIC_LABELS[metric]}")
 
-        jp, jg = self._joints(pred, betas), self._joints(gt, betas)
+        gkey = _digest(gt, betas)  # the GT side's results are memoised by content (see _GtMemo)
+        jp, jg = self._joints(pred, betas), self._memo.get(("joints", gkey), lambda: self._joints(gt, betas))
         res: dict[str, Any] = {}
         onsets = None
         if self.bc is not None:
@@ -334,14 +394,14 @@ class Evaluator:
                 if why is not None:
                     exclude("bc", why)
                 else:
-                    onsets = self.bc.onsets(y, n)
+                    onsets = self._memo.get(("onsets", _audio_key(audio), n), lambda: self.bc.onsets(y, n))
                     if onsets.size == 0:
                         onsets = None
                         exclude("bc", "no audio onsets in the evaluated window")
                     else:
-                        res.update(self._beat_placement(jp, jg, audio, y, onsets))
+                        res.update(self._beat_placement(jp, jg, audio, y, onsets, gkey))
         if self.fgd_model is not None:
-            sp, sg = self._fgd_stats(pred), self._fgd_stats(gt)
+            sp, sg = self._fgd_stats(pred), self._memo.get(("fgd", gkey), lambda: self._fgd_stats(gt))
             if sp is None:
                 exclude("fgd", f"{n} frames < {self.fgd_trim}")
             else:
@@ -359,7 +419,8 @@ class Evaluator:
                     res["face"] = self.face_model.face_metrics(pred, pred_expressions, gt, gt_expressions, betas)
         if n >= 4:  # jerk needs a third difference
             res["realism"] = realism_stats(jp, fps=self.fps, name=f"{sid} (prediction)")
-            res["realism_gt"] = realism_stats(jg, fps=self.fps, name=f"{sid} (ground truth)")
+            res["realism_gt"] = dict(self._memo.get(("realism", gkey), lambda: realism_stats(
+                jg, fps=self.fps, name=f"{sid} (ground truth)")))
         else:
             exclude("realism", f"{n} frames < 4")
         # the metric objects' state changes last, once nothing above can fail: a rejected sequence leaves no trace
@@ -372,21 +433,24 @@ class Evaluator:
         return SequenceResult(id=sid, frames=n, notes=tuple(notes), excluded=tuple(excluded), **res)
 
     def _beat_placement(self, jp: np.ndarray, jg: np.ndarray, audio: Any, y: np.ndarray,
-                        onsets: np.ndarray) -> dict[str, float]:  # fmt: skip
+                        onsets: np.ndarray, gkey: str) -> dict[str, float]:  # fmt: skip
         """Beat placement of prediction and GT, with the corrected protocol's onsets (its own audio loading)."""
         bp = self.bc_placement
         assert bp is not None and self.bc is not None
+        n, akey = jp.shape[0], _audio_key(audio)
         if bp.options.audio_via_22k != self.bc.options.audio_via_22k:
-            y = load_bc_audio(audio, via_22k=bp.options.audio_via_22k, sr=bp.audio_sr)
-            onsets = bp.onsets(y, jp.shape[0])
+            via_22k, sr = bp.options.audio_via_22k, bp.audio_sr
+            y = self._memo.get(("audio", akey, via_22k, sr), lambda: load_bc_audio(audio, via_22k=via_22k, sr=sr))
+            onsets = self._memo.get(("placement_onsets", akey, n), lambda: bp.onsets(y, n))
         if onsets.size == 0:
             return {}
 
         def bc(j: np.ndarray) -> float:
             return bp.score(bp.motion_beats(j), onsets)
 
-        return {"beat_placement": beat_placement_score(jp, bc, fps=self.fps)["score"],
-                "beat_placement_gt": beat_placement_score(jg, bc, fps=self.fps)["score"]}  # fmt: skip
+        gt_score = self._memo.get(("placement_gt", gkey, akey, n),
+                                  lambda: beat_placement_score(jg, bc, fps=self.fps)["score"])
+        return {"beat_placement": beat_placement_score(jp, bc, fps=self.fps)["score"], "beat_placement_gt": gt_score}
 
     # -- pooling -----------------------------------------------------------------------------------------------
     def _aggregate(self, w: np.ndarray, fast: bool = False) -> dict[str, float | None]:

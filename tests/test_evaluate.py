@@ -562,3 +562,51 @@ def test_realism_in_the_evaluator_identity_noise_and_delay():
     ev3 = Evaluator(None, mv, fk, "corrected")
     d = ev3.add(late, gt, audio=audio, id="late")
     assert d["speed"] == pytest.approx(d["speed_gt"], rel=0.1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the ground-truth side is memoised by content: the learning check and NFE table score each GT ~15 times
+
+
+@pytest.mark.parametrize("protocol", ["corrected", "emage2024"])
+def test_memoised_gt_side_gives_the_numbers_of_a_fresh_evaluator(tmp_path, protocol):
+    enc, fk, mv = StandInEncoder(), get_fk(source="mannequin"), np.full(55, 0.5)
+    gt = random_walk(240, 0)
+    betas = np.random.default_rng(1).normal(0, 1, 300)
+    wav = tmp_path / "a.wav"
+    sf.write(wav, click_audio(8.2, 0), SR)
+    preds = [gt + 0.05 * random_walk(240, 10 + k) for k in range(3)]
+    shared = Evaluator(enc, mv, fk, protocol)
+    for k, pred in enumerate(preds):
+        got = shared.add(pred, gt, betas, wav, f"s{k}")
+        want = Evaluator(enc, mv, fk, protocol).add(pred, gt, betas, wav, f"s{k}")
+        assert got == want  # every per-sequence number bit-identical (FGD moments compared below)
+        fresh = Evaluator(enc, mv, fk, protocol)
+        fresh.add(pred, gt, betas, wav)
+        got_m, want_m = shared.sequences[-1].fgd_moments, fresh.sequences[-1].fgd_moments
+        assert all(np.array_equal(a, b) for a, b in zip(got_m, want_m, strict=True))
+    assert shared._memo.hits > 0
+    assert all(not v.flags.writeable for v in shared._memo._items.values() if isinstance(v, np.ndarray))
+    # other content is another key: another GT, other betas, a rewritten audio file
+    other = random_walk(240, 5)
+    assert shared.add(preds[0], other, betas, wav)["bc_gt"] == Evaluator(enc, mv, fk, protocol).add(
+        preds[0], other, betas, wav)["bc_gt"]
+    sf.write(wav, click_audio(8.5, 7), SR)  # new content and size: its onsets are recomputed
+    fresh = Evaluator(enc, mv, fk, protocol)
+    assert shared.add(preds[0], gt, betas, wav, "r") == fresh.add(preds[0], gt, betas, wav, "r")
+
+
+def test_gt_memo_is_a_bounded_lru_and_stores_no_failure():
+    from evaluation.evaluator import _GtMemo
+
+    memo, calls = _GtMemo(size=2), []
+    for key in ("a", "b", "a", "c", "b"):
+        memo.get((key,), lambda k=key: calls.append(k) or np.zeros(2))
+    assert calls == ["a", "b", "c", "b"] and memo.hits == 1 and list(memo._items) == [("c",), ("b",)]
+
+    def fail():
+        raise ValueError("bad")
+
+    with pytest.raises(ValueError):
+        memo.get(("x",), fail)
+    assert ("x",) not in memo._items
