@@ -2,7 +2,7 @@
 
     python benchmarks/val_check.py [--pipeline configs/pipeline/synthetic_cpu.yaml] [--output-dir DIR]
         [--checkpoint CKPT] [--split val] [--guidance 1.25 ...] [--crossfade 2 ...] [--seeds 3]
-        [--set key=value ...] [--out rows.json]
+        [--set key=value ...] [--pipeline-set key=value ...] [--out rows.json]
 
 For every (guidance, crossfade) the pipeline's checked generator (``learning_check.generator``, its trained
 checkpoint or ``--checkpoint``, the ``learning_check.overrides`` plus ``--set``) runs the check's own code
@@ -68,11 +68,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap.add_argument("--seeds", type=int, help="sampling seeds (default: the check's)")
     ap.add_argument("--n-boot", type=int, default=2000)
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more generator-config overrides")
+    ap.add_argument("--pipeline-set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="pipeline-config overrides, as on run_pipeline.py's command line (e.g. data.audio_rep=mel)")
     ap.add_argument("--out", help="write the rows as json")
     a = ap.parse_args(argv)
     if a.split == "test" and not a.allow_test:
         ap.error("the test split is for final numbers: choose settings on val (or pass --allow-test)")
-    cfg = load_config(a.pipeline, [f"output_dir={a.output_dir}"] if a.output_dir else [])
+    cfg = load_config(a.pipeline, ([f"output_dir={a.output_dir}"] if a.output_dir else []) + list(a.pipeline_set))
     seeds = int(a.seeds or cfg.learning_check.seeds)
     rows = []
     for w in a.guidance:
@@ -88,7 +90,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             if a.split == "test":  # final numbers only: nothing to choose by
                 margin = None
             row = {"split": a.split, "n_files": res["n_files"], "seeds": seeds, "set": sets,
-                   "pipeline": a.pipeline, "output_dir": str(cfg.output_dir), "checkpoint": a.checkpoint,
+                   "pipeline": a.pipeline, "pipeline_set": list(a.pipeline_set), "output_dir": str(cfg.output_dir),
+                   "checkpoint": a.checkpoint,
                    "sampler": inputs["model"].sampler.settings(), "margin": margin, "meets_a": meets_a,
                    "all_right_side": all_right_side(res["statistics"]), "statistics": res["statistics"],
                    "criteria": {c: v["passed"] for c, v in res["criteria"].items()},

@@ -40,3 +40,23 @@ def test_the_test_split_is_refused_without_allow_test(capsys):
     with pytest.raises(SystemExit):
         main(["--split", "test"])
     assert "choose settings on val" in capsys.readouterr().err
+
+
+def test_pipeline_set_overrides_the_pipeline_config_and_names_a_bad_key(tmp_path, monkeypatch):
+    import benchmarks.val_check as vc
+    from utils.config import ConfigError
+
+    # a key the pipeline config does not have fails at load, naming it, before any model is read
+    with pytest.raises(ConfigError, match="no_such_key"):
+        main(["--output-dir", str(tmp_path), "--pipeline-set", "data.no_such_key=1"])
+    seen = []
+
+    def stop(cfg, *args, **kwargs):
+        seen.append((str(cfg.output_dir), cfg.data.audio_rep))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(vc, "check_inputs", stop)
+    for extra, rep in (([], "onset+amplitude"), (["--pipeline-set", "data.audio_rep=mel"], "mel")):
+        with pytest.raises(KeyboardInterrupt):
+            main(["--output-dir", str(tmp_path), *extra])
+        assert seen.pop() == (str(tmp_path), rep)
