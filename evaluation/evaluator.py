@@ -201,9 +201,10 @@ def _read_only(value: Any) -> Any:
 class _GtMemo:
     """Results of pure functions of a sequence's ground-truth side (FK joints, FGD moments, audio, onsets, GT
     realism and beat placement), keyed by content: the learning check and the NFE table score every file's GT once
-    per condition and seed (~15 times). Arrays come back read-only (a caller writing into one raises); bounded LRU."""
+    per condition and seed (~15 times). Arrays come back read-only (a caller writing into one raises); a bounded LRU:
+    ~8 entries per file, so scoring more than ~size/8 files round-robin gets no hits (slower, never wrong)."""
 
-    def __init__(self, size: int = 256) -> None:
+    def __init__(self, size: int = 1024) -> None:
         self.size = size
         self._items: OrderedDict[tuple, Any] = OrderedDict()
         self.hits = 0
@@ -218,6 +219,12 @@ class _GtMemo:
         if len(self._items) > self.size:
             self._items.popitem(last=False)
         return value
+
+
+def _owned(y: np.ndarray, audio: Any) -> np.ndarray:
+    """The memo's own copy when ``load_bc_audio`` handed back the caller's array (it does for float32 input), so
+    marking it read-only never locks the caller's buffer."""
+    return y.copy() if isinstance(audio, np.ndarray) and np.may_share_memory(y, audio) else y
 
 
 def _audio_key(audio: str | os.PathLike | np.ndarray) -> tuple:
@@ -338,19 +345,19 @@ class Evaluator:
         self._seqs.append(seq)
         return seq.as_dict()
 
-    def _bc_audio(self, sid: str, n: int, audio: str | os.PathLike | np.ndarray,
+    def _bc_audio(self, sid: str, n: int, audio: str | os.PathLike | np.ndarray, akey: tuple,
                   notes: list[str]) -> tuple[np.ndarray | None, str | None]:
         """(16 kHz mono audio, None) or (None, reason to exclude the sequence from BC)."""
         assert self.bc is not None
         label = "audio array"
-        akey = _audio_key(audio)
         if isinstance(audio, (str, os.PathLike)):
             label = str(audio)
             channels = self._memo.get(("channels", akey), lambda: _wav_channels(audio))
             if channels is not None and channels > 1:
                 notes.append(f"audio {label} has {channels} channels: averaged to mono for BC")
         via_22k, sr = self.bc.options.audio_via_22k, self.bc.audio_sr
-        y = self._memo.get(("audio", akey, via_22k, sr), lambda: load_bc_audio(audio, via_22k=via_22k, sr=sr))
+        y = self._memo.get(("audio", akey, via_22k, sr),
+                           lambda: _owned(load_bc_audio(audio, via_22k=via_22k, sr=sr), audio))
         audio_s, motion_s = len(y) / self.bc.audio_sr, n / self.bc.pose_fps
         if motion_s - audio_s > self.audio_tolerance_s:
             what = (f"audio {label} lasts {audio_s:.2f} s but the motion {motion_s:.2f} s (shorter by more than "
@@ -390,16 +397,17 @@ class Evaluator:
             elif n <= 2 * self.bc.align_mask:
                 exclude("bc", f"{n} frames <= {2 * self.bc.align_mask}")
             else:
-                y, why = self._bc_audio(sid, n, audio, notes)
+                akey = _audio_key(audio)  # once per add: every audio-derived entry of this add shares it
+                y, why = self._bc_audio(sid, n, audio, akey, notes)
                 if why is not None:
                     exclude("bc", why)
                 else:
-                    onsets = self._memo.get(("onsets", _audio_key(audio), n), lambda: self.bc.onsets(y, n))
+                    onsets = self._memo.get(("onsets", akey, n), lambda: self.bc.onsets(y, n))
                     if onsets.size == 0:
                         onsets = None
                         exclude("bc", "no audio onsets in the evaluated window")
                     else:
-                        res.update(self._beat_placement(jp, jg, audio, y, onsets, gkey))
+                        res.update(self._beat_placement(jp, jg, audio, y, onsets, gkey, akey))
         if self.fgd_model is not None:
             sp, sg = self._fgd_stats(pred), self._memo.get(("fgd", gkey), lambda: self._fgd_stats(gt))
             if sp is None:
@@ -433,14 +441,15 @@ class Evaluator:
         return SequenceResult(id=sid, frames=n, notes=tuple(notes), excluded=tuple(excluded), **res)
 
     def _beat_placement(self, jp: np.ndarray, jg: np.ndarray, audio: Any, y: np.ndarray,
-                        onsets: np.ndarray, gkey: str) -> dict[str, float]:  # fmt: skip
+                        onsets: np.ndarray, gkey: str, akey: tuple) -> dict[str, float]:  # fmt: skip
         """Beat placement of prediction and GT, with the corrected protocol's onsets (its own audio loading)."""
         bp = self.bc_placement
         assert bp is not None and self.bc is not None
-        n, akey = jp.shape[0], _audio_key(audio)
+        n = jp.shape[0]
         if bp.options.audio_via_22k != self.bc.options.audio_via_22k:
             via_22k, sr = bp.options.audio_via_22k, bp.audio_sr
-            y = self._memo.get(("audio", akey, via_22k, sr), lambda: load_bc_audio(audio, via_22k=via_22k, sr=sr))
+            y = self._memo.get(("audio", akey, via_22k, sr),
+                               lambda: _owned(load_bc_audio(audio, via_22k=via_22k, sr=sr), audio))
             onsets = self._memo.get(("placement_onsets", akey, n), lambda: bp.onsets(y, n))
         if onsets.size == 0:
             return {}

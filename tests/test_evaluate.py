@@ -610,3 +610,12 @@ def test_gt_memo_is_a_bounded_lru_and_stores_no_failure():
     with pytest.raises(ValueError):
         memo.get(("x",), fail)
     assert ("x",) not in memo._items
+
+
+def test_memo_never_locks_the_callers_audio_array():
+    y = click_audio(8.2, 0)  # float32: load_bc_audio hands back this very array
+    gt = random_walk(240, 0)
+    ev = Evaluator(None, np.full(55, 0.5), get_fk(source="mannequin"), "corrected")
+    ev.add(gt + 0.05 * random_walk(240, 1), gt, None, y, "a")
+    y[0] = 0.5  # still writeable
+    assert y.flags.writeable
