@@ -24,7 +24,6 @@ test.py ``--skip-missing-audio``); a multi-channel wav is averaged to mono with 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import math
 import os
@@ -52,7 +51,7 @@ from evaluation.protocols import DEFAULT_PROTOCOL, PLACEMENT_PROTOCOL, bc_option
 from evaluation.realism import QUANTITIES, beat_placement_score, realism_stats
 from geometry.body_model import JointsFK, SMPLXVertices, get_fk
 from geometry.rotations import poses_to_rot6d, reortho_6d
-from utils.device import torch_threads
+from utils.device import blas_threads, torch_threads
 from utils.io import ensure_writable_dir, load_torch, save_json, sha256_file
 
 __all__ = [
@@ -143,14 +142,6 @@ class SequenceResult:
         if self.notes:
             out["notes"] = list(self.notes)
         return out
-
-
-def _blas_threads(n: int):
-    try:
-        from threadpoolctl import threadpool_limits  # installed with librosa (via scikit-learn)
-    except ImportError:  # pragma: no cover
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=n, user_api="blas")
 
 
 # metric keys of SequenceResult.excluded -> how the notes name them
@@ -537,7 +528,7 @@ class Evaluator:
         res["n_sequences"] = s
         res["n_frames"] = int(sum(r.frames for r in self._seqs))
         if n_boot > 0:
-            with _blas_threads(1):  # 240x240 linear algebra: single-threaded BLAS avoids oversubscription stalls
+            with blas_threads(1):  # 240x240 linear algebra: single-threaded BLAS avoids oversubscription stalls
                 res.update(self._bootstrap(res, n_boot, seed))
         return res
 

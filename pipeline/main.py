@@ -31,7 +31,7 @@ from pipeline.runner import (
     stale_notice,
 )
 from utils.config import ConfigError, load_config, to_container
-from utils.device import seed_everything, torch_threads
+from utils.device import blas_threads, seed_everything, torch_threads
 from utils.io import save_json, save_text
 from utils.runs import git_info
 
@@ -151,13 +151,13 @@ def output_lock(out: Path) -> Iterator[None]:
 
 def stage_functions(cfg: DictConfig) -> dict[str, Callable[[], dict[str, Any]]]:
     """Stage name -> the function that makes its outputs (the report stage is the runner's own), each run with the
-    pipeline's ``threads`` torch threads (null: torch's default; a stage config's own ``num_threads`` still applies
-    inside its trainer)."""
+    pipeline's ``threads`` torch threads and as many numpy/scipy BLAS threads (null: the libraries' defaults; a stage
+    config's own ``num_threads`` still applies inside its trainer)."""
     threads = stages.pipeline_threads(cfg)
 
     def pinned(fn: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
         def run_pinned() -> dict[str, Any]:
-            with torch_threads(threads):
+            with torch_threads(threads), blas_threads(threads):  # numpy's BLAS too: it defaults to every core
                 return fn()
 
         return run_pinned

@@ -117,6 +117,18 @@ def _as_numpy_state(s):
     return tuple(s)
 
 
+def blas_threads(n: int | None) -> contextlib.AbstractContextManager:
+    """Limit the BLAS libraries numpy and scipy call (OpenBLAS) to ``n`` threads for a block (``None``: leave them
+    alone). They default to one thread per core whatever torch's setting is, so two 1-thread stages side by side
+    each ran 2 BLAS threads on 2 cores: the learning check took 188 s beside the NFE table instead of 55 s (session
+    24). torch's own BLAS (MKL) follows ``torch_threads``."""
+    if not n:
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=int(n), user_api="blas")
+
+
 @contextlib.contextmanager
 def torch_threads(n: int | None) -> Iterator[None]:
     """Set torch's intra-op threads for a block and restore them after (``None``: leave them alone).
