@@ -90,6 +90,22 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_type() -> tuple[str, str]:
+    """(vendor, torch's CPU capability), e.g. ("AuthenticAMD", "AVX2"): trained numbers differ between machine types
+    (kernels, reduction orders), and the learning check's verdict with them (README, Reproducibility)."""
+    import torch
+
+    vendor = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("vendor_id"):
+                vendor = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return vendor or platform.machine(), str(torch.backends.cpu.get_cpu_capability())
+
+
 def environment(threads: int | None = None) -> dict[str, Any]:
     """What decides whether two runs can be bit-identical: library builds, CPU and thread count (``threads``: the
     pipeline's setting, which every stage ran with; None: torch's default, recorded as it is here)."""
@@ -97,7 +113,8 @@ def environment(threads: int | None = None) -> dict[str, Any]:
     import torch
 
     return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-            "cpu": _cpu_model(), "machine": platform.machine(), "os": platform.platform(),
+            "cpu": _cpu_model(), "cpu_type": list(cpu_type()), "machine": platform.machine(),
+            "os": platform.platform(),
             "pipeline_threads": threads, "torch_threads": threads or torch.get_num_threads(),
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
             **({"cuda": torch.version.cuda, "gpu": torch.cuda.get_device_name(0),
