@@ -33,6 +33,13 @@ MEASURED = (
     "Another VM of the AVX2 type (2026-12-03, commit ffffbb4, the same config): every number of report/results.md "
     "equal to that run's but the real-time factors; a generator stage trained outside the pipeline with the same "
     "config and thread count gives the pipeline's weights exactly (max |diff| 0).",
+    "A 2-core Intel Xeon with AVX-512 (2026-12-03, session 24, commit 088573c): corpus, caches and ground-truth "
+    "numbers bit-identical to the AMD runs; every trained number differs, and the learning check that passes on the "
+    "AMD AVX2 type fails there (all four criteria; the model is stiller). Capping the kernels at AVX2 "
+    "(ATEN_CPU_CAPABILITY, DNNL_MAX_CPU_ISA, MKL_ENABLE_INSTRUCTIONS or MKL_CBWR) did not reproduce the AVX2 type's "
+    "numbers.",
+    "numpy/scipy's BLAS threads (capped at the pipeline's threads since session 24): every weight and generated "
+    "motion identical with and without the cap; pooled and per-file FGD differ by <= 2e-14 (reduction order).",
     "The thread count alone changes training on one machine (FGD autoencoder val loss after 20 updates: 0.1676 with "
     "1 thread, 0.1283 with 2), so compare runs made with the same thread count: the pipeline's `threads` when set "
     "(the main job's: 1, whatever the core count), else torch's default (OMP_NUM_THREADS, else the core count).",
