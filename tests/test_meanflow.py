@@ -463,11 +463,40 @@ def test_toy_mixture_one_step_samples_land_on_the_data_with_plain_mse_after_4x_t
     _assert_toy_criteria(_train_toy_one_thread(adaptive_p=0.0, steps=2400))
 
 
-def _train_toy_one_thread(adaptive_p: float, steps: int = 600) -> dict:
+class _ExactVelocityObjective(MeanFlowObjective):
+    """MeanFlowObjective regressing the toy's exact conditional velocity v*(z_t, t) = E[ε − x | z_t] instead of the
+    one-sample ε − x: the same identity target, JVP and weighting, without the target's sampling variance."""
+
+    def path(self, data: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z_t, _ = super().path(data, noise, t)
+        return z_t, _exact_velocity(z_t, t, None, None, None)
+
+
+class _NoJvpObjective(_ExactVelocityObjective):
+    """Control: the identity's JVP term dropped (u_tgt = v* on every row), i.e. plain flow matching for u."""
+
+    def prediction_and_target(self, net, z_t, r, t, v_tilde, seed, cond):  # type: ignore[no-untyped-def]
+        u, _ = super().prediction_and_target(net, z_t, r, t, v_tilde, seed, cond)
+        return u, v_tilde.detach()
+
+
+def test_toy_one_step_samples_land_on_the_data_with_the_exact_velocity():
+    """Diagnostic for the four expected failures above (issue 19; session 24): the same recipe, seeds and criteria
+    (a)-(c) with plain MSE and 2400 steps, but regressing the exact conditional velocity instead of ε − x, lands on
+    the data, and dropping the identity's JVP term does not. So the objective's identity target, its JVP and the
+    one-step sampler are right, and the registered checks fail on the one-sample target's variance at this budget.
+    Not a pre-registered check: measured before this test was written (Intel AVX-512: 98.6% within 1.0, 50.7%
+    right mode, stds [0.327, 0.249] / [0.360, 0.234]; without the JVP term 0.9% within 1.0)."""
+    _assert_toy_criteria(_train_toy_one_thread(adaptive_p=0.0, steps=2400, objective=_ExactVelocityObjective))
+    control = _train_toy_one_thread(adaptive_p=0.0, steps=2400, objective=_NoJvpObjective)
+    assert control["frac_close"] < 0.5, control  # one step of an instantaneous field is not a one-step generator
+
+
+def _train_toy_one_thread(adaptive_p: float, steps: int = 600, objective: type = MeanFlowObjective) -> dict:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small matrices: on a busy 2-core machine 2 threads are ~100x slower than 1
     try:
-        return _train_toy_and_sample(adaptive_p, steps)
+        return _train_toy_and_sample(adaptive_p, steps, objective)
     finally:
         torch.set_num_threads(threads)
 
@@ -480,10 +509,10 @@ def _assert_toy_criteria(stats: dict) -> None:
         assert all(0.2 <= s <= 0.45 for s in stats[f"std{m}"]), stats
 
 
-def _train_toy_and_sample(adaptive_p: float, steps: int) -> dict:
+def _train_toy_and_sample(adaptive_p: float, steps: int, objective: type = MeanFlowObjective) -> dict:
     torch.manual_seed(0)
     net = ToyMLP()
-    ob = MeanFlowObjective(cond_drop_prob=0.0, adaptive_p=adaptive_p)
+    ob = objective(cond_drop_prob=0.0, adaptive_p=adaptive_p)
     opt = torch.optim.Adam(net.parameters(), lr=2e-3)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[steps * 2 // 3], gamma=0.25)
     g = torch.Generator().manual_seed(1)
