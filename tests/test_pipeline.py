@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from pipeline.report import markdown_table, plot_training_curves, table_rows
+from pipeline.reproducibility import cpu_type
 from pipeline.runner import StageError, is_forced, load_record, run_stage, stage_names
 from pipeline.stages import flatten_overrides
 from utils.config import ConfigError
@@ -514,21 +515,15 @@ def test_ci_pipeline_with_the_face_generates_jaw_and_expressions(tmp_path: Path)
     assert "jaw corr." in (out / "report" / "report.md").read_text()
 
 
-def _cpu_type() -> tuple[str, str]:
-    from pipeline.reproducibility import cpu_type
-
-    return cpu_type()
-
-
-# The machine type on which the checked config was chosen and its pass measured (sessions 20-23: 2-core AMD EPYC
-# without AVX-512). Trained numbers differ on other types, and with them the verdict: on a 2-core Intel Xeon with
-# AVX-512 (session 24) the same config fails all four criteria (README, "Session 24").
+# The machine type on which the checked config was chosen and its pass measured (sessions 22-23; the type of sessions
+# 18-23: 2-core AMD EPYC without AVX-512). Trained numbers differ on other types, and with them the verdict: on a
+# 2-core Intel Xeon with AVX-512 (session 24) the same config fails all four criteria (README, "Session 24").
 CHECKED_CPU_TYPE = ("AuthenticAMD", "AVX2")
 
 
 @pytest.mark.slow
 @pytest.mark.xfail(
-    _cpu_type() != CHECKED_CPU_TYPE, strict=False,
+    cpu_type() != CHECKED_CPU_TYPE, strict=False, raises=AssertionError,
     reason=("the check's pass was measured on the AMD AVX2 type only; on Intel AVX-512 (session 24) all four fail: "
             "speed ratio 0.689 [0.638, 0.747], beat placement 0.155 [0.126, 0.184], FGD swapped - own 0.0005 "
             "[-0.0006, 0.0017], BC own - GT -0.129 [-0.189, -0.065]; other types unmeasured"))  # fmt: skip

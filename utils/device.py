@@ -117,11 +117,11 @@ def _as_numpy_state(s):
     return tuple(s)
 
 
-def blas_threads(n: int | None) -> contextlib.AbstractContextManager:
+def blas_threads(n: int | None) -> contextlib.AbstractContextManager[object]:
     """Limit the BLAS libraries numpy and scipy call (OpenBLAS) to ``n`` threads for a block (``None``: leave them
     alone). They default to one thread per core whatever torch's setting is, so two 1-thread stages side by side
-    each ran 2 BLAS threads on 2 cores: the learning check took 188 s beside the NFE table instead of 55 s (session
-    24). torch's own BLAS (MKL) follows ``torch_threads``."""
+    each ran 2 BLAS threads on 2 cores: the learning check and the NFE table side by side took 115 s and 74 s, capped
+    55 s and 14 s (session 24). torch's own BLAS (MKL) follows ``torch_threads``."""
     if not n:
         return contextlib.nullcontext()
     from threadpoolctl import threadpool_limits
