@@ -34,10 +34,10 @@ MEASURED = (
     "equal to that run's but the real-time factors; a generator stage trained outside the pipeline with the same "
     "config and thread count gives the pipeline's weights exactly (max |diff| 0).",
     "A 2-core Intel Xeon with AVX-512 (2026-12-03, session 24, commit 088573c): corpus, caches and ground-truth "
-    "numbers bit-identical to the AMD runs; every trained number differs, and the learning check that passes on the "
-    "AMD AVX2 type fails there (all four criteria; the model is stiller). Capping the kernels at AVX2 "
-    "(ATEN_CPU_CAPABILITY, DNNL_MAX_CPU_ISA, MKL_ENABLE_INSTRUCTIONS or MKL_CBWR) did not reproduce the AVX2 type's "
-    "numbers.",
+    "numbers bit-identical to the AMD runs (not those through a trained model: GT's per-file FGD); every trained "
+    "number differs, and the learning check that passes on the AMD AVX2 type fails there (all four criteria; the "
+    "model is stiller). Capping the kernels at AVX2 (ATEN_CPU_CAPABILITY, DNNL_MAX_CPU_ISA, "
+    "MKL_ENABLE_INSTRUCTIONS or MKL_CBWR) did not reproduce the AVX2 type's numbers.",
     "numpy/scipy's BLAS threads (capped at the pipeline's threads since session 24): every weight and generated "
     "motion identical with and without the cap; pooled and per-file FGD differ by <= 2e-14 (reduction order).",
     "The thread count alone changes training on one machine (FGD autoencoder val loss after 20 updates: 0.1676 with "
@@ -87,14 +87,19 @@ def weights_digest(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def _cpu_model() -> str:
+def _cpuinfo(key: str) -> str:
+    """The first ``key`` field of /proc/cpuinfo ("" where there is none, e.g. not Linux)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith(key):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return ""
+
+
+def _cpu_model() -> str:
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 def cpu_type() -> tuple[str, str]:
@@ -102,15 +107,7 @@ def cpu_type() -> tuple[str, str]:
     (kernels, reduction orders), and the learning check's verdict with them (README, Reproducibility)."""
     import torch
 
-    vendor = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("vendor_id"):
-                vendor = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return vendor or platform.machine(), str(torch.backends.cpu.get_cpu_capability())
+    return _cpuinfo("vendor_id") or platform.machine(), str(torch.backends.cpu.get_cpu_capability())
 
 
 def environment(threads: int | None = None) -> dict[str, Any]:
