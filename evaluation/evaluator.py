@@ -346,9 +346,7 @@ class Evaluator:
             channels = self._memo.get(("channels", akey), lambda: _wav_channels(audio))
             if channels is not None and channels > 1:
                 notes.append(f"audio {label} has {channels} channels: averaged to mono for BC")
-        via_22k, sr = self.bc.options.audio_via_22k, self.bc.audio_sr
-        y = self._memo.get(("audio", akey, via_22k, sr),
-                           lambda: _owned(load_bc_audio(audio, via_22k=via_22k, sr=sr), audio))
+        y = self._audio(audio, akey, self.bc.options.audio_via_22k, self.bc.audio_sr)
         audio_s, motion_s = len(y) / self.bc.audio_sr, n / self.bc.pose_fps
         if motion_s - audio_s > self.audio_tolerance_s:
             what = (f"audio {label} lasts {audio_s:.2f} s but the motion {motion_s:.2f} s (shorter by more than "
@@ -431,6 +429,11 @@ class Evaluator:
             res["bc_gt"] = self.bc_gt.update(jg, onsets=onsets)
         return SequenceResult(id=sid, frames=n, notes=tuple(notes), excluded=tuple(excluded), **res)
 
+    def _audio(self, audio: Any, akey: tuple, via_22k: bool, sr: int) -> np.ndarray:
+        """BC's mono audio at ``sr`` (memoised by content; never the caller's own array, see `_owned`)."""
+        return self._memo.get(("audio", akey, via_22k, sr),
+                              lambda: _owned(load_bc_audio(audio, via_22k=via_22k, sr=sr), audio))
+
     def _beat_placement(self, jp: np.ndarray, jg: np.ndarray, audio: Any, y: np.ndarray,
                         onsets: np.ndarray, gkey: str, akey: tuple) -> dict[str, float]:  # fmt: skip
         """Beat placement of prediction and GT, with the corrected protocol's onsets (its own audio loading)."""
@@ -438,9 +441,7 @@ class Evaluator:
         assert bp is not None and self.bc is not None
         n = jp.shape[0]
         if bp.options.audio_via_22k != self.bc.options.audio_via_22k:
-            via_22k, sr = bp.options.audio_via_22k, bp.audio_sr
-            y = self._memo.get(("audio", akey, via_22k, sr),
-                               lambda: _owned(load_bc_audio(audio, via_22k=via_22k, sr=sr), audio))
+            y = self._audio(audio, akey, bp.options.audio_via_22k, bp.audio_sr)
             onsets = self._memo.get(("placement_onsets", akey, n), lambda: bp.onsets(y, n))
         if onsets.size == 0:
             return {}
