@@ -29,31 +29,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.learning_check import RULE, Rule, check_inputs, run_learning_check  # noqa: E402
+from pipeline.learning_check import all_right_side, check_inputs, run_learning_check, selection_margin  # noqa: E402
 from utils.config import load_config  # noqa: E402
 from utils.io import save_json  # noqa: E402
 
 SHOWN = ("speed_ratio", "acceleration_ratio", "jerk_ratio", "beat_placement", "bc_own_minus_delayed",
          "fgd_swapped_minus_own", "bc_own_minus_gt")  # fmt: skip
-
-
-def selection_margin(stats: dict[str, Any], rule: Rule = RULE) -> tuple[float, bool]:
-    """(margin, meets_a) from a check's ``statistics`` (point estimates): min(placement − its threshold, the BC gap
-    bound − |BC own − GT|), and whether the speed, acceleration and jerk ratios meet (a)'s bounds (inclusive)."""
-    v = {k: float(s["value"]) for k, s in stats.items()}
-    lo, hi = rule.speed_ratio_range
-    meets_a = (lo <= v["speed_ratio"] <= hi and v["acceleration_ratio"] <= rule.max_acceleration_ratio
-               and v["jerk_ratio"] <= rule.max_jerk_ratio)  # fmt: skip
-    margin = min(v["beat_placement"] - rule.min_beat_placement, rule.max_bc_gap_to_gt - abs(v["bc_own_minus_gt"]))
-    return margin, meets_a
-
-
-def all_right_side(stats: dict[str, Any], rule: Rule = RULE) -> bool:
-    """Every point estimate on the right side of its threshold: (a)'s ratios, placement >= its threshold, BC own −
-    delayed > 0, FGD swapped − own > 0, |BC own − GT| <= the bound (the adoption rule of sessions 20 and 21)."""
-    margin, meets_a = selection_margin(stats, rule)  # margin >= 0: placement and |BC gap| both within bounds
-    return bool(meets_a and margin >= 0 and stats["bc_own_minus_delayed"]["value"] > 0
-                and stats["fgd_swapped_minus_own"]["value"] > 0)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:

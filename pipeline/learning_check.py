@@ -226,6 +226,25 @@ def judge(per_file: Mapping[str, Mapping[str, Sequence[float]]], rule: Rule = RU
     }  # fmt: skip
 
 
+def selection_margin(stats: dict[str, Any], rule: Rule = RULE) -> tuple[float, bool]:
+    """(margin, meets_a) from a check's ``statistics`` (point estimates): min(placement − its threshold, the BC gap
+    bound − |BC own − GT|), and whether the speed, acceleration and jerk ratios meet (a)'s bounds (inclusive)."""
+    v = {k: float(s["value"]) for k, s in stats.items()}
+    lo, hi = rule.speed_ratio_range
+    meets_a = (lo <= v["speed_ratio"] <= hi and v["acceleration_ratio"] <= rule.max_acceleration_ratio
+               and v["jerk_ratio"] <= rule.max_jerk_ratio)  # fmt: skip
+    margin = min(v["beat_placement"] - rule.min_beat_placement, rule.max_bc_gap_to_gt - abs(v["bc_own_minus_gt"]))
+    return margin, meets_a
+
+
+def all_right_side(stats: dict[str, Any], rule: Rule = RULE) -> bool:
+    """Every point estimate on the right side of its threshold: (a)'s ratios, placement >= its threshold, BC own −
+    delayed > 0, FGD swapped − own > 0, |BC own − GT| <= the bound (the adoption rule of sessions 20 and 21)."""
+    margin, meets_a = selection_margin(stats, rule)  # margin >= 0: placement and |BC gap| both within bounds
+    return bool(meets_a and margin >= 0 and stats["bc_own_minus_delayed"]["value"] > 0
+                and stats["fgd_swapped_minus_own"]["value"] > 0)  # fmt: skip
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Scoring one motion
 # ----------------------------------------------------------------------------------------------------------------
@@ -394,23 +413,26 @@ def run_learning_check(
     }
 
 
-def check_inputs(cfg: Any, overrides: Sequence[str] = (), split: str = "test",
-                 checkpoint: str | None = None) -> dict[str, Any]:  # fmt: skip
+def check_inputs(cfg: Any, overrides: Sequence[str] = (), split: str = "test", checkpoint: str | None = None,
+                 calibrated: bool = True) -> dict[str, Any]:  # fmt: skip
     """The keyword arguments of :func:`run_learning_check` (out_dir, seeds and n_boot aside) for a pipeline config:
-    its ``learning_check.generator`` trained by the pipeline (or ``checkpoint``), with the stage config's overrides
-    plus ``overrides`` (dotted ``key=value``), on ``split``'s whole files. The check itself reads ``test``; other
-    splits are for choosing settings (benchmarks/val_check.py)."""
+    its ``learning_check.generator`` trained by the pipeline (or ``checkpoint``), with the stage config's overrides,
+    then (``calibrated`` and a ``calibration`` node in the config) the guidance the pipeline's calibrate stage chose,
+    then ``overrides`` (dotted ``key=value``), on ``split``'s whole files. The check itself reads ``test``; other
+    splits are for choosing settings (benchmarks/val_check.py, pipeline.calibration)."""
     from dataloaders.datasets import WholeFileDataset
     from dataloaders.stats import load_stats
     from evaluation.fgd_autoencoder import load_fgd_autoencoder
     from geometry.body_model import get_fk
     from inference.generate import inference_copy_gt
     from inference.loading import build_codec, load_trained_generator, window_options
+    from pipeline.calibration import calibrated_overrides
     from pipeline.stages import flatten_overrides, generator_config, record
     from utils.device import get_device
 
     gen = str(cfg.learning_check.generator)
-    scfg = generator_config(cfg, gen, [*flatten_overrides(cfg.learning_check.get("overrides")), *overrides])
+    cal = calibrated_overrides(cfg, "learning_check") if calibrated else []
+    scfg = generator_config(cfg, gen, [*flatten_overrides(cfg.learning_check.get("overrides")), *cal, *overrides])
     device = get_device(str(scfg.get("device", "cpu")))
     stats = load_stats(scfg.data)
     ds = WholeFileDataset(scfg.data, split)

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from geometry.skeleton import GENERATOR_PARTS
 from pipeline import stages
+from pipeline.calibration import calibration_markdown, calibration_stage, check_calibration
 from pipeline.learning_check import learning_check_stage
 from pipeline.nfe_table import nfe_markdown, nfe_table_stage
 from pipeline.parallel import WorkerPool, failed_stage, ready_stages
@@ -50,6 +51,8 @@ def all_stage_names(cfg: DictConfig) -> list[str]:
                 raise ConfigError(f"generators.{g}.{key}={other!r}: must name a generator listed before it "
                                   f"(listed: {gens})")  # fmt: skip
     names += [f"gen_{g}" for g in gens]
+    if cfg.get("calibration"):
+        names.append("calibrate")
     names += [f"test_{r}" for r in cfg.test.runs]
     return names + ["nfe_table", "learning_check", "report"]
 
@@ -71,6 +74,9 @@ def report_stage(cfg: DictConfig, command: str, stage_log: list[dict[str, Any]],
     nfe = None
     if (out / "nfe_table.json").is_file() and "nfe_table" in stage_names(cfg.get("stages"), all_stage_names(cfg)):
         nfe = nfe_markdown(load_json(out / "nfe_table.json"))
+    cal = None
+    if (out / "calibration.json").is_file() and "calibrate" in stage_names(cfg.get("stages"), all_stage_names(cfg)):
+        cal = calibration_markdown(load_json(out / "calibration.json"))
     fgd_rec = stages.record(cfg, "fgd_ae")
     fgd_metrics = fgd_rec["paths"].get("metrics")  # absent when the AE was given (or in a pre-BaseTrainer record)
     runs = {"fgd_ae": Path(fgd_metrics)} if fgd_metrics else {}
@@ -114,7 +120,7 @@ def report_stage(cfg: DictConfig, command: str, stage_log: list[dict[str, Any]],
     env, digests = environment(stages.pipeline_threads(cfg)), output_digests(out)
     save_json({"environment": env, "sha256": digests}, rdir / "reproducibility.json")
     paths = write_report(rdir, tests, labels, check, command, commit, stage_log, notes, plots,
-                         roundtrip_markdown(codec), nfe, reproducibility_markdown(env, digests))
+                         roundtrip_markdown(codec), nfe, reproducibility_markdown(env, digests), cal)
     paths["rvq_roundtrip"] = rdir / "rvq_roundtrip.json"
     paths["reproducibility"] = rdir / "reproducibility.json"
     all_paths = {k: str(v) for k, v in paths.items()}
@@ -169,6 +175,8 @@ def stage_functions(cfg: DictConfig) -> dict[str, Callable[[], dict[str, Any]]]:
         fns[f"rvq_{p}"] = lambda p=p: stages.rvq(cfg, p)
     for g in cfg.generators:
         fns[f"gen_{g}"] = lambda g=g: stages.generator(cfg, g)
+    if cfg.get("calibration"):
+        fns["calibrate"] = lambda: calibration_stage(cfg)
     for r in cfg.test.runs:
         fns[f"test_{r}"] = lambda r=r: stages.test_run(cfg, r)
     return {name: pinned(fn) for name, fn in fns.items()}
@@ -195,6 +203,7 @@ def run(cfg: DictConfig, command: str) -> dict[str, Any]:
     processes, see pipeline.parallel); raises StageError naming the failed stage."""
     stages.pipeline_face(cfg)  # a face setting without the face RVQ-VAE fails now, not after the RVQ stages
     stages.pipeline_threads(cfg)  # a bad threads value fails before any folder is made
+    check_calibration(cfg)
     started = git_info()
     out = stages.out_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)

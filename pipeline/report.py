@@ -209,6 +209,7 @@ def write_report(
     codec: str | None = None,
     nfe: str | None = None,
     reproducibility: str | None = None,
+    calibration: str | None = None,
 ) -> dict[str, Path]:
     """metrics/<run>.json copies, report.md and results.md under ``report_dir``; returns their paths."""
     from utils.io import save_json
@@ -221,6 +222,8 @@ def write_report(
     rows = table_rows(tests, labels, check)
     table = markdown_table(rows)
     check_line = learning_check_line(check) if check else "Learning check not run."
+    if calibration:
+        check_line = calibration + "\n" + check_line
     codec_part = ["RVQ round trip of held-out GT (encode -> decode; motion realism vs GT, bootstrap over files):", "",
                   codec, ""] if codec else []  # fmt: skip
     nfe_part = ["Network calls per window vs quality (same test split, FGD autoencoder and sampling seed; per-file "

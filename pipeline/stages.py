@@ -217,7 +217,9 @@ def test_run(cfg: DictConfig, run: str) -> dict[str, Any]:
 
     node = cfg.test.runs[run]
     gen = str(node.generator)
-    scfg = generator_config(cfg, gen, flatten_overrides(node.get("overrides")))
+    from pipeline.calibration import calibrated_overrides
+
+    scfg = generator_config(cfg, gen, [*flatten_overrides(node.get("overrides")), *calibrated_overrides(cfg, run)])
     ck = record(cfg, f"gen_{gen}")["paths"]["checkpoint"]
     folder = out_dir(cfg) / "test" / run
     report = run_test(scfg, ck, folder)
