@@ -50,11 +50,15 @@ def all_stage_names(cfg: DictConfig) -> list[str]:
             if other and other not in gens[:i]:
                 raise ConfigError(f"generators.{g}.{key}={other!r}: must name a generator listed before it "
                                   f"(listed: {gens})")  # fmt: skip
-    names += [f"gen_{g}" for g in gens]
-    if cfg.get("calibration"):
-        names.append("calibrate")
+    # the order is also the scheduler's priority: the checked model's calibration and learning check right after it
+    # is trained (with MeanFlow, the longest chain after the shortcut model; the main job's budget), then the rest
+    checked = f"gen_{cfg.learning_check.generator}"
+    for g in gens:
+        names.append(f"gen_{g}")
+        if f"gen_{g}" == checked:
+            names += ["calibrate", "learning_check"] if cfg.get("calibration") else ["learning_check"]
     names += [f"test_{r}" for r in cfg.test.runs]
-    return names + ["nfe_table", "learning_check", "report"]
+    return names + ["nfe_table", "report"]
 
 
 def _commit_text(gi: dict[str, Any]) -> str:

@@ -434,11 +434,20 @@ def test_fingerprints_follow_the_dependencies() -> None:
     assert same == {"corpus", "cache", "fgd_ae"}  # RVQs, generators, tests and the check depend on the RVQ settings
     teacher = fingerprints(load_config(path, ["generators.shortcut.overrides.solver.epochs=3"]))
     # reflow learns the shortcut model's couplings, MeanFlow starts from its weights
-    assert {n for n in base if base[n] != teacher[n]} == {"gen_shortcut", "gen_reflow", "gen_meanflow",
+    assert {n for n in base if base[n] != teacher[n]} == {"gen_shortcut", "gen_reflow", "gen_meanflow", "calibrate",
                                                           "test_shortcut_n2", "test_shortcut_n20", "test_reflow_n2",
                                                           "test_meanflow_n1", "nfe_table", "learning_check"}
+    # the calibration samples with the check's seeds; what reads its guidance: the check and test shortcut_n2
+    calibrated = {"calibrate", "learning_check", "test_shortcut_n2", "nfe_table"}
     lc = fingerprints(load_config(path, ["learning_check.seeds=5"]))
-    assert {n for n in base if base[n] != lc[n]} == {"learning_check"}
+    assert {n for n in base if base[n] != lc[n]} == calibrated
+    grid = fingerprints(load_config(path, ["calibration.guidance=[1.0,1.5]"]))
+    assert {n for n in base if base[n] != grid[n]} == calibrated
+    boot = fingerprints(load_config(path, ["learning_check.n_boot=500"]))
+    assert {n for n in base if base[n] != boot[n]} == {"learning_check"}  # the check's bootstrap only
+    off = fingerprints(load_config(path, ["calibration=null"]))
+    assert "calibrate" not in off and {n for n in off if off[n] != base[n]} == {"learning_check", "test_shortcut_n2",
+                                                                               "nfe_table"}  # fmt: skip
     with pytest.raises(ConfigError, match="teacher"):
         all_stage_names(load_config(path, ["generators.reflow.teacher=diffusion"]))
     seed = fingerprints(load_config(path, ["seed=7"]))
