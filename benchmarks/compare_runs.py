@@ -4,9 +4,10 @@
 
 RUN_A / RUN_B: two output folders of `run_pipeline.py` (e.g. the same config run twice with different
 ``output_dir``, or on two machines). Compared: every test run's metrics (``test/<run>/metrics.json``), its generated
-motion files (``res_*.npz``, by sha256), every number of ``learning_check.json`` (wall-clock fields left out; NaN
-equals NaN), and the trained checkpoints named by the stage records (``stages/*.json``, by sha256). Prints one line
-per item: identical, or the largest absolute difference and where it is. Exit code 0 either way.
+motion files (``res_*.npz``, by sha256), every number of ``learning_check.json``, ``nfe_table.json`` and
+``calibration.json`` (wall-clock fields left out; NaN equals NaN), and the trained checkpoints named by the stage
+records (``stages/*.json``, by sha256). Prints one line per item: identical, or the largest absolute difference and
+where it is. Exit code 0 either way.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def compare(run_a: Path, run_b: Path) -> list[dict[str, Any]]:
         rows.append({"item": item, "identical": d == 0.0 and not other, "max_abs_diff": d, "where": where,
                      "other_differences": other[:5]})  # fmt: skip
 
-    for name in ("learning_check.json", "nfe_table.json"):
+    for name in ("learning_check.json", "nfe_table.json", "calibration.json"):
         pa, pb = run_a / name, run_b / name
         if pa.is_file() and pb.is_file():
             add(name, json.loads(pa.read_text()), json.loads(pb.read_text()))
