@@ -44,7 +44,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap.add_argument("--checkpoint", help="a generator checkpoint instead of the pipeline's trained one")
     ap.add_argument("--split", default="val", choices=["train", "val", "test"])
     ap.add_argument("--allow-test", action="store_true", help="permit --split test (final numbers only)")
-    ap.add_argument("--guidance", type=float, nargs="+", default=[None], help="default: the check's")
+    ap.add_argument("--guidance", type=float, nargs="+", default=[None],
+                    help="default: the check's (the calibrate stage's choice for the pipeline's own model; the "
+                         "config's guidance with --checkpoint)")
     ap.add_argument("--crossfade", type=int, nargs="+", default=[None], help="default: the check's")
     ap.add_argument("--seeds", type=int, help="sampling seeds (default: the check's)")
     ap.add_argument("--n-boot", type=int, default=2000)
@@ -65,7 +67,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 sets.append(f"model.generator.params.sampler.guidance_scale={w}")
             if k is not None:
                 sets.append(f"inference.windows.crossfade={k}")
-            inputs = check_inputs(cfg, sets, a.split, a.checkpoint)
+            # without --guidance: the guidance the pipeline's calibrate stage chose for its own model (procedure C);
+            # another checkpoint, or an explicit guidance, needs no calibration record
+            calibrated = w is None and a.checkpoint is None
+            inputs = check_inputs(cfg, sets, a.split, a.checkpoint, calibrated=calibrated)
             res = run_learning_check(**inputs, seeds=seeds, n_boot=a.n_boot)
             margin, meets_a = selection_margin(res["statistics"])
             if a.split == "test":  # final numbers only: nothing to choose by

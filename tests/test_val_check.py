@@ -60,3 +60,23 @@ def test_pipeline_set_overrides_the_pipeline_config_and_names_a_bad_key(tmp_path
         with pytest.raises(KeyboardInterrupt):
             main(["--output-dir", str(tmp_path), *extra])
         assert seen.pop() == (str(tmp_path), rep)
+
+
+def test_the_calibrated_guidance_only_for_the_pipelines_own_model_at_the_checks_setting(tmp_path, monkeypatch):
+    """Without --guidance the check's guidance is the calibrate stage's choice (procedure C) for the pipeline's own
+    model; an explicit guidance or another checkpoint needs no calibration record (an older output folder works)."""
+    import benchmarks.val_check as vc
+
+    seen = []
+
+    def stop(cfg, sets, split, checkpoint, calibrated=True):
+        seen.append((calibrated, [s for s in sets if "guidance" in s]))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(vc, "check_inputs", stop)
+    for extra, want in (([], (True, [])),
+                        (["--guidance", "1.5"], (False, ["model.generator.params.sampler.guidance_scale=1.5"])),
+                        (["--checkpoint", str(tmp_path / "other.pt")], (False, []))):  # fmt: skip
+        with pytest.raises(KeyboardInterrupt):
+            main(["--output-dir", str(tmp_path), *extra])
+        assert seen.pop() == want, extra
