@@ -47,8 +47,12 @@ def choose(rows: Sequence[Mapping[str, Any]], prefer: float) -> float:
     if not rows:
         raise ValueError("calibration needs at least one guidance value")
     pool = [r for r in rows if r["meets_a"]] or list(rows)
-    best = max(r["margin"] for r in pool)
-    tied = [float(r["guidance"]) for r in pool if r["margin"] == best]
+
+    def margin(r: Mapping[str, Any]) -> float:  # a NaN margin (no number) never wins
+        return float(r["margin"]) if np.isfinite(r["margin"]) else -np.inf
+
+    best = max(margin(r) for r in pool)
+    tied = [float(r["guidance"]) for r in pool if margin(r) == best]
     return min(tied, key=lambda g: (abs(g - prefer), g))
 
 
@@ -129,13 +133,21 @@ def check_calibration(cfg: Any) -> None:
     from utils.config import ConfigError
 
     cal = cfg.get("calibration")
-    if not cal:
+    if cal is None:
         return
+    if not isinstance(cal, Mapping):
+        raise ConfigError(f"calibration must be a mapping (split, guidance, prefer, runs) or null, got {cal!r}")
+    unknown = sorted(set(cal) - {"split", "guidance", "prefer", "runs"})
+    if unknown:
+        raise ConfigError(f"calibration: unknown key(s) {unknown} (known: split, guidance, prefer, runs)")
     split = str(cal.get("split", "val"))
     if split not in ("train", "val"):
         raise ConfigError(f"calibration.split={split!r}: choose the guidance on train or val (test is for the "
                           "final numbers only)")  # fmt: skip
-    grid = list(cal.get("guidance") or [])
+    grid = cal.get("guidance")
+    if not isinstance(grid, Sequence) or isinstance(grid, str):
+        raise ConfigError(f"calibration.guidance must be a list of numbers >= 0, got {grid!r}")
+    grid = list(grid)
     if not grid or any(isinstance(g, bool) or not isinstance(g, (int, float)) or g < 0 for g in grid):
         raise ConfigError(f"calibration.guidance must be a non-empty list of numbers >= 0, got {grid!r}")
     if not isinstance(cal.get("prefer"), (int, float)):

@@ -31,6 +31,14 @@ def test_choose_takes_the_largest_margin_among_rows_meeting_a():
     assert choose([_row(1.0, -0.2, False), _row(2.0, -0.1, False)], prefer=1.0) == 2.0  # none meets (a): all rows
     with pytest.raises(ValueError):
         choose([], prefer=1.375)
+    assert choose([_row(1.0, float("nan")), _row(1.5, -0.3)], prefer=1.0) == 1.5  # a NaN margin never wins
+
+
+def test_an_unknown_checked_generator_is_refused():
+    from pipeline.main import all_stage_names
+
+    with pytest.raises(ConfigError, match="learning_check.generator"):
+        all_stage_names(load_config(PIPE, ["learning_check.generator=shortcutt"]))
 
 
 def test_choose_breaks_ties_towards_prefer_then_the_smaller():
@@ -69,6 +77,9 @@ def test_check_calibration_names_the_bad_key():
         "calibration.prefer=high": "calibration.prefer",
         "calibration.runs=[shortcut_n3]": "shortcut_n3",
         "calibration.runs=[diffusion_20]": "diffusion_20",  # another generator's run
+        "calibration=true": "calibration must be a mapping",
+        "calibration.guidance=1.5": "calibration.guidance",  # a number, not a list
+        "+calibration.grid=[1.0]": "grid",  # an unknown key
     }
     for override, key in bad.items():
         with pytest.raises(ConfigError, match=key):
@@ -112,3 +123,8 @@ def test_calibration_rows_equal_the_learning_check_on_the_same_files(pipe):
     for k, v in cal["rows"][0]["statistics"].items():
         assert v == full[k]["value"], k
     assert cal["rows"][0]["statistics"] != cal["rows"][1]["statistics"]  # guidance reaches the sampler
+    # the row at a guidance set on the built model equals the check of a model built at that guidance
+    at_1 = check_inputs(cfg, ["model.generator.params.sampler.guidance_scale=1.0"], split="val", calibrated=False)
+    full_1 = run_learning_check(**at_1, seeds=1, n_boot=10)["statistics"]
+    for k, v in cal["rows"][1]["statistics"].items():
+        assert v == full_1[k]["value"], k
