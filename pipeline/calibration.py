@@ -105,9 +105,11 @@ def calibrate_guidance(
     finally:
         sampler.configure(guidance=before)
     chosen = choose(rows, prefer)
-    print(f"[calibrate] chosen guidance {chosen} ({len(items)} files, {seeds} sampling seeds)", flush=True)
-    return {"guidance": chosen, "rows": rows, "prefer": float(prefer), "n_files": len(items), "seeds": int(seeds),
-            "ids": [it["id"] for it in items], "seconds": round(time.time() - t0, 2)}  # fmt: skip
+    print(f"[calibrate] chosen guidance {chosen} ({len(items)} files, {seeds} sampling seeds); it replaces the "
+          f"configured {before}", flush=True)  # fmt: skip
+    return {"guidance": chosen, "configured": float(before), "rows": rows, "prefer": float(prefer),
+            "n_files": len(items), "seeds": int(seeds), "ids": [it["id"] for it in items],
+            "seconds": round(time.time() - t0, 2)}  # fmt: skip
 
 
 def calibration_markdown(result: Mapping[str, Any]) -> str:
@@ -125,7 +127,9 @@ def calibration_markdown(result: Mapping[str, Any]) -> str:
         f"Guidance of the checked model ({result['generator']}) calibrated on the {result['split']} split (procedure "
         f"C, docs/prereg/session25.md M2; {result['n_files']} files, {result['seeds']} sampling seeds, own audio and "
         f"words; margin = min(beat placement − 0.15, 0.1 − |BC − BC(GT)|), the largest among the rows meeting (a)): "
-        f"g* = {result['guidance']:g}, used by the learning check and the test runs it names.", "", head, *rows, ""])
+        f"g* = {result['guidance']:g}, used by the learning check and the test runs it names"
+        + (f" (in place of the configured {result['configured']:g})" if "configured" in result else "") + ".", "",
+        head, *rows, ""])  # fmt: skip
 
 
 def check_calibration(cfg: Any) -> None:

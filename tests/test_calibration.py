@@ -102,6 +102,8 @@ def test_calibration_markdown_marks_the_choice():
          "statistics": {"speed_ratio": 0.8, "acceleration_ratio": 0.7, "jerk_ratio": 0.6, "beat_placement": 0.2,
                         "bc_own_minus_gt": 0.01}} for g, m in ((1.25, 0.01), (1.5, 0.05))]}  # fmt: skip
     md = calibration_markdown(res)
+    assert "g* = 1.5, used by the learning check and the test runs it names." in md
+    assert "in place of the configured 1.375" in calibration_markdown({**res, "configured": 1.375})
     assert "g* = 1.5" in md and "| 1.5 (chosen) | +0.0500 | yes | 0.80 / 0.70 / 0.60 | 0.2000 | +0.0100 |" in md
     assert "| 1.25 | +0.0100 |" in md
 
@@ -118,7 +120,7 @@ def test_calibration_rows_equal_the_learning_check_on_the_same_files(pipe):
     full = run_learning_check(**inputs, seeds=1, n_boot=10)["statistics"]
     keep = ("model", "codec", "items", "opts", "mean_vel", "fk", "device", "copy_gt")
     cal = calibrate_guidance(**{k: inputs[k] for k in keep}, guidance=[1.5, 1.0], prefer=1.375, seeds=1)
-    assert inputs["model"].sampler.settings()["guidance"] == before  # restored
+    assert inputs["model"].sampler.settings()["guidance"] == before == cal["configured"]  # restored, and recorded
     assert [r["guidance"] for r in cal["rows"]] == [1.5, 1.0] and cal["guidance"] in (1.0, 1.5)
     for k, v in cal["rows"][0]["statistics"].items():
         assert v == full[k]["value"], k
