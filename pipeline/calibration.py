@@ -165,11 +165,16 @@ def check_calibration(cfg: Any) -> None:
                               f"but the guidance is calibrated for learning_check.generator={gen!r}")
 
 
-def calibrated_overrides(cfg: Any, consumer: str) -> list[str]:
-    """The guidance override of a stage that samples the checked generator at g* (``learning_check`` or a test run
-    named in ``calibration.runs``); [] without calibration or for other stages."""
+def reads_calibration(cfg: Any, consumer: str) -> bool:
+    """Whether a stage samples the checked generator at g*: with a ``calibration`` node, the learning check and the
+    test runs named in ``calibration.runs`` (``consumer``: "learning_check" or a test run's name)."""
     cal = cfg.get("calibration")
-    if not cal or (consumer != "learning_check" and consumer not in list(cal.get("runs") or [])):
+    return bool(cal) and (consumer == "learning_check" or consumer in list(cal.get("runs") or []))
+
+
+def calibrated_overrides(cfg: Any, consumer: str) -> list[str]:
+    """The guidance override of a stage that reads the calibration (:func:`reads_calibration`); [] otherwise."""
+    if not reads_calibration(cfg, consumer):
         return []
     from pipeline.stages import record
 
@@ -185,12 +190,13 @@ def calibration_stage(cfg: Any) -> dict[str, Any]:
 
     check_calibration(cfg)
     cal = cfg.calibration
-    inputs = check_inputs(cfg, split=str(cal.get("split", "val")), calibrated=False)
+    split = str(cal.get("split", "val"))
+    inputs = check_inputs(cfg, split=split, calibrated=False)
     result = calibrate_guidance(inputs["model"], inputs["codec"], inputs["items"], inputs["opts"],
                                 inputs["mean_vel"], inputs["fk"], inputs["device"], list(cal.guidance),
                                 float(cal.prefer), seeds=int(cfg.learning_check.seeds),
                                 copy_gt=inputs["copy_gt"])  # fmt: skip
-    result["split"] = str(cal.get("split", "val"))
+    result["split"] = split
     result["generator"] = str(cfg.learning_check.generator)
     path = out_dir(cfg) / "calibration.json"
     save_json(result, path)

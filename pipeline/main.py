@@ -52,13 +52,12 @@ def all_stage_names(cfg: DictConfig) -> list[str]:
                                   f"(listed: {gens})")  # fmt: skip
     # the order is also the scheduler's priority: the checked model's calibration and learning check right after it
     # is trained (with MeanFlow, the longest chain after the shortcut model; the main job's budget), then the rest
-    checked = f"gen_{cfg.learning_check.generator}"
-    if str(cfg.learning_check.generator) not in gens:
-        raise ConfigError(f"learning_check.generator={cfg.learning_check.generator!r}: not one of the generators "
-                          f"(generators: {gens})")  # fmt: skip
+    checked = str(cfg.learning_check.generator)
+    if checked not in gens:
+        raise ConfigError(f"learning_check.generator={checked!r}: not one of the generators (generators: {gens})")
     for g in gens:
         names.append(f"gen_{g}")
-        if f"gen_{g}" == checked:
+        if g == checked:
             names += ["calibrate", "learning_check"] if cfg.get("calibration") else ["learning_check"]
     names += [f"test_{r}" for r in cfg.test.runs]
     return names + ["nfe_table", "report"]

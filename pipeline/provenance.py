@@ -60,27 +60,26 @@ def stage_inputs(cfg: DictConfig, name: str) -> tuple[dict[str, Any], list[str]]
                 deps.append(f"gen_{node[key]}")
         return {**common, "face": bool(cfg.get("face", False)), "generator": to_container(node),
                 "stage": _stage_yaml(cfg, node)}, deps
-    cal = cfg.get("calibration")
+    from pipeline.calibration import reads_calibration
+
     if name == "calibrate":  # the checked generator's guidance on val (pipeline.calibration)
         lc = cfg.learning_check  # what the calibration samples with (not the check's bootstrap)
         used = {k: to_container(lc.get(k)) for k in ("generator", "overrides", "seeds")}
-        return {**common, "calibration": to_container(cal), "learning_check": used}, [
+        return {**common, "calibration": to_container(cfg.calibration), "learning_check": used}, [
             f"gen_{lc.generator}", "fgd_ae", "cache"]
-    calibrated = ["calibrate"] if cal else []
     if name.startswith("test_"):
         r = name[len("test_") :]
         node = cfg.test.runs[r]
         rest = {k: v for k, v in to_container(cfg.test).items() if k != "runs"}
-        deps = [f"gen_{node.generator}", "fgd_ae", "cache"]
-        if r in list((cal or {}).get("runs") or []):
-            deps += calibrated
+        deps = [f"gen_{node.generator}", "fgd_ae", "cache", *(["calibrate"] if reads_calibration(cfg, r) else [])]
         return {**common, "run": to_container(node), "test": rest}, deps
     if name == "nfe_table":
         return {**common, "n_boot": cfg.test.get("n_boot"), "body_model": cfg.test.get("body_model")}, [
             *(f"test_{r}" for r in cfg.test.runs), "fgd_ae", "cache"]
     if name == "learning_check":
         lc = cfg.learning_check
-        return {**common, "learning_check": to_container(lc)}, [f"gen_{lc.generator}", "fgd_ae", "cache", *calibrated]
+        return {**common, "learning_check": to_container(lc)}, [
+            f"gen_{lc.generator}", "fgd_ae", "cache", *(["calibrate"] if reads_calibration(cfg, name) else [])]
     raise KeyError(f"no provenance rule for stage {name!r}")
 
 

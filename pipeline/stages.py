@@ -214,11 +214,10 @@ def generator(cfg: DictConfig, name: str) -> dict[str, Any]:
 def test_run(cfg: DictConfig, run: str) -> dict[str, Any]:
     """Generate and evaluate the held-out test split (inference.test_split.run_test) for one test run."""
     from inference.test_split import run_test
+    from pipeline.calibration import calibrated_overrides
 
     node = cfg.test.runs[run]
     gen = str(node.generator)
-    from pipeline.calibration import calibrated_overrides
-
     scfg = generator_config(cfg, gen, [*flatten_overrides(node.get("overrides")), *calibrated_overrides(cfg, run)])
     ck = record(cfg, f"gen_{gen}")["paths"]["checkpoint"]
     folder = out_dir(cfg) / "test" / run
