@@ -15,7 +15,16 @@ from models.generators.base import to_generator_layout
 from models.motion_codec import PART_JOINTS, MotionCodec
 from models.vq.rvqvae import RVQVAE
 from tests.test_generators import ToyDenoiser, ToyEncoder, toy_inputs
-from trainers.timing import SampleTimingLoss, band_amplitudes, by_mean, highpass, one_minus_r, relative_mse, sorted_mse
+from trainers.timing import (
+    SampleTimingLoss,
+    band_amplitudes,
+    by_mean,
+    highpass,
+    log_level_mse,
+    one_minus_r,
+    relative_mse,
+    sorted_mse,
+)
 from utils.config import ConfigError
 
 
@@ -115,6 +124,28 @@ def test_sorted_mse_sees_holds_and_peaks_not_their_timing():
     want = float(relative_mse(by_mean(blur), by_mean(hold))) + 0.5 * float(sorted_mse(by_mean(blur), by_mean(hold)))
     assert float(loss(as_latents(blur), as_latents(hold))) == pytest.approx(want)
     assert float(loss(as_latents(late), as_latents(hold))) == pytest.approx(float(relative_mse(late, hold)))
+
+
+def test_log_level_mse_sees_how_fast_not_when():
+    """The level term: (log mean(x) - log mean(y))^2 per row, then the mean; the relmse form is blind to it."""
+    t = torch.arange(64, dtype=torch.float64)
+    gt = 1 + 0.5 * torch.sin(2 * torch.pi * 4 * t / 64)  # mean 1
+    assert float(log_level_mse(2 * gt[None], gt[None])) == pytest.approx(np.log(2) ** 2)
+    assert float(log_level_mse(gt.roll(5)[None], gt[None])) == pytest.approx(0.0, abs=1e-12)  # late: same level
+    both = log_level_mse(torch.stack([gt, 0.5 * gt]), torch.stack([gt, gt]))  # rows 0 and (log 2)^2
+    assert float(both) == pytest.approx(np.log(2) ** 2 / 2)
+    still = torch.zeros(1, 64)  # floored at 1e-4: finite, and the gradient pushes a still curve up
+    assert float(log_level_mse(still, 1e-4 * torch.ones(1, 64))) == 0.0
+    x = (0.5 * gt[None]).requires_grad_(True)
+    log_level_mse(x, gt[None]).backward()  # d/dx_i = 2 log(0.5) / (T mean(x)) < 0: faster lowers the loss
+    torch.testing.assert_close(x.grad, torch.full_like(x, 2 * np.log(0.5) / (64 * 0.5)))
+    loss = SampleTimingLoss(_codec(), get_fk(None, flat_hand_mean=True), weight=1.0, level=3.0)
+    loss.speed = lambda z: z.squeeze(1).squeeze(1)  # curves given directly as (B, 1, 1, T) "latents"
+    as_latents = lambda c: c[None, None, None]  # noqa: E731
+    # relmse is 0 for a scaled copy; the level term sees the raw means (before relmse's division)
+    assert float(loss(as_latents(2 * gt), as_latents(gt))) == pytest.approx(3.0 * np.log(2) ** 2)
+    loss.level = 0.0
+    assert float(loss(as_latents(2 * gt), as_latents(gt))) == pytest.approx(0.0, abs=1e-12)
 
 
 def test_straight_through_gives_the_decoders_gradient_at_the_codes():
@@ -259,3 +290,7 @@ def test_from_config():
     assert SampleTimingLoss.from_config({"weight": 1, "quantiles": 2}, codec, fk).quantiles == 2.0
     with pytest.raises(ConfigError, match="quantiles -1"):
         SampleTimingLoss.from_config({"weight": 1, "quantiles": -1}, codec, fk)
+    assert SampleTimingLoss.from_config({"weight": 1}, codec, fk).level == 0.0
+    assert SampleTimingLoss.from_config({"weight": 1, "level": 2}, codec, fk).level == 2.0
+    with pytest.raises(ConfigError, match="level -1"):
+        SampleTimingLoss.from_config({"weight": 1, "level": -1}, codec, fk)

@@ -37,6 +37,14 @@ says"); an MSE on curves whose timing is uncertain is minimised by a blurred cur
 curves the form compares (divided by their means for ``relmse``, by GT's for ``scaled``, raw speeds for ``corr``, so
 its scale follows the form), after ``highpass``.
 
+``level`` (a weight, 0 = off; session 26) adds the mean over curves of the squared log ratio of the two curves'
+means (each floored at 1e-4 m per frame): how fast the sample moves overall against GT's window, per joint with
+``per_joint``, the one thing ``relmse`` and ``corr`` leave out. Why: the per-file FGD of the learning check's (c)
+follows how far a file's overall speed is from GT's (r 0.76 over the main job's 24 test files, session 26), and
+the 2-step samples of the ``relmse`` model move at 0.11-0.17 m/s on files whose GT moves at 0.09-0.30: audio sets
+each file's gesture size (vocal effort), the sample only partly follows it, so another file's audio barely moves
+its FGD. Taken before ``highpass`` (the means are what it removes).
+
 ``highpass`` (frames) takes a centred moving average off both curves first (after the division), so stroke-scale
 dips count rather than the slow envelope; ``per_joint`` uses every BC joint's own curve (BC takes its beats per
 joint) instead of their mean. The sample is drawn in the generator's training mode (dropout on, as in the rest of
@@ -46,7 +54,7 @@ positions would carry millimetres of rounding, about one frame's motion).
 Config (the generator stage's ``sample_timing`` node, configs/generator_base.yaml; weight 0 = off)::
 
     sample_timing: {weight: 0.0, steps: 2, guidance: 1.0, form: relmse, highpass: 0, per_joint: false, spectrum: 0.0,
-                    quantiles: 0.0, rows: 0}
+                    quantiles: 0.0, level: 0.0, rows: 0}
 
 ``rows`` (0 = all) draws the sample for the batch's first ``rows`` rows only (the batch is shuffled, so a random
 subset): the sampled draw, its decoding and their backward are most of the loss's cost, and half the rows give an
@@ -66,7 +74,7 @@ from geometry.skeleton import BC_JOINTS, PARTS
 from models.motion_codec import MotionCodec
 from utils.config import ConfigError
 
-KEYS = ("weight", "steps", "guidance", "form", "highpass", "per_joint", "spectrum", "quantiles", "rows")
+KEYS = ("weight", "steps", "guidance", "form", "highpass", "per_joint", "spectrum", "quantiles", "level", "rows")
 FORMS = ("relmse", "corr", "scaled")
 TIMING_PARTS = ("upper", "lower_trans")  # the parts whose joints move BC's joints (the pelvis's global rotation too)
 SPEED_FLOOR = 1e-4  # m per frame (GT upper-body means are ~5e-3): below it a curve counts as still
@@ -109,6 +117,12 @@ def sorted_mse(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (x.sort(dim=1).values - y.sort(dim=1).values).pow(2).mean()
 
 
+def log_level_mse(x: torch.Tensor, y: torch.Tensor, floor: float = SPEED_FLOOR) -> torch.Tensor:
+    """Mean over rows of (log mean(x) - log mean(y))^2 for raw speed curves (N, T), each mean floored at ``floor``:
+    how much faster or slower one moves overall, blind to when."""
+    return (x.mean(1).clamp_min(floor).log() - y.mean(1).clamp_min(floor).log()).pow(2).mean()
+
+
 def one_minus_r(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean over rows of 1 - Pearson r between the rows of ``x`` and ``y`` (N, T); a constant row counts r = 0."""
     x, y = x - x.mean(1, keepdim=True), y - y.mean(1, keepdim=True)
@@ -123,13 +137,14 @@ class SampleTimingLoss:
 
     def __init__(self, codec: MotionCodec, fk: JointsFK, weight: float, steps: int = 2, guidance: float = 1.0,
                  form: str = "relmse", highpass: int = 0, per_joint: bool = False,
-                 spectrum: float = 0.0, rows: int = 0, quantiles: float = 0.0) -> None:  # fmt: skip
+                 spectrum: float = 0.0, rows: int = 0, quantiles: float = 0.0, level: float = 0.0) -> None:  # fmt: skip
         ok = (weight >= 0 and steps >= 1 and highpass >= 0 and guidance == guidance and spectrum >= 0 and rows >= 0
-              and quantiles >= 0)  # fmt: skip
+              and quantiles >= 0 and level >= 0)  # fmt: skip
         if not ok:  # NaN fails
-            raise ConfigError(f"sample_timing: weight, highpass, spectrum, quantiles and rows must be >= 0, steps >= 1 "
-                              f"and guidance a number, got weight {weight}, steps {steps}, highpass {highpass}, "
-                              f"guidance {guidance}, spectrum {spectrum}, quantiles {quantiles}, rows {rows}")
+            raise ConfigError(f"sample_timing: weight, highpass, spectrum, quantiles, level and rows must be >= 0, "
+                              f"steps >= 1 and guidance a number, got weight {weight}, steps {steps}, highpass "
+                              f"{highpass}, guidance {guidance}, spectrum {spectrum}, quantiles {quantiles}, level "
+                              f"{level}, rows {rows}")
         if form not in FORMS:
             raise ConfigError(f"sample_timing.form must be one of {list(FORMS)}, got {form!r}")
         missing = [p for p in TIMING_PARTS if p not in codec.parts]
@@ -139,6 +154,7 @@ class SampleTimingLoss:
         self.weight, self.steps, self.guidance = float(weight), int(steps), float(guidance)
         self.form, self.highpass, self.per_joint = form, int(highpass), bool(per_joint)
         self.spectrum, self.rows, self.quantiles = float(spectrum), int(rows), float(quantiles)
+        self.level = float(level)
 
     @classmethod
     def from_config(cls, node: Mapping[str, Any] | None, codec: MotionCodec,
@@ -157,7 +173,8 @@ class SampleTimingLoss:
         return cls(codec, fk, float(node["weight"]), int(node.get("steps", 2)), float(node.get("guidance", 1.0)),
                    str(node.get("form", "relmse")), int(node.get("highpass", 0)),
                    bool(node.get("per_joint", False)), float(node.get("spectrum", 0.0)),
-                   int(node.get("rows", 0)), float(node.get("quantiles", 0.0)))  # fmt: skip
+                   int(node.get("rows", 0)), float(node.get("quantiles", 0.0)),
+                   float(node.get("level", 0.0)))  # fmt: skip
 
     def speed(self, latents: torch.Tensor) -> torch.Tensor:
         """Generator-layout latents (B,C,1,T') -> speed curves (B, 4T'-1), or (B·J, 4T'-1) with ``per_joint``:
@@ -176,9 +193,14 @@ class SampleTimingLoss:
     def curves(self, sample: torch.Tensor, data: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The compared curves of the sample and of GT: `speed`, divided by its own mean (``relmse``) or both by
         GT's (``scaled``), then high-passed. GT's carries no gradient."""
+        return self._compared(*self._raw(sample, data))
+
+    def _raw(self, sample: torch.Tensor, data: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
             target = self.speed(data)
-        sp = self.speed(sample)
+        return self.speed(sample), target
+
+    def _compared(self, sp: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.form == "relmse":
             sp, target = by_mean(sp), by_mean(target)
         elif self.form == "scaled":
@@ -188,8 +210,11 @@ class SampleTimingLoss:
 
     def __call__(self, sample: torch.Tensor, data: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=sample.device.type, enabled=False):
-            x, y = self.curves(sample.float(), data.float())
+            sp, target = self._raw(sample.float(), data.float())
+            x, y = self._compared(sp, target)
             loss = (one_minus_r if self.form == "corr" else relative_mse)(x, y)
+            if self.level:
+                loss = loss + self.level * log_level_mse(sp, target)
             if self.spectrum:
                 loss = loss + self.spectrum * (band_amplitudes(x) - band_amplitudes(y)).pow(2).mean()
             if self.quantiles:
@@ -197,4 +222,5 @@ class SampleTimingLoss:
             return loss
 
 
-__all__ = ["SampleTimingLoss", "band_amplitudes", "by_mean", "highpass", "one_minus_r", "relative_mse", "sorted_mse"]
+__all__ = ["SampleTimingLoss", "band_amplitudes", "by_mean", "highpass", "log_level_mse", "one_minus_r", "relative_mse",
+           "sorted_mse"]
