@@ -59,14 +59,21 @@ def _exit_with_parent(parent: int) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         return  # not Linux: the parent's cleanup (terminate on exit) is all there is
-    if os.getppid() != parent:  # it died before the request was in place
+    try:  # the pipeline died before the request was in place (our parent may be the fork server, not it)
+        os.kill(parent, 0)
+    except ProcessLookupError:
         sys.exit(1)
 
 
 def _worker(cfg_node: dict[str, Any], name: str, force: Any, fingerprint: str | None, log_path: str,
-            parent: int) -> None:  # fmt: skip
-    """Child process: one stage, its stdout/stderr into ``log_path`` (file descriptors too: C-level output)."""
+            parent: int, environ: dict[str, str] | None = None) -> None:  # fmt: skip
+    """Child process: one stage, its stdout/stderr into ``log_path`` (file descriptors too: C-level output).
+    ``environ``: the pipeline's environment when the stage started (a fork server's is the one it had when the server
+    started; a spawned child's would be the current one: e.g. SMPLX_MODEL_PATH set in between)."""
     _exit_with_parent(parent)
+    if environ is not None:
+        os.environ.clear()
+        os.environ.update(environ)
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
@@ -90,20 +97,36 @@ def _worker(cfg_node: dict[str, Any], name: str, force: Any, fingerprint: str | 
         sys.exit(1)
 
 
+# Imported once by the fork server, so that a stage's process starts without re-importing them (~3 s each, on the
+# main job's critical path several times over). Plain imports: the server runs no torch op, so it has no threads.
+PRELOAD = ("pipeline.main", "trainers.generative")
+
+
+def start_context() -> mp.context.BaseContext:
+    """Workers are forked from a fork server that has imported ``PRELOAD`` (where the platform has one), else
+    spawned. Never forked from the pipeline itself: a fork after torch has started threads can hang the child."""
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(list(PRELOAD))
+    return ctx
+
+
 class WorkerPool:
-    """Start stages in spawned processes and collect them; a failed stage raises StageError naming its log."""
+    """Start stages in new processes (`start_context`) and collect them; a failed stage raises StageError naming its
+    log."""
 
     def __init__(self, cfg_node: dict[str, Any], log_dir: Path) -> None:
         self.cfg_node, self.log_dir = cfg_node, Path(log_dir)
-        self.ctx = mp.get_context("spawn")  # fork after torch has threads can hang the child
+        self.ctx = start_context()
         self.procs: dict[str, tuple[BaseProcess, Path]] = {}
 
     def start(self, name: str, force: Any, fingerprint: str | None) -> Path:
         """Start the stage in a new process; returns its log file."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_dir / f"{name}.log"
-        p = self.ctx.Process(target=_worker, args=(self.cfg_node, name, force, fingerprint, str(log), os.getpid()),
-                             name=name)  # fmt: skip
+        args = (self.cfg_node, name, force, fingerprint, str(log), os.getpid(), dict(os.environ))
+        p = self.ctx.Process(target=_worker, args=args, name=name)
         p.start()
         self.procs[name] = (p, log)
         return log

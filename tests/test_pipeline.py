@@ -407,6 +407,15 @@ def test_workers_train_the_rvq_vaes_as_one_by_one(tmp_path: Path, capsys: pytest
     # complete stages are skipped in the main process (no worker started)
     assert main([*argv, f"output_dir={tmp_path / 'side'}", "workers=2"]) == 0
     assert "worker process" not in capsys.readouterr().out
+    # a worker sees the pipeline's environment when its stage starts, not the fork server's (started above): the
+    # upper codec's joint-position terms look for SMPL-X where $SMPLX_MODEL_PATH says, and a missing path is an error
+    with monkeypatch.context() as env:
+        env.setenv("SMPLX_MODEL_PATH", str(tmp_path / "nowhere"))
+        assert main([*argv, f"output_dir={tmp_path / 'side'}", "workers=2", "force=[rvq_upper,rvq_hands]"]) == 1
+    captured = capsys.readouterr()
+    assert "FAILED at stage 'rvq_upper'" in captured.err
+    assert "$SMPLX_MODEL_PATH=" in (tmp_path / "side" / "logs" / "rvq_upper.log").read_text()
+    assert main([*argv, f"output_dir={tmp_path / 'side'}", "workers=2", "force=rvq_upper"]) == 0  # unset again
     # a resumed run: a skipped stage does not hold a worker's slot, the two missing ones run side by side
     for part in ("hands", "lower_trans"):
         (tmp_path / "side" / "stages" / f"rvq_{part}.json").unlink()
