@@ -12,6 +12,7 @@ using every core) runs alone, in the main process, as with ``workers: 1``.
 from __future__ import annotations
 
 import multiprocessing as mp
+import multiprocessing.connection
 import os
 import signal
 import sys
@@ -135,21 +136,22 @@ class WorkerPool:
     def running(self) -> list[str]:
         return list(self.procs)
 
-    def wait_any(self, poll: float = 0.5, heartbeat: float = 60.0) -> list[tuple[str, Path, int]]:
-        """Block until at least one worker ends; (name, log, exit code) of those that ended. Every ``heartbeat``
-        seconds it prints each running stage's latest log line (the workers' own progress goes to their logs)."""
-        last = time.time()
+    def wait_any(self, heartbeat: float = 60.0) -> list[tuple[str, Path, int]]:
+        """Block until at least one worker ends (woken by its exit, no polling delay); (name, log, exit code) of
+        those that ended. Every ``heartbeat`` seconds it prints each running stage's latest log line (the workers'
+        own progress goes to their logs)."""
         while True:
+            woken = mp.connection.wait([p.sentinel for p, _ in self.procs.values()], timeout=heartbeat)
             ended = [(n, log, p.exitcode) for n, (p, log) in self.procs.items() if p.exitcode is not None]
             if ended:
                 for n, *_ in ended:
                     self.procs.pop(n)[0].join()
                 return ended
-            if time.time() - last >= heartbeat:
-                last = time.time()
-                for n, (_, log) in self.procs.items():
-                    print(f"[pipeline] {n} (worker): {last_line(log)[:140]}", flush=True)
-            time.sleep(poll)
+            if woken:  # its exit status is not reapable yet (microseconds)
+                time.sleep(0.01)
+                continue
+            for n, (_, log) in self.procs.items():
+                print(f"[pipeline] {n} (worker): {last_line(log)[:140]}", flush=True)
 
     def wait_all(self) -> None:
         """Block until every running worker has ended (their stage records are written by then)."""

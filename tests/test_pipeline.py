@@ -95,6 +95,26 @@ def test_worker_heartbeat_reads_the_latest_progress_line(tmp_path: Path) -> None
     assert last_line(log) == "caching:  60%|###"
 
 
+def test_wait_any_returns_the_ended_worker_and_beats_meanwhile(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """WorkerPool.wait_any wakes on a worker's exit (its sentinel) and prints each running stage's latest log line
+    every heartbeat until then; a worker that fails gives its exit code."""
+    import sys
+    import time
+
+    from pipeline.parallel import WorkerPool
+
+    pool = WorkerPool({}, tmp_path)
+    log = tmp_path / "x.log"
+    log.write_text("[12:00:00] it 5 | train/loss 1.0\n")
+    for name, target, args in (("x", time.sleep, (0.5,)), ("y", sys.exit, (3,))):
+        proc = pool.ctx.Process(target=target, args=args)
+        proc.start()
+        pool.procs[name] = (proc, log)
+        assert pool.wait_any(heartbeat=0.05) == [(name, log, 0 if name == "x" else 3)]
+        assert pool.running == []
+    assert "[pipeline] x (worker): [12:00:00] it 5 | train/loss 1.0" in capsys.readouterr().out
+
+
 def test_single_threaded_stages() -> None:
     """threads: 1 (the main job's) -> every stage may share the machine, except one whose own config asks for more
     threads (it wins inside its trainer); threads: null -> only the stages whose own config pins num_threads: 1 (the
