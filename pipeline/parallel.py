@@ -52,17 +52,21 @@ def ready_stages(pending: Sequence[str], running: Sequence[str], deps: Mapping[s
 
 
 def _exit_with_parent(parent: int) -> None:
-    """Linux: the kernel sends this process SIGTERM when the pipeline process dies (killed without its cleanup), so
-    no orphaned worker writes into an output folder whose lock is gone."""
+    """Linux: the kernel sends this process SIGTERM when its parent dies, so no orphaned worker writes into an output
+    folder whose lock is gone. The parent is the pipeline (spawn) or the fork server, which exits when the pipeline
+    does (it watches a pipe the pipeline holds open), so the chain ends at the pipeline either way."""
+    ppid = os.getppid()
     try:
         import ctypes
 
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):
         return  # not Linux: the parent's cleanup (terminate on exit) is all there is
-    try:  # the pipeline died before the request was in place (our parent may be the fork server, not it)
+    if os.getppid() != ppid:  # the parent died before the request was in place
+        sys.exit(1)
+    try:  # the pipeline itself (the fork server may outlive it by a moment); a reused pid is someone else's: gone
         os.kill(parent, 0)
-    except ProcessLookupError:
+    except OSError:
         sys.exit(1)
 
 
@@ -98,15 +102,20 @@ def _worker(cfg_node: dict[str, Any], name: str, force: Any, fingerprint: str | 
         sys.exit(1)
 
 
-# Imported once by the fork server, so that a stage's process starts without re-importing them (~3 s each, on the
-# main job's critical path several times over). Plain imports: the server runs no torch op, so it has no threads.
+# Imported once by the fork server, so that a stage's process starts without re-importing them (~2-3 s each, on
+# the main job's critical path several times over; measured: the same per-update time either way). The server runs no
+# torch op; numpy's OpenBLAS starts its thread pool at import and makes a new one in each forked child. The imports
+# take effect only when the repository is importable from the server's working directory (run from the repository
+# root, as the README does; Python 3.11's server ignores the parent's sys.path) and when this process has not
+# started a fork server before; otherwise each worker imports them itself, as a spawned one does.
 PRELOAD = ("pipeline.main", "trainers.generative")
 
 
 def start_context() -> mp.context.BaseContext:
-    """Workers are forked from a fork server that has imported ``PRELOAD`` (where the platform has one), else
-    spawned. Never forked from the pipeline itself: a fork after torch has started threads can hang the child."""
-    if "forkserver" not in mp.get_all_start_methods():
+    """Linux: workers are forked from a fork server that has imported ``PRELOAD``; elsewhere they are spawned (macOS's
+    system libraries are not fork-safe, Windows has no fork). Never forked from the pipeline itself: a fork after
+    torch has started threads can hang the child."""
+    if not sys.platform.startswith("linux"):
         return mp.get_context("spawn")
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(list(PRELOAD))
@@ -126,7 +135,9 @@ class WorkerPool:
         """Start the stage in a new process; returns its log file."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = self.log_dir / f"{name}.log"
-        args = (self.cfg_node, name, force, fingerprint, str(log), os.getpid(), dict(os.environ))
+        # a forked worker gets the server's environment, so it is given the pipeline's (a spawned one has it already)
+        environ = dict(os.environ) if self.ctx.get_start_method() == "forkserver" else None
+        args = (self.cfg_node, name, force, fingerprint, str(log), os.getpid(), environ)
         p = self.ctx.Process(target=_worker, args=args, name=name)
         p.start()
         self.procs[name] = (p, log)
@@ -187,4 +198,4 @@ def failed_stage(name: str, log: Path, why: str) -> StageError:
     return StageError(name, RuntimeError(f"the worker process {why}; its log {log} ends with:\n{log_tail(log)}"))
 
 
-__all__ = ["WorkerPool", "failed_stage", "last_line", "log_tail", "ready_stages"]
+__all__ = ["PRELOAD", "WorkerPool", "failed_stage", "last_line", "log_tail", "ready_stages", "start_context"]

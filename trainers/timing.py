@@ -43,7 +43,9 @@ means (each floored at 1e-4 m per frame): how fast the sample moves overall agai
 follows how far a file's overall speed is from GT's (r 0.76 over the main job's 24 test files, session 26), and
 the 2-step samples of the ``relmse`` model move at 0.11-0.17 m/s on files whose GT moves at 0.09-0.30: audio sets
 each file's gesture size (vocal effort), the sample only partly follows it, so another file's audio barely moves
-its FGD. Taken before ``highpass`` (the means are what it removes).
+its FGD. Taken before ``highpass`` (the means are what it removes). Below the floor (a still sample) the term
+carries no gradient. Its weight is ``weight`` x ``level``, and the logged ``train/sample_loss`` includes it (so it is
+not comparable across levels).
 
 ``highpass`` (frames) takes a centred moving average off both curves first (after the division), so stroke-scale
 dips count rather than the slow envelope; ``per_joint`` uses every BC joint's own curve (BC takes its beats per
