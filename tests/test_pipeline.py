@@ -98,7 +98,7 @@ def test_worker_heartbeat_reads_the_latest_progress_line(tmp_path: Path) -> None
 def test_wait_any_returns_the_ended_worker_and_beats_meanwhile(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """WorkerPool.wait_any wakes on a worker's exit (its sentinel) and prints each running stage's latest log line
     every heartbeat until then; a worker that fails gives its exit code."""
-    import sys
+    import os
     import time
 
     from pipeline.parallel import WorkerPool
@@ -106,7 +106,7 @@ def test_wait_any_returns_the_ended_worker_and_beats_meanwhile(tmp_path: Path, c
     pool = WorkerPool({}, tmp_path)
     log = tmp_path / "x.log"
     log.write_text("[12:00:00] it 5 | train/loss 1.0\n")
-    for name, target, args in (("x", time.sleep, (0.5,)), ("y", sys.exit, (3,))):
+    for name, target, args in (("x", time.sleep, (0.5,)), ("y", os._exit, (3,))):
         proc = pool.ctx.Process(target=target, args=args)
         proc.start()
         pool.procs[name] = (proc, log)
