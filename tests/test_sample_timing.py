@@ -148,6 +148,30 @@ def test_log_level_mse_sees_how_fast_not_when():
     assert float(loss(as_latents(2 * gt), as_latents(gt))) == pytest.approx(0.0, abs=1e-12)
 
 
+def test_level_scope_window_compares_the_joint_averaged_level():
+    """level_scope: with per_joint the curves come as (B·J, T), joint by joint; ``joint`` compares every joint's
+    mean, ``window`` the mean of the joints' average. Hand-built: 13 joints with GT's curve, the sample's first
+    joint twice as fast (the others exact): joint scope (log 2)²/13, window scope (log(14/13))² (float32 inside:
+    rel 1e-5)."""
+    j = len(BC_JOINTS)
+    t = torch.arange(64, dtype=torch.float64)
+    gt = (1 + 0.5 * torch.sin(2 * torch.pi * 4 * t / 64)).repeat(j, 1)  # (J, T): one window
+    sample = gt.clone()
+    sample[0] *= 2
+    loss = SampleTimingLoss(_codec(), get_fk(None, flat_hand_mean=True), weight=1.0, per_joint=True, level=1.0)
+    loss.speed = lambda z: z.reshape(-1, z.shape[-1])  # curves given directly as (B·J, 1, 1, T) "latents"
+    relmse = float(relative_mse(by_mean(sample), by_mean(gt)))  # 0: the doubled joint keeps its shape
+    assert relmse == pytest.approx(0.0, abs=1e-12)
+    assert float(loss(sample[:, None, None], gt[:, None, None])) == pytest.approx(np.log(2) ** 2 / j, rel=1e-5)
+    loss.level_scope = "window"
+    assert float(loss(sample[:, None, None], gt[:, None, None])) == pytest.approx(np.log((j + 1) / j) ** 2, rel=1e-5)
+    two = torch.cat([sample, 0.5 * gt])  # a second window, every joint at half speed: (log 0.5)²
+    want = (np.log((j + 1) / j) ** 2 + np.log(0.5) ** 2) / 2
+    assert float(loss(two[:, None, None], torch.cat([gt, gt])[:, None, None])) == pytest.approx(want, rel=1e-5)
+    loss.per_joint = False  # curves already joint-averaged: window and joint scopes agree
+    assert float(loss(sample[:1, None, None], gt[:1, None, None])) == pytest.approx(np.log(2) ** 2, rel=1e-5)
+
+
 def test_straight_through_gives_the_decoders_gradient_at_the_codes():
     """latent2origin(straight_through=True): the gradient w.r.t. the latents is the decoder's gradient at the chosen
     codes (identity through quantisation); without it the quantiser's own path gives num_quantizers x that."""
@@ -294,3 +318,7 @@ def test_from_config():
     assert SampleTimingLoss.from_config({"weight": 1, "level": 2}, codec, fk).level == 2.0
     with pytest.raises(ConfigError, match="level -1"):
         SampleTimingLoss.from_config({"weight": 1, "level": -1}, codec, fk)
+    assert SampleTimingLoss.from_config({"weight": 1}, codec, fk).level_scope == "joint"
+    assert SampleTimingLoss.from_config({"weight": 1, "level_scope": "window"}, codec, fk).level_scope == "window"
+    with pytest.raises(ConfigError, match="level_scope must be one of .*'frame'"):
+        SampleTimingLoss.from_config({"weight": 1, "level_scope": "frame"}, codec, fk)

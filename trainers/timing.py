@@ -45,7 +45,10 @@ the 2-step samples of the ``relmse`` model move at 0.11-0.17 m/s on files whose 
 each file's gesture size (vocal effort), the sample only partly follows it, so another file's audio barely moves
 its FGD. Taken before ``highpass`` (the means are what it removes). Below the floor (a still sample) the term
 carries no gradient. Its weight is ``weight`` x ``level``, and the logged ``train/sample_loss`` includes it (so it is
-not comparable across levels).
+not comparable across levels). ``level_scope`` (session 27): ``joint`` (the default) compares each curve's mean, so
+with ``per_joint`` every BC joint's own level, the spine's as much as the wrists' (on a log scale a joint that barely
+moves weighs as much as one that gestures); ``window`` compares the means of the joint-averaged curves, one level
+per window (the same as ``joint`` without ``per_joint``), dominated by the joints that move most.
 
 ``highpass`` (frames) takes a centred moving average off both curves first (after the division), so stroke-scale
 dips count rather than the slow envelope; ``per_joint`` uses every BC joint's own curve (BC takes its beats per
@@ -56,7 +59,7 @@ positions would carry millimetres of rounding, about one frame's motion).
 Config (the generator stage's ``sample_timing`` node, configs/generator_base.yaml; weight 0 = off)::
 
     sample_timing: {weight: 0.0, steps: 2, guidance: 1.0, form: relmse, highpass: 0, per_joint: false, spectrum: 0.0,
-                    quantiles: 0.0, level: 0.0, rows: 0}
+                    quantiles: 0.0, level: 0.0, level_scope: joint, rows: 0}
 
 ``rows`` (0 = all) draws the sample for the batch's first ``rows`` rows only (the batch is shuffled, so a random
 subset): the sampled draw, its decoding and their backward are most of the loss's cost, and half the rows give an
@@ -76,8 +79,10 @@ from geometry.skeleton import BC_JOINTS, PARTS
 from models.motion_codec import MotionCodec
 from utils.config import ConfigError
 
-KEYS = ("weight", "steps", "guidance", "form", "highpass", "per_joint", "spectrum", "quantiles", "level", "rows")
+KEYS = ("weight", "steps", "guidance", "form", "highpass", "per_joint", "spectrum", "quantiles", "level", "level_scope",
+        "rows")
 FORMS = ("relmse", "corr", "scaled")
+LEVEL_SCOPES = ("joint", "window")
 TIMING_PARTS = ("upper", "lower_trans")  # the parts whose joints move BC's joints (the pelvis's global rotation too)
 SPEED_FLOOR = 1e-4  # m per frame (GT upper-body means are ~5e-3): below it a curve counts as still
 SPECTRUM_BAND = 4  # rfft bins pooled per band (~0.94 Hz for a 127-frame curve at 30 fps)
@@ -139,7 +144,8 @@ class SampleTimingLoss:
 
     def __init__(self, codec: MotionCodec, fk: JointsFK, weight: float, steps: int = 2, guidance: float = 1.0,
                  form: str = "relmse", highpass: int = 0, per_joint: bool = False,
-                 spectrum: float = 0.0, rows: int = 0, quantiles: float = 0.0, level: float = 0.0) -> None:  # fmt: skip
+                 spectrum: float = 0.0, rows: int = 0, quantiles: float = 0.0, level: float = 0.0,
+                 level_scope: str = "joint") -> None:  # fmt: skip
         ok = (weight >= 0 and steps >= 1 and highpass >= 0 and guidance == guidance and spectrum >= 0 and rows >= 0
               and quantiles >= 0 and level >= 0)  # fmt: skip
         if not ok:  # NaN fails
@@ -149,6 +155,8 @@ class SampleTimingLoss:
                               f"{level}, rows {rows}")
         if form not in FORMS:
             raise ConfigError(f"sample_timing.form must be one of {list(FORMS)}, got {form!r}")
+        if level_scope not in LEVEL_SCOPES:
+            raise ConfigError(f"sample_timing.level_scope must be one of {list(LEVEL_SCOPES)}, got {level_scope!r}")
         missing = [p for p in TIMING_PARTS if p not in codec.parts]
         if missing:
             raise ConfigError(f"sample_timing needs the codec parts {list(TIMING_PARTS)}; missing {missing}")
@@ -156,7 +164,7 @@ class SampleTimingLoss:
         self.weight, self.steps, self.guidance = float(weight), int(steps), float(guidance)
         self.form, self.highpass, self.per_joint = form, int(highpass), bool(per_joint)
         self.spectrum, self.rows, self.quantiles = float(spectrum), int(rows), float(quantiles)
-        self.level = float(level)
+        self.level, self.level_scope = float(level), level_scope
 
     @classmethod
     def from_config(cls, node: Mapping[str, Any] | None, codec: MotionCodec,
@@ -176,7 +184,7 @@ class SampleTimingLoss:
                    str(node.get("form", "relmse")), int(node.get("highpass", 0)),
                    bool(node.get("per_joint", False)), float(node.get("spectrum", 0.0)),
                    int(node.get("rows", 0)), float(node.get("quantiles", 0.0)),
-                   float(node.get("level", 0.0)))  # fmt: skip
+                   float(node.get("level", 0.0)), str(node.get("level_scope", "joint")))  # fmt: skip
 
     def speed(self, latents: torch.Tensor) -> torch.Tensor:
         """Generator-layout latents (B,C,1,T') -> speed curves (B, 4T'-1), or (B·J, 4T'-1) with ``per_joint``:
@@ -210,13 +218,21 @@ class SampleTimingLoss:
             sp, target = sp / scale, target / scale
         return highpass(sp, self.highpass), highpass(target, self.highpass)
 
+    def _levelled(self, sp: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The raw curves whose means the level term compares: as given, or averaged over the BC joints per window
+        (``level_scope: window`` with ``per_joint``)."""
+        if self.level_scope == "window" and self.per_joint:
+            j = len(BC_JOINTS)
+            return sp.reshape(-1, j, sp.shape[1]).mean(1), target.reshape(-1, j, target.shape[1]).mean(1)
+        return sp, target
+
     def __call__(self, sample: torch.Tensor, data: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=sample.device.type, enabled=False):
             sp, target = self._raw(sample.float(), data.float())
             x, y = self._compared(sp, target)
             loss = (one_minus_r if self.form == "corr" else relative_mse)(x, y)
             if self.level:
-                loss = loss + self.level * log_level_mse(sp, target)
+                loss = loss + self.level * log_level_mse(*self._levelled(sp, target))
             if self.spectrum:
                 loss = loss + self.spectrum * (band_amplitudes(x) - band_amplitudes(y)).pow(2).mean()
             if self.quantiles:
