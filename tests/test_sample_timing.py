@@ -24,6 +24,7 @@ from trainers.timing import (
     one_minus_r,
     relative_mse,
     sorted_mse,
+    window_acceleration,
 )
 from utils.config import ConfigError
 
@@ -146,6 +147,27 @@ def test_log_level_mse_sees_how_fast_not_when():
     assert float(loss(as_latents(2 * gt), as_latents(gt))) == pytest.approx(3.0 * np.log(2) ** 2)
     loss.level = 0.0
     assert float(loss(as_latents(2 * gt), as_latents(gt))) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_accel_level_sees_chatter_at_the_same_speed():
+    """accel_level: (log mean |second difference| of the sample's positions − GT's)² per window. Hand-built positions
+    (B, T, J, 3) given directly: a copy moving twice as far gives (log 2)² (and relmse 0); GT's path retraced with a
+    frame-to-frame zigzag of the same mean speed accelerates far more than GT and is penalised; GT itself gives 0."""
+    t = torch.arange(64, dtype=torch.float64)
+    x = 0.01 * torch.sin(2 * torch.pi * 2 * t / 64)  # a smooth stroke along x, one joint
+    gt = torch.stack([x, torch.zeros_like(x), torch.zeros_like(x)], -1)[None, :, None]  # (1, T, 1, 3)
+    acc = window_acceleration(gt)
+    torch.testing.assert_close(acc[0, 0], gt.diff(n=2, dim=1).norm(dim=-1).mean())
+    loss = SampleTimingLoss(_codec(), get_fk(None, flat_hand_mean=True), weight=1.0, accel_level=1.0)
+    loss.positions = lambda z: z  # positions given directly as the "latents"
+    assert float(loss(2 * gt, gt)) == pytest.approx(np.log(2) ** 2, rel=1e-5)
+    assert float(loss(gt, gt)) == pytest.approx(0.0, abs=1e-10)
+    zig = gt.clone()
+    zig[:, 1::2, :, 1] = 0.002  # a side-to-side chatter on every other frame
+    assert float(window_acceleration(zig)) > 3 * float(acc)
+    assert float(loss(zig, gt)) > float(loss(2 * gt, gt))
+    loss.accel_level = 0.0  # off: the relmse term only, the same as with the term's positions path unused
+    assert float(loss(2 * gt, gt)) == pytest.approx(0.0, abs=1e-10)
 
 
 def test_level_scope_window_compares_the_joint_averaged_level():
@@ -322,3 +344,7 @@ def test_from_config():
     assert SampleTimingLoss.from_config({"weight": 1, "level_scope": "window"}, codec, fk).level_scope == "window"
     with pytest.raises(ConfigError, match="level_scope must be one of .*'frame'"):
         SampleTimingLoss.from_config({"weight": 1, "level_scope": "frame"}, codec, fk)
+    assert SampleTimingLoss.from_config({"weight": 1}, codec, fk).accel_level == 0.0
+    assert SampleTimingLoss.from_config({"weight": 1, "accel_level": 2}, codec, fk).accel_level == 2.0
+    with pytest.raises(ConfigError, match="accel_level -1"):
+        SampleTimingLoss.from_config({"weight": 1, "accel_level": -1}, codec, fk)

@@ -48,7 +48,12 @@ carries no gradient. Its weight is ``weight`` x ``level``, and the logged ``trai
 not comparable across levels). ``level_scope`` (session 27): ``joint`` (the default) compares each curve's mean, so
 with ``per_joint`` every BC joint's own level, the spine's as much as the wrists' (on a log scale a joint that barely
 moves weighs as much as one that gestures); ``window`` compares the means of the joint-averaged curves, one level
-per window (the same as ``joint`` without ``per_joint``), dominated by the joints that move most.
+per window (the same as ``joint`` without ``per_joint``), dominated by the joints that move most. Measured (session
+27): ``window`` made three of five training seeds jittery (acceleration 1.5-4.7x GT's), a level met by chatter.
+
+``accel_level`` (a weight, 0 = off; session 27) adds the squared log ratio of the sample's and GT's mean acceleration
+magnitude over the window's BC joints (second difference of the positions, floored like the speeds): as fast overall
+may not come from chatter, whose acceleration is far above GT's at the same speed.
 
 ``highpass`` (frames) takes a centred moving average off both curves first (after the division), so stroke-scale
 dips count rather than the slow envelope; ``per_joint`` uses every BC joint's own curve (BC takes its beats per
@@ -59,7 +64,7 @@ positions would carry millimetres of rounding, about one frame's motion).
 Config (the generator stage's ``sample_timing`` node, configs/generator_base.yaml; weight 0 = off)::
 
     sample_timing: {weight: 0.0, steps: 2, guidance: 1.0, form: relmse, highpass: 0, per_joint: false, spectrum: 0.0,
-                    quantiles: 0.0, level: 0.0, level_scope: joint, rows: 0}
+                    quantiles: 0.0, level: 0.0, level_scope: joint, accel_level: 0.0, rows: 0}
 
 ``rows`` (0 = all) draws the sample for the batch's first ``rows`` rows only (the batch is shuffled, so a random
 subset): the sampled draw, its decoding and their backward are most of the loss's cost, and half the rows give an
@@ -80,7 +85,7 @@ from models.motion_codec import MotionCodec
 from utils.config import ConfigError
 
 KEYS = ("weight", "steps", "guidance", "form", "highpass", "per_joint", "spectrum", "quantiles", "level", "level_scope",
-        "rows")
+        "accel_level", "rows")
 FORMS = ("relmse", "corr", "scaled")
 LEVEL_SCOPES = ("joint", "window")
 TIMING_PARTS = ("upper", "lower_trans")  # the parts whose joints move BC's joints (the pelvis's global rotation too)
@@ -130,6 +135,12 @@ def log_level_mse(x: torch.Tensor, y: torch.Tensor, floor: float = SPEED_FLOOR) 
     return (x.mean(1).clamp_min(floor).log() - y.mean(1).clamp_min(floor).log()).pow(2).mean()
 
 
+def window_acceleration(pos: torch.Tensor) -> torch.Tensor:
+    """Positions (B, T, J, 3) -> (B, 1): each window's mean acceleration magnitude (second difference, per frame²)
+    over its frames and joints."""
+    return pos.diff(n=2, dim=1).norm(dim=-1).mean((1, 2))[:, None]
+
+
 def one_minus_r(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean over rows of 1 - Pearson r between the rows of ``x`` and ``y`` (N, T); a constant row counts r = 0."""
     x, y = x - x.mean(1, keepdim=True), y - y.mean(1, keepdim=True)
@@ -145,14 +156,14 @@ class SampleTimingLoss:
     def __init__(self, codec: MotionCodec, fk: JointsFK, weight: float, steps: int = 2, guidance: float = 1.0,
                  form: str = "relmse", highpass: int = 0, per_joint: bool = False,
                  spectrum: float = 0.0, rows: int = 0, quantiles: float = 0.0, level: float = 0.0,
-                 level_scope: str = "joint") -> None:  # fmt: skip
+                 level_scope: str = "joint", accel_level: float = 0.0) -> None:  # fmt: skip
         ok = (weight >= 0 and steps >= 1 and highpass >= 0 and guidance == guidance and spectrum >= 0 and rows >= 0
-              and quantiles >= 0 and level >= 0)  # fmt: skip
+              and quantiles >= 0 and level >= 0 and accel_level >= 0)  # fmt: skip
         if not ok:  # NaN fails
-            raise ConfigError(f"sample_timing: weight, highpass, spectrum, quantiles, level and rows must be >= 0, "
-                              f"steps >= 1 and guidance a number, got weight {weight}, steps {steps}, highpass "
-                              f"{highpass}, guidance {guidance}, spectrum {spectrum}, quantiles {quantiles}, level "
-                              f"{level}, rows {rows}")
+            raise ConfigError(f"sample_timing: weight, highpass, spectrum, quantiles, level, accel_level and rows must "
+                              f"be >= 0, steps >= 1 and guidance a number, got weight {weight}, steps {steps}, "
+                              f"highpass {highpass}, guidance {guidance}, spectrum {spectrum}, quantiles {quantiles}, "
+                              f"level {level}, accel_level {accel_level}, rows {rows}")
         if form not in FORMS:
             raise ConfigError(f"sample_timing.form must be one of {list(FORMS)}, got {form!r}")
         if level_scope not in LEVEL_SCOPES:
@@ -164,7 +175,7 @@ class SampleTimingLoss:
         self.weight, self.steps, self.guidance = float(weight), int(steps), float(guidance)
         self.form, self.highpass, self.per_joint = form, int(highpass), bool(per_joint)
         self.spectrum, self.rows, self.quantiles = float(spectrum), int(rows), float(quantiles)
-        self.level, self.level_scope = float(level), level_scope
+        self.level, self.level_scope, self.accel_level = float(level), level_scope, float(accel_level)
 
     @classmethod
     def from_config(cls, node: Mapping[str, Any] | None, codec: MotionCodec,
@@ -184,21 +195,30 @@ class SampleTimingLoss:
                    str(node.get("form", "relmse")), int(node.get("highpass", 0)),
                    bool(node.get("per_joint", False)), float(node.get("spectrum", 0.0)),
                    int(node.get("rows", 0)), float(node.get("quantiles", 0.0)),
-                   float(node.get("level", 0.0)), str(node.get("level_scope", "joint")))  # fmt: skip
+                   float(node.get("level", 0.0)), str(node.get("level_scope", "joint")),
+                   float(node.get("accel_level", 0.0)))  # fmt: skip
 
-    def speed(self, latents: torch.Tensor) -> torch.Tensor:
-        """Generator-layout latents (B,C,1,T') -> speed curves (B, 4T'-1), or (B·J, 4T'-1) with ``per_joint``:
-        frame-to-frame speed of BC's joints (mean over them unless per joint) of the decoded upper body and pelvis
-        part, every other joint at rest. Differentiable."""
+    def positions(self, latents: torch.Tensor) -> torch.Tensor:
+        """Generator-layout latents (B,C,1,T') -> BC joints' positions (B, 4T', J, 3) of the decoded upper body and
+        pelvis part, every other joint at rest. Differentiable."""
         z = latents.squeeze(2).transpose(1, 2)
         r6 = self.codec.decode_rot6d(z, TIMING_PARTS)
         b, t = r6["upper"].shape[:2]
         by_joints = {PARTS[p]["joints"]: r6[p].reshape(b * t, -1, 6) for p in TIMING_PARTS}
-        pos = self.fk.positions_at_rest(by_joints, BC_JOINTS).reshape(b, t, len(BC_JOINTS), 3)
+        return self.fk.positions_at_rest(by_joints, BC_JOINTS).reshape(b, t, len(BC_JOINTS), 3)
+
+    def speed_of(self, pos: torch.Tensor) -> torch.Tensor:
+        """Positions (B, T, J, 3) -> speed curves (B, T-1), or (B·J, T-1) with ``per_joint``: frame-to-frame speed
+        of the joints (mean over them unless per joint)."""
         sp = pos.diff(dim=1).norm(dim=-1)
         if self.per_joint:
-            return sp.transpose(1, 2).reshape(-1, t - 1)
+            return sp.transpose(1, 2).reshape(-1, pos.shape[1] - 1)
         return sp.mean(-1)
+
+    def speed(self, latents: torch.Tensor) -> torch.Tensor:
+        """Generator-layout latents (B,C,1,T') -> speed curves (B, 4T'-1), or (B·J, 4T'-1) with ``per_joint``
+        (`positions`, then `speed_of`). Differentiable."""
+        return self.speed_of(self.positions(latents))
 
     def curves(self, sample: torch.Tensor, data: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The compared curves of the sample and of GT: `speed`, divided by its own mean (``relmse``) or both by
@@ -228,11 +248,19 @@ class SampleTimingLoss:
 
     def __call__(self, sample: torch.Tensor, data: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=sample.device.type, enabled=False):
-            sp, target = self._raw(sample.float(), data.float())
+            if self.accel_level:  # positions kept: the acceleration needs them beside the speed
+                with torch.no_grad():
+                    gt_pos = self.positions(data.float())
+                pos = self.positions(sample.float())
+                sp, target = self.speed_of(pos), self.speed_of(gt_pos)
+            else:
+                sp, target = self._raw(sample.float(), data.float())
             x, y = self._compared(sp, target)
             loss = (one_minus_r if self.form == "corr" else relative_mse)(x, y)
             if self.level:
                 loss = loss + self.level * log_level_mse(*self._levelled(sp, target))
+            if self.accel_level:
+                loss = loss + self.accel_level * log_level_mse(window_acceleration(pos), window_acceleration(gt_pos))
             if self.spectrum:
                 loss = loss + self.spectrum * (band_amplitudes(x) - band_amplitudes(y)).pow(2).mean()
             if self.quantiles:
@@ -241,4 +269,4 @@ class SampleTimingLoss:
 
 
 __all__ = ["SampleTimingLoss", "band_amplitudes", "by_mean", "highpass", "log_level_mse", "one_minus_r", "relative_mse",
-           "sorted_mse"]
+           "sorted_mse", "window_acceleration"]
