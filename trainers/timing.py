@@ -53,7 +53,9 @@ per window (the same as ``joint`` without ``per_joint``), dominated by the joint
 
 ``accel_level`` (a weight, 0 = off; session 27) adds the squared log ratio of the sample's and GT's mean acceleration
 magnitude over the window's BC joints (second difference of the positions, floored like the speeds): as fast overall
-may not come from chatter, whose acceleration is far above GT's at the same speed.
+may not come from chatter, whose acceleration is far above GT's at the same speed. Measured (session 27, M6, with
+the window level, no gradient clipping): training diverged for three of five seeds (its gradient grows as 1/mean
+acceleration, and the floor is only ~10x below GT's mean); the one seed that trained smoothly gave the best test row.
 
 ``highpass`` (frames) takes a centred moving average off both curves first (after the division), so stroke-scale
 dips count rather than the slow envelope; ``per_joint`` uses every BC joint's own curve (BC takes its beats per
