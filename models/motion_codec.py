@@ -234,6 +234,26 @@ class MotionCodec(nn.Module):
             start += cd
         return out
 
+    def code_residual(self, latents: torch.Tensor, parts: tuple[str, ...] = ("upper", "lower_trans")
+                      ) -> torch.Tensor:
+        """latents (B,T',latent_dim) -> the mean squared distance of the ``parts``' latents (in the codec's scale) to
+        their eval-mode quantisation, which is held fixed: differentiable, its gradient pulls the latents toward the
+        codes they decode to (a VQ commitment term for latents the codec did not encode)."""
+        if latents.dim() != 3 or latents.shape[-1] != self.latent_dim:
+            raise ValueError(f"latents must be (B,T',{self.latent_dim}), got {tuple(latents.shape)}")
+        unknown = sorted(set(parts) - set(self.parts))
+        if unknown:
+            raise ValueError(f"code_residual: unknown part(s) {unknown}; this codec has {list(self.parts)}")
+        z = latents.float() * self.latent_scale
+        sq, n, start = z.new_zeros(()), 0, 0
+        for p, cd in zip(self.parts, self.code_dims):
+            if p in parts:
+                zp = z[..., start : start + cd]
+                sq = sq + (zp - self.vqs[p].quantised(zp)).pow(2).sum()
+                n += zp.numel()
+            start += cd
+        return sq / max(n, 1)
+
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, jaw: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """latents (B,T',latent_dim) -> {poses (B,4T',165) axis-angle, trans_v (B,4T',3), trans (B,4T',3),

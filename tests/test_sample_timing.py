@@ -195,6 +195,40 @@ def test_level_scope_window_compares_the_joint_averaged_level():
     assert float(loss(sample[:1, None, None], gt[:1, None, None])) == pytest.approx(np.log(2) ** 2, rel=1e-5)
 
 
+def test_commit_pulls_the_sample_toward_the_codes_it_decodes_to():
+    """commit: the mean squared distance of the timing parts' latents to their eval-mode quantisation q(z), q held
+    fixed. By hand on random latents: the value is mean((z − q(z))²) over the upper and pelvis parts' elements, its
+    gradient 2(z − q(z))/n there and 0 on the hands (whose latents never count); in the loss it adds commit x that."""
+    codec = _codec()
+    z = torch.randn(2, 6, codec.latent_dim, generator=torch.Generator().manual_seed(5))
+    start = dict(zip(codec.parts, np.cumsum([0, *codec.code_dims]).tolist()))
+    size = dict(zip(codec.parts, codec.code_dims))
+    timing = ("upper", "lower_trans")
+    diff = {p: z[..., start[p] : start[p] + size[p]] - codec.vqs[p].quantised(z[..., start[p] : start[p] + size[p]])
+            for p in timing}  # fmt: skip
+    n = sum(d.numel() for d in diff.values())
+    want = sum(float(d.pow(2).sum()) for d in diff.values()) / n
+    zz = z.clone().requires_grad_(True)
+    value = codec.code_residual(zz)
+    assert float(value.detach()) == pytest.approx(want, rel=1e-5) and want > 0.01
+    value.backward()
+    grad = torch.zeros_like(z)
+    for p in timing:
+        grad[..., start[p] : start[p] + size[p]] = 2 * diff[p] / n
+    torch.testing.assert_close(zz.grad, grad, atol=1e-8, rtol=1e-5)
+    hands = z.clone()
+    hands[..., start["hands"] : start["hands"] + size["hands"]] += 5.0  # far off the hands' codes: not counted
+    assert float(codec.code_residual(hands)) == pytest.approx(want, rel=1e-5)
+    assert float(codec.code_residual(z, ("upper",))) == pytest.approx(float(diff["upper"].pow(2).mean()), rel=1e-5)
+    loss = SampleTimingLoss(codec, get_fk(None, flat_hand_mean=True), weight=1.0)
+    sample, data = to_generator_layout(z), to_generator_layout(torch.randn(2, 6, codec.latent_dim))
+    base = float(loss(sample, data))
+    loss.commit = 2.0
+    assert float(loss(sample, data)) == pytest.approx(base + 2.0 * want, rel=1e-5)
+    with pytest.raises(ValueError, match="unknown part"):
+        codec.code_residual(z, ("arms",))
+
+
 def test_straight_through_gives_the_decoders_gradient_at_the_codes():
     """latent2origin(straight_through=True): the gradient w.r.t. the latents is the decoder's gradient at the chosen
     codes (identity through quantisation); without it the quantiser's own path gives num_quantizers x that."""
@@ -349,3 +383,7 @@ def test_from_config():
     assert SampleTimingLoss.from_config({"weight": 1, "accel_level": 2}, codec, fk).accel_level == 2.0
     with pytest.raises(ConfigError, match="accel_level -1"):
         SampleTimingLoss.from_config({"weight": 1, "accel_level": -1}, codec, fk)
+    assert SampleTimingLoss.from_config({"weight": 1}, codec, fk).commit == 0.0
+    assert SampleTimingLoss.from_config({"weight": 1, "commit": 0.1}, codec, fk).commit == 0.1
+    with pytest.raises(ConfigError, match="commit -1"):
+        SampleTimingLoss.from_config({"weight": 1, "commit": -1}, codec, fk)

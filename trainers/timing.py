@@ -57,6 +57,15 @@ may not come from chatter, whose acceleration is far above GT's at the same spee
 the window level, no gradient clipping): training diverged for three of five seeds (its gradient grows as 1/mean
 acceleration, and the floor is only ~10x below GT's mean); the one seed that trained smoothly gave the best test row.
 
+``commit`` (a weight, 0 = off; session 28) adds the sample's code residual: the mean squared distance of its
+upper-body and pelvis latents (in the codec's scale) to the codes they decode to (``MotionCodec.code_residual``),
+those codes held fixed, as a VQ-VAE's commitment loss. Why: the decode is straight-through (its gradient treats
+quantisation as the identity), so a term that keeps asking for more motion can push the sample's latents off the
+codebook, where the gradient no longer describes what the decode does. Measured (session 28, 4 train batches, the 2-step
+training-mode sample; residual relative to the latents' RMS, GT's 0.11 upper / 0.08 pelvis): the main job's model
+0.37 / 0.19; M6's smooth seed 43 0.64 / 0.26; M5's jittery seed 42 0.91 / 0.97 with pelvis latents 13x GT's RMS; E2's
+diverged seed 45 latents 10^7 x GT's, 100% residual.
+
 ``highpass`` (frames) takes a centred moving average off both curves first (after the division), so stroke-scale
 dips count rather than the slow envelope; ``per_joint`` uses every BC joint's own curve (BC takes its beats per
 joint) instead of their mean. The sample is drawn in the generator's training mode (dropout on, as in the rest of
@@ -66,7 +75,7 @@ positions would carry millimetres of rounding, about one frame's motion).
 Config (the generator stage's ``sample_timing`` node, configs/generator_base.yaml; weight 0 = off)::
 
     sample_timing: {weight: 0.0, steps: 2, guidance: 1.0, form: relmse, highpass: 0, per_joint: false, spectrum: 0.0,
-                    quantiles: 0.0, level: 0.0, level_scope: joint, accel_level: 0.0, rows: 0}
+                    quantiles: 0.0, level: 0.0, level_scope: joint, accel_level: 0.0, commit: 0.0, rows: 0}
 
 ``rows`` (0 = all) draws the sample for the batch's first ``rows`` rows only (the batch is shuffled, so a random
 subset): the sampled draw, its decoding and their backward are most of the loss's cost, and half the rows give an
@@ -87,7 +96,7 @@ from models.motion_codec import MotionCodec
 from utils.config import ConfigError
 
 KEYS = ("weight", "steps", "guidance", "form", "highpass", "per_joint", "spectrum", "quantiles", "level", "level_scope",
-        "accel_level", "rows")
+        "accel_level", "commit", "rows")
 FORMS = ("relmse", "corr", "scaled")
 LEVEL_SCOPES = ("joint", "window")
 TIMING_PARTS = ("upper", "lower_trans")  # the parts whose joints move BC's joints (the pelvis's global rotation too)
@@ -158,14 +167,14 @@ class SampleTimingLoss:
     def __init__(self, codec: MotionCodec, fk: JointsFK, weight: float, steps: int = 2, guidance: float = 1.0,
                  form: str = "relmse", highpass: int = 0, per_joint: bool = False,
                  spectrum: float = 0.0, rows: int = 0, quantiles: float = 0.0, level: float = 0.0,
-                 level_scope: str = "joint", accel_level: float = 0.0) -> None:  # fmt: skip
+                 level_scope: str = "joint", accel_level: float = 0.0, commit: float = 0.0) -> None:  # fmt: skip
         ok = (weight >= 0 and steps >= 1 and highpass >= 0 and guidance == guidance and spectrum >= 0 and rows >= 0
-              and quantiles >= 0 and level >= 0 and accel_level >= 0)  # fmt: skip
+              and quantiles >= 0 and level >= 0 and accel_level >= 0 and commit >= 0)  # fmt: skip
         if not ok:  # NaN fails
-            raise ConfigError(f"sample_timing: weight, highpass, spectrum, quantiles, level, accel_level and rows must "
-                              f"be >= 0, steps >= 1 and guidance a number, got weight {weight}, steps {steps}, "
-                              f"highpass {highpass}, guidance {guidance}, spectrum {spectrum}, quantiles {quantiles}, "
-                              f"level {level}, accel_level {accel_level}, rows {rows}")
+            raise ConfigError(f"sample_timing: weight, highpass, spectrum, quantiles, level, accel_level, commit and "
+                              f"rows must be >= 0, steps >= 1 and guidance a number, got weight {weight}, steps "
+                              f"{steps}, highpass {highpass}, guidance {guidance}, spectrum {spectrum}, quantiles "
+                              f"{quantiles}, level {level}, accel_level {accel_level}, commit {commit}, rows {rows}")
         if form not in FORMS:
             raise ConfigError(f"sample_timing.form must be one of {list(FORMS)}, got {form!r}")
         if level_scope not in LEVEL_SCOPES:
@@ -178,6 +187,7 @@ class SampleTimingLoss:
         self.form, self.highpass, self.per_joint = form, int(highpass), bool(per_joint)
         self.spectrum, self.rows, self.quantiles = float(spectrum), int(rows), float(quantiles)
         self.level, self.level_scope, self.accel_level = float(level), level_scope, float(accel_level)
+        self.commit = float(commit)
 
     @classmethod
     def from_config(cls, node: Mapping[str, Any] | None, codec: MotionCodec,
@@ -198,7 +208,7 @@ class SampleTimingLoss:
                    bool(node.get("per_joint", False)), float(node.get("spectrum", 0.0)),
                    int(node.get("rows", 0)), float(node.get("quantiles", 0.0)),
                    float(node.get("level", 0.0)), str(node.get("level_scope", "joint")),
-                   float(node.get("accel_level", 0.0)))  # fmt: skip
+                   float(node.get("accel_level", 0.0)), float(node.get("commit", 0.0)))  # fmt: skip
 
     def positions(self, latents: torch.Tensor) -> torch.Tensor:
         """Generator-layout latents (B,C,1,T') -> BC joints' positions (B, 4T', J, 3) of the decoded upper body and
@@ -263,6 +273,9 @@ class SampleTimingLoss:
                 loss = loss + self.level * log_level_mse(*self._levelled(sp, target))
             if self.accel_level:
                 loss = loss + self.accel_level * log_level_mse(window_acceleration(pos), window_acceleration(gt_pos))
+            if self.commit:
+                loss = loss + self.commit * self.codec.code_residual(sample.float().squeeze(2).transpose(1, 2),
+                                                                     TIMING_PARTS)  # fmt: skip
             if self.spectrum:
                 loss = loss + self.spectrum * (band_amplitudes(x) - band_amplitudes(y)).pow(2).mean()
             if self.quantiles:

@@ -104,6 +104,12 @@ class RVQVAE(nn.Module):
             z_q = z_c + (z_q - z_c).detach()
         return self.decoder(z_q), commit_loss, perplexity
 
+    def quantised(self, z: torch.Tensor) -> torch.Tensor:
+        """z (B, T', code_dim) -> its eval-mode quantisation (B, T', code_dim) (argmax, all layers, no EMA update),
+        without gradient: the codes a decode of ``z`` uses."""
+        with torch.no_grad():
+            return self.quantizer(self._check_latent(z), eval_mode=True)[0].permute(0, 2, 1)
+
     def reconstruct(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Eval-mode quantisation in one pass: {'rec' (B, T, D), 'indices' (B, T/4, Q), 'commit_loss',
         'perplexity'} (what validation needs: reconstruction and code usage together)."""
