@@ -213,16 +213,19 @@ class MotionCodec(nn.Module):
                 out["expressions"] = rec[..., n:]
         return out
 
+    def _check_parts(self, latents: torch.Tensor, parts: tuple[str, ...], caller: str) -> None:
+        if latents.dim() != 3 or latents.shape[-1] != self.latent_dim:
+            raise ValueError(f"latents must be (B,T',{self.latent_dim}), got {tuple(latents.shape)}")
+        unknown = sorted(set(parts) - set(self.parts))
+        if unknown:
+            raise ValueError(f"{caller}: unknown part(s) {unknown}; this codec has {list(self.parts)}")
+
     def decode_rot6d(self, latents: torch.Tensor, parts: tuple[str, ...] = ("upper", "lower_trans")
                      ) -> dict[str, torch.Tensor]:
         """Differentiable decode for training losses on the decoded motion: latents (B,T',latent_dim) ->
         de-normalised rot6d {part: (B,4T',6J)} of ``parts``. The codes are straight-through: the forward pass is
         `decode_parts`' up to rounding, the gradient flows to the latents as if quantisation were the identity."""
-        if latents.dim() != 3 or latents.shape[-1] != self.latent_dim:
-            raise ValueError(f"latents must be (B,T',{self.latent_dim}), got {tuple(latents.shape)}")
-        unknown = sorted(set(parts) - set(self.parts))
-        if unknown:
-            raise ValueError(f"decode_rot6d: unknown part(s) {unknown}; this codec has {list(self.parts)}")
+        self._check_parts(latents, parts, "decode_rot6d")
         z = latents.float() * self.latent_scale
         out: dict[str, torch.Tensor] = {}
         start = 0
@@ -239,11 +242,7 @@ class MotionCodec(nn.Module):
         """latents (B,T',latent_dim) -> the mean squared distance of the ``parts``' latents (in the codec's scale) to
         their eval-mode quantisation, which is held fixed: differentiable, its gradient pulls the latents toward the
         codes they decode to (a VQ commitment term for latents the codec did not encode)."""
-        if latents.dim() != 3 or latents.shape[-1] != self.latent_dim:
-            raise ValueError(f"latents must be (B,T',{self.latent_dim}), got {tuple(latents.shape)}")
-        unknown = sorted(set(parts) - set(self.parts))
-        if unknown:
-            raise ValueError(f"code_residual: unknown part(s) {unknown}; this codec has {list(self.parts)}")
+        self._check_parts(latents, parts, "code_residual")
         z = latents.float() * self.latent_scale
         sq, n, start = z.new_zeros(()), 0, 0
         for p, cd in zip(self.parts, self.code_dims):

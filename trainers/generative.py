@@ -21,7 +21,7 @@ Config keys (beyond BaseTrainer's; see configs/generator_base.yaml)::
     sync_bn: true                        # under DDP on CUDA: SyncBatchNorm (as upstream)
     pre_frames: 4                        # seed latents
     sample_timing: {weight: 0, steps: 2, guidance: 1, form: relmse, highpass: 0, per_joint: false, spectrum: 0,
-                    quantiles: 0, level: 0, rows: 0}
+                    quantiles: 0, level: 0, level_scope: joint, accel_level: 0, commit: 0, rows: 0}
                                          # trainers.timing
     model:
       generator: {name: shortcut|diffusion | target: ..., params: {modality_encoder, denoiser, objective, sampler}}
