@@ -215,7 +215,7 @@ class MotionCodec(nn.Module):
 
     def _check_parts(self, latents: torch.Tensor, parts: tuple[str, ...], caller: str) -> None:
         if latents.dim() != 3 or latents.shape[-1] != self.latent_dim:
-            raise ValueError(f"latents must be (B,T',{self.latent_dim}), got {tuple(latents.shape)}")
+            raise ValueError(f"{caller}: latents must be (B,T',{self.latent_dim}), got {tuple(latents.shape)}")
         unknown = sorted(set(parts) - set(self.parts))
         if unknown:
             raise ValueError(f"{caller}: unknown part(s) {unknown}; this codec has {list(self.parts)}")

@@ -197,8 +197,9 @@ def test_level_scope_window_compares_the_joint_averaged_level():
 
 def test_commit_pulls_the_sample_toward_the_codes_it_decodes_to():
     """commit: the mean squared distance of the timing parts' latents to their eval-mode quantisation q(z), q held
-    fixed. By hand on random latents: the value is mean((z − q(z))²) over the upper and pelvis parts' elements, its
-    gradient 2(z − q(z))/n there and 0 on the hands (whose latents never count); in the loss it adds commit x that."""
+    fixed. Against ``RVQVAE.quantised`` (itself checked: its codes are what ``latent2origin`` decodes) on random
+    latents: the value is mean((z − q(z))²) over the upper and pelvis parts' elements in the codec's scale (latent_scale
+    x z), its gradient 2(z − q(z))/n there and 0 on the hands (whose latents never count); the loss adds commit x it."""
     codec = _codec()
     z = torch.randn(2, 6, codec.latent_dim, generator=torch.Generator().manual_seed(5))
     start = dict(zip(codec.parts, np.cumsum([0, *codec.code_dims]).tolist()))
@@ -227,6 +228,13 @@ def test_commit_pulls_the_sample_toward_the_codes_it_decodes_to():
     assert float(loss(sample, data)) == pytest.approx(base + 2.0 * want, rel=1e-5)
     with pytest.raises(ValueError, match="unknown part"):
         codec.code_residual(z, ("arms",))
+    vq, zp = codec.vqs["upper"], z[..., : size["upper"]]  # quantised gives the codes a decode uses
+    torch.testing.assert_close(vq.decoder(vq.quantised(zp).permute(0, 2, 1)), vq.latent2origin(zp)[0])
+    codec.latent_scale = 2.0  # the residual is taken in the codec's scale
+    scaled = sum(float((2 * z[..., start[p] : start[p] + size[p]]
+                        - codec.vqs[p].quantised(2 * z[..., start[p] : start[p] + size[p]])).pow(2).sum())
+                 for p in timing) / n  # fmt: skip
+    assert float(codec.code_residual(z)) == pytest.approx(scaled, rel=1e-5) and abs(scaled - want) > 0.01
 
 
 def test_straight_through_gives_the_decoders_gradient_at_the_codes():

@@ -63,9 +63,9 @@ upper-body and pelvis latents (in the codec's scale) to the codes they decode to
 those codes held fixed, as a VQ-VAE's commitment loss. Why: the decode is straight-through (its gradient treats
 quantisation as the identity), so a term that keeps asking for more motion can push the sample's latents off the
 codebook, where the gradient no longer describes what the decode does. Measured (session 28, 4 train batches, the 2-step
-training-mode sample; residual relative to the latents' RMS, GT's 0.11 upper / 0.08 pelvis): the main job's model
-0.37 / 0.19; M6's smooth seed 43 0.64 / 0.26; M5's jittery seed 42 0.91 / 0.97 with pelvis latents 13x GT's RMS; E2's
-diverged seed 45 latents 10^7 x GT's, 100% residual.
+training-mode sample; residual relative to the latents' RMS, GT's 0.11 upper / 0.08 pelvis): session 25's (level-0)
+main-job model 0.37 / 0.19; M6's smooth seed 43 0.64 / 0.26; M5's jittery seed 42 0.91 / 0.97 with pelvis latents 13x
+GT's RMS; E2's diverged seed 45 latents 10^7 x GT's, 100% residual; the M7 models (commit 0.1) 0.21-0.29 / 0.09-0.10.
 
 ``highpass`` (frames) takes a centred moving average off both curves first (after the division), so stroke-scale
 dips count rather than the slow envelope; ``per_joint`` uses every BC joint's own curve (BC takes its beats per
